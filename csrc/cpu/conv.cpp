@@ -1,0 +1,146 @@
+// Causal conv and causal transposed conv on the CPU: fused pad-by-index, conv, bias, activation and
+// residual in one pass over the output. One output row (b, co) per task; the tap loop runs over a
+// contiguous time range so the compiler vectorizes it. (Issue 3 replaces this with register-blocked
+// GEMM tiles; this version is the correct, simple baseline.)
+#include <algorithm>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+#include "../epilogue.h"
+
+namespace fastcodec {
+namespace {
+
+template <typename scalar_t>
+const scalar_t* ptr_or_null(const c10::optional<at::Tensor>& t) {
+  return t.has_value() ? t->data_ptr<scalar_t>() : nullptr;
+}
+
+at::Tensor causal_conv1d_cpu(const at::Tensor& x_in, const at::Tensor& w_in, const c10::optional<at::Tensor>& bias_in,
+                             int64_t stride, int64_t dilation, c10::string_view activation, double negative_slope,
+                             const c10::optional<at::Tensor>& alpha_in, const c10::optional<at::Tensor>& residual_in) {
+  check_conv_common(x_in, w_in, bias_in, alpha_in, /*cin_dim_of_weight=*/1, activation, stride);
+  TORCH_CHECK(dilation >= 1, "fastcodec: dilation must be >= 1, got ", dilation);
+  const Activation act = parse_activation(activation);
+  const int64_t B = x_in.size(0), Cin = x_in.size(1), T = x_in.size(2);
+  const int64_t Cout = w_in.size(0), K = w_in.size(2);
+  const int64_t Tout = conv1d_out_len(T, stride);
+  if (residual_in.has_value()) {
+    check_same(x_in, residual_in, "residual");
+    TORCH_CHECK(residual_in->sizes() == at::IntArrayRef({B, Cout, Tout}), "fastcodec: residual must be [", B, ", ",
+                Cout, ", ", Tout, "], got ", residual_in->sizes());
+  }
+  const at::Tensor x = x_in.contiguous(), w = w_in.contiguous();
+  const c10::optional<at::Tensor> bias = bias_in ? c10::optional<at::Tensor>(bias_in->contiguous()) : c10::nullopt;
+  const c10::optional<at::Tensor> alpha = alpha_in ? c10::optional<at::Tensor>(alpha_in->contiguous()) : c10::nullopt;
+  const c10::optional<at::Tensor> residual =
+      residual_in ? c10::optional<at::Tensor>(residual_in->contiguous()) : c10::nullopt;
+  at::Tensor y = at::empty({B, Cout, Tout}, x.options());
+  if (y.numel() == 0) return y;
+  const int64_t pad = (K - 1) * dilation;
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastcodec_causal_conv1d_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* wp = w.data_ptr<scalar_t>();
+    const scalar_t* bp = ptr_or_null<scalar_t>(bias);
+    const scalar_t* ap = ptr_or_null<scalar_t>(alpha);
+    const scalar_t* rp = ptr_or_null<scalar_t>(residual);
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    at::parallel_for(0, B * Cout, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> acc(Tout);
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t b = row / Cout, co = row % Cout;
+        std::fill(acc.begin(), acc.end(), bp ? acc_t(bp[co]) : acc_t(0));
+        for (int64_t ci = 0; ci < Cin; ++ci) {
+          const scalar_t* xrow = xp + (b * Cin + ci) * T;
+          const scalar_t* wrow = wp + (co * Cin + ci) * K;
+          for (int64_t k = 0; k < K; ++k) {
+            const acc_t wv = wrow[k];
+            // Output t reads input t*stride + off; off <= 0, so only the left edge needs masking.
+            const int64_t off = k * dilation - pad;
+            const int64_t t0 = std::min(Tout, (-off + stride - 1) / stride);
+            if (stride == 1) {
+              const scalar_t* src = xrow + off;
+              for (int64_t t = t0; t < Tout; ++t) acc[t] += wv * acc_t(src[t]);
+            } else {
+              for (int64_t t = t0; t < Tout; ++t) acc[t] += wv * acc_t(xrow[t * stride + off]);
+            }
+          }
+        }
+        const acc_t a = ap ? acc_t(ap[co]) : acc_t(0);
+        const acc_t slope = acc_t(negative_slope);
+        scalar_t* yrow = yp + row * Tout;
+        const scalar_t* rrow = rp ? rp + row * Tout : nullptr;
+        for (int64_t t = 0; t < Tout; ++t) {
+          acc_t v = activate<acc_t>(acc[t], act, slope, a);
+          if (rrow) v += acc_t(rrow[t]);
+          yrow[t] = scalar_t(v);
+        }
+      }
+    });
+  });
+  return y;
+}
+
+at::Tensor causal_conv_transpose1d_cpu(const at::Tensor& x_in, const at::Tensor& w_in,
+                                       const c10::optional<at::Tensor>& bias_in, int64_t stride,
+                                       c10::string_view activation, double negative_slope,
+                                       const c10::optional<at::Tensor>& alpha_in) {
+  check_conv_common(x_in, w_in, bias_in, alpha_in, /*cin_dim_of_weight=*/0, activation, stride);
+  const Activation act = parse_activation(activation);
+  const int64_t B = x_in.size(0), Cin = x_in.size(1), T = x_in.size(2);
+  const int64_t Cout = w_in.size(1), K = w_in.size(2);
+  const int64_t Tout = T * stride;
+  const at::Tensor x = x_in.contiguous(), w = w_in.contiguous();
+  const c10::optional<at::Tensor> bias = bias_in ? c10::optional<at::Tensor>(bias_in->contiguous()) : c10::nullopt;
+  const c10::optional<at::Tensor> alpha = alpha_in ? c10::optional<at::Tensor>(alpha_in->contiguous()) : c10::nullopt;
+  at::Tensor y = at::empty({B, Cout, Tout}, x.options());
+  if (y.numel() == 0) return y;
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastcodec_causal_conv_transpose1d_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* wp = w.data_ptr<scalar_t>();
+    const scalar_t* bp = ptr_or_null<scalar_t>(bias);
+    const scalar_t* ap = ptr_or_null<scalar_t>(alpha);
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    at::parallel_for(0, B * Cout, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> acc(Tout);
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t b = row / Cout, co = row % Cout;
+        std::fill(acc.begin(), acc.end(), bp ? acc_t(bp[co]) : acc_t(0));
+        for (int64_t ci = 0; ci < Cin; ++ci) {
+          const scalar_t* xrow = xp + (b * Cin + ci) * T;
+          for (int64_t k = 0; k < K && k < Tout; ++k) {
+            const acc_t wv = wp[(ci * Cout + co) * K + k];
+            // Input t lands on output t*stride + k; samples at or past Tout are the trimmed tail.
+            const int64_t t_end = std::min(T, (Tout - k + stride - 1) / stride);
+            acc_t* dst = acc.data() + k;
+            for (int64_t t = 0; t < t_end; ++t) dst[t * stride] += wv * acc_t(xrow[t]);
+          }
+        }
+        const acc_t a = ap ? acc_t(ap[co]) : acc_t(0);
+        const acc_t slope = acc_t(negative_slope);
+        scalar_t* yrow = yp + row * Tout;
+        for (int64_t t = 0; t < Tout; ++t) yrow[t] = scalar_t(activate<acc_t>(acc[t], act, slope, a));
+      }
+    });
+  });
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastcodec, CPU, m) {
+  m.impl("causal_conv1d", &causal_conv1d_cpu);
+  m.impl("causal_conv_transpose1d", &causal_conv_transpose1d_cpu);
+}
+
+}  // namespace fastcodec

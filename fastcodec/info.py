@@ -1,0 +1,62 @@
+"""`python -m fastcodec info`: versions, and which backends are built and usable here, and why not."""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+import torch
+
+import fastcodec
+from fastcodec.ops import _backend, _extension
+
+
+def _version(module: str) -> str:
+    try:
+        mod = __import__(module)
+    except Exception as exc:
+        return f"not importable ({type(exc).__name__})"
+    return getattr(mod, "__version__", "?")
+
+
+def report() -> str:
+    lines = [
+        f"fastcodec {fastcodec.__version__}",
+        f"python    {platform.python_version()} ({sys.executable})",
+        f"torch     {torch.__version__} (CUDA {torch.version.cuda or 'none'})",
+        f"triton    {_version('triton')}",
+        f"numpy     {_version('numpy')}",
+        f"threads   {torch.get_num_threads()}",
+    ]
+    if torch.cuda.is_available():
+        cap = torch.cuda.get_device_capability()
+        lines.append(f"gpu       {torch.cuda.get_device_name()} (sm_{cap[0]}{cap[1]})")
+    else:
+        lines.append("gpu       none visible")
+    loaded, why = _extension.extension_status()
+    if loaded:
+        archs = _extension.cuda_build_archs()
+        cuda_part = f"CUDA kernels for sm_{',sm_'.join(archs)}" if archs else "no CUDA kernels"
+        lines.append(f"_C        loaded (C++ CPU kernels, {cuda_part})")
+    else:
+        lines.append(f"_C        not loaded: {why}")
+    lines.append("")
+    lines.append(f"{'backend':8} {'device':7} {'usable':7} note")
+    for device in ("cpu", "cuda"):
+        for name in _backend.BACKENDS:
+            if (name, device) in (("cpp", "cuda"), ("cuda", "cpu")):
+                continue
+            ok, note = _backend.status(name, device)
+            lines.append(f"{name:8} {device:7} {'yes' if ok else 'no':7} {note}")
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    picks = ", ".join(f"{d} -> {_backend._auto(d, torch.float32)}" for d in devices)
+    lines += ["", f"auto picks for float32: {picks}"]
+    env = _backend.ENV_VAR
+    if os.environ.get(env):
+        lines.append(f"{env}={os.environ[env]} overrides 'auto'")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    print(report())
+    return 0

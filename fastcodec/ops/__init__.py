@@ -1,0 +1,131 @@
+"""fastcodec's ops: every op, its semantics and its backends on one screen.
+
+| op                        | shapes                                              | backends                   |
+|---------------------------|-----------------------------------------------------|----------------------------|
+| causal_conv1d             | x [B,Cin,T], w [Cout,Cin,K] -> [B,Cout,ceil(T/s)]   | torch, cpp, cuda, triton   |
+| causal_conv_transpose1d   | x [B,Cin,T], w [Cin,Cout,K] -> [B,Cout,T*s]         | torch, cpp, cuda, triton   |
+| vq_nearest                | x [N,D], codebook [K,D] -> index [N], sqdist [N]    | torch, cpp, cuda, triton   |
+| rvq_encode                | x [N,D], codebooks [Q,K,D] -> codes [N,n_q], q [N,D]| torch, cpp, cuda, triton   |
+| rvq_decode                | codes [N,n_q], codebooks [Q,K,D] -> [N,D]           | torch, cpp, cuda, triton   |
+
+Each op has a `*_ref` twin in `reference.py` (the spec). `backend` is 'auto' | 'torch' | 'cpp' |
+'cuda' | 'triton'; 'auto' defers to FASTCODEC_BACKEND, then picks the best available for the
+tensors' device and dtype (see `_backend.py`). Codes are int64 (torch.long) everywhere, so they
+index tensors directly.
+
+Gradients: the convs are differentiable in x, weight, bias, residual and snake alpha on every
+backend; rvq_decode is differentiable in the codebooks; vq_nearest and rvq_encode are searches and
+return no gradient (straight-through estimation belongs to the quantizer module).
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _backend, _checks, _extension
+from ._backend import BACKENDS, BackendUnavailable
+from .reference import (
+    ACTIVATIONS,
+    DEFAULT_NEGATIVE_SLOPE,
+    causal_conv1d_ref,
+    causal_conv_transpose1d_ref,
+    rvq_decode_ref,
+    rvq_encode_ref,
+    vq_nearest_ref,
+)
+
+__all__ = [
+    "ACTIVATIONS", "BACKENDS", "BackendUnavailable",
+    "causal_conv1d", "causal_conv_transpose1d", "vq_nearest", "rvq_encode", "rvq_decode",
+    "causal_conv1d_ref", "causal_conv_transpose1d_ref", "vq_nearest_ref", "rvq_encode_ref", "rvq_decode_ref",
+    "resolve_backend",
+]
+
+
+def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
+    """The backend an op would use for `tensor` (its device and dtype) when asked for `backend`."""
+    return _backend.resolve(backend, tensor.device, tensor.dtype)
+
+
+def _compiled(name: str, backend: str):
+    """The compiled implementation of op `name`: the C++ library dispatches cpp/cuda by device."""
+    if backend == "triton":
+        from .triton import OPS
+
+        return OPS[name]
+    return getattr(torch.ops.fastcodec, name)
+
+
+def causal_conv1d(x, weight, bias=None, *, stride=1, dilation=1, activation=None, residual=None,
+                  backend="auto", negative_slope=DEFAULT_NEGATIVE_SLOPE, alpha=None):
+    """Causal conv with a fused epilogue: y = act(conv(pad_left(x, (K-1)*dilation)) + bias) + residual.
+
+    x: [B, Cin, T], weight: [Cout, Cin, K], bias: [Cout] -> y: [B, Cout, ceil(T/stride)];
+    y[..., t] depends on x[..., :t*stride+1] only. activation: None | 'elu' | 'leaky_relu'
+    (negative_slope, 0.3 by default) | 'silu' | 'snake' (alpha: [Cout]); residual:
+    [B, Cout, ceil(T/stride)], added after the activation. Non-contiguous inputs are accepted.
+    """
+    _checks.conv1d(x, weight, bias, stride, dilation, activation, residual, negative_slope, alpha)
+    be = _backend.resolve(backend, x.device, x.dtype)
+    if be == "torch":
+        return causal_conv1d_ref(x, weight, bias, stride=stride, dilation=dilation, activation=activation,
+                                 residual=residual, negative_slope=negative_slope, alpha=alpha)
+    return _compiled("causal_conv1d", be)(x, weight, bias, stride, dilation, activation or "none",
+                                          float(negative_slope), alpha, residual)
+
+
+def causal_conv_transpose1d(x, weight, bias=None, *, stride, activation=None, backend="auto",
+                            negative_slope=DEFAULT_NEGATIVE_SLOPE, alpha=None):
+    """Causal transposed conv (upsampling) with a fused activation.
+
+    x: [B, Cin, T], weight: [Cin, Cout, K] (PyTorch's layout), bias: [Cout] -> y: [B, Cout, T*stride]:
+    the full transposed conv with its last K-stride samples trimmed, so no output depends on input
+    that has not arrived. activation as in causal_conv1d.
+    """
+    _checks.conv_transpose1d(x, weight, bias, stride, activation, negative_slope, alpha)
+    be = _backend.resolve(backend, x.device, x.dtype)
+    if be == "torch":
+        return causal_conv_transpose1d_ref(x, weight, bias, stride=stride, activation=activation,
+                                           negative_slope=negative_slope, alpha=alpha)
+    return _compiled("causal_conv_transpose1d", be)(x, weight, bias, stride, activation or "none",
+                                                    float(negative_slope), alpha)
+
+
+def vq_nearest(x, codebook, *, backend="auto"):
+    """Nearest codeword by squared L2: x [N, D], codebook [K, D] -> (index [N] int64, sqdist [N]).
+
+    Ties go to the lowest index. No gradient flows through the result.
+    """
+    _checks.vq(x, codebook)
+    be = _backend.resolve(backend, x.device, x.dtype)
+    if be == "torch":
+        with torch.no_grad():
+            return vq_nearest_ref(x, codebook)
+    return _compiled("vq_nearest", be)(x, codebook)
+
+
+def rvq_encode(x, codebooks, n_q=None, *, backend="auto"):
+    """Residual VQ: x [N, D], codebooks [Q, K, D] -> (codes [N, n_q] int64, quantized [N, D]).
+
+    Stage i quantizes what stages < i left; quantized is the stage-ordered sum of the chosen
+    codewords (rvq_decode(codes) reproduces it exactly). n_q (default Q) sets the bitrate.
+    No gradient flows through the result.
+    """
+    n_q = _checks.rvq(x, codebooks, n_q)
+    be = _backend.resolve(backend, x.device, x.dtype)
+    if be == "torch":
+        with torch.no_grad():
+            return rvq_encode_ref(x, codebooks, n_q)
+    return _compiled("rvq_encode", be)(x, codebooks, n_q)
+
+
+def rvq_decode(codes, codebooks, *, backend="auto"):
+    """Sum of the chosen codewords: codes [N, n_q] (any integer dtype, n_q <= Q), codebooks [Q, K, D] -> [N, D].
+
+    Differentiable in the codebooks. Codes outside [0, K) raise ValueError.
+    """
+    _checks.rvq_decode(codes, codebooks)
+    be = _backend.resolve(backend, codebooks.device, codebooks.dtype)
+    codes = codes.long()
+    if be == "torch":
+        return rvq_decode_ref(codes, codebooks)
+    return _compiled("rvq_decode", be)(codes, codebooks)

@@ -1,0 +1,75 @@
+"""Loads fastcodec._C (the C++/CUDA kernels) and says why, when it cannot.
+
+Importing fastcodec never fails because of the extension: a missing or mismatched build leaves the
+'cpp' and 'cuda' backends unavailable with a reason, and naming one of them raises that reason
+together with how to rebuild.
+"""
+from __future__ import annotations
+
+import torch
+
+REBUILD_HINT = "rebuild it against the installed torch: `pip install --no-build-isolation -e .` in the fastcodec checkout"
+
+_C = None
+_load_error = None
+try:
+    from fastcodec import _C  # noqa: F811  (importing it registers torch.ops.fastcodec.*)
+except Exception as exc:  # ImportError, OSError (undefined symbols, missing libs), anything a broken .so raises
+    _load_error = f"{type(exc).__name__}: {exc}"
+
+if _C is not None and _C.torch_version != torch.__version__:
+    # Loaded, but compiled against another torch: the C++ ABI may differ in ways that only show as
+    # a crash later, so the kernels are not used.
+    _load_error = f"built against torch {_C.torch_version}, running torch {torch.__version__}"
+    _C = None
+
+
+def extension_status() -> tuple[bool, str]:
+    """(loaded, reason): whether fastcodec._C is usable, and why not."""
+    if _C is None:
+        return False, f"fastcodec._C did not load ({_load_error}); {REBUILD_HINT}"
+    return True, ""
+
+
+def cuda_build_archs() -> list[str]:
+    """The SM architectures the CUDA kernels were compiled for, e.g. ['80', '90']; [] if none."""
+    if _C is None or not _C.with_cuda:
+        return []
+    return [a for a in _C.cuda_archs.split(",") if a]
+
+
+def cpp_status() -> tuple[bool, str]:
+    ok, why = extension_status()
+    return ok, ("C++ CPU kernels" if ok else why)
+
+
+def cuda_status() -> tuple[bool, str]:
+    """(usable, reason) for the C++/CUDA kernels on this machine's current GPU."""
+    ok, why = extension_status()
+    if not ok:
+        return False, why
+    archs = cuda_build_archs()
+    if not archs:
+        return False, f"fastcodec._C was built without CUDA ({_C.cuda_skip_reason}); {REBUILD_HINT}"
+    built = f"built for sm_{',sm_'.join(archs)}"
+    if not torch.cuda.is_available():
+        return False, f"{built}; no GPU visible"
+    major, minor = torch.cuda.get_device_capability()
+    cap = major * 10 + minor
+    # A listed arch runs natively; a newer GPU runs the PTX of the newest listed arch.
+    if str(cap) not in archs and cap < max(int(a) for a in archs):
+        return False, f"{built}; this GPU is sm_{cap} (set FASTCODEC_CUDA_ARCHS to include {cap} and rebuild)"
+    return True, built
+
+
+def register():
+    """Fake kernels (for torch.compile / meta tensors) and autograd for the C++ ops."""
+    if _C is None:
+        return
+    from fastcodec.ops import _autograd, _fake
+
+    _fake.register("fastcodec")
+    _autograd.register("fastcodec")
+
+
+register()

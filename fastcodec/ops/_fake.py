@@ -1,0 +1,41 @@
+"""Fake (meta) kernels: output shapes and dtypes only, so torch.compile traces the ops without
+graph breaks. Registered for every op namespace that implements the op schemas (the C++ library
+'fastcodec' and the Triton library 'fastcodec_triton')."""
+from __future__ import annotations
+
+import torch
+
+
+def _conv1d(x, weight, bias, stride, dilation, activation, negative_slope, alpha, residual):
+    return x.new_empty(x.shape[0], weight.shape[0], (x.shape[2] + stride - 1) // stride)
+
+
+def _conv_transpose1d(x, weight, bias, stride, activation, negative_slope, alpha):
+    return x.new_empty(x.shape[0], weight.shape[1], x.shape[2] * stride)
+
+
+def _vq_nearest(x, codebook):
+    return x.new_empty(x.shape[0], dtype=torch.int64), x.new_empty(x.shape[0])
+
+
+def _rvq_encode(x, codebooks, n_q):
+    return x.new_empty(x.shape[0], n_q, dtype=torch.int64), torch.empty_like(x)
+
+
+def _rvq_decode(codes, codebooks):
+    return codebooks.new_empty(codes.shape[0], codebooks.shape[2])
+
+
+FAKES = {
+    "causal_conv1d": _conv1d,
+    "causal_conv_transpose1d": _conv_transpose1d,
+    "vq_nearest": _vq_nearest,
+    "rvq_encode": _rvq_encode,
+    "rvq_decode": _rvq_decode,
+}
+
+
+def register(namespace: str, ops=None):
+    for name, fn in FAKES.items():
+        if ops is None or name in ops:
+            torch.library.register_fake(f"{namespace}::{name}")(fn)
