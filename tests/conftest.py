@@ -1,0 +1,91 @@
+"""Shared fixtures and the tolerance rule for kernel tests.
+
+- Triton runs on CPU tensors through its interpreter when no GPU is visible: TRITON_INTERPRET must
+  be set before triton is first imported, hence here, at collection time.
+- Every test gets a fresh seed derived from its name (a failure reproduces; inputs never repeat
+  across tests) and runs with PyTorch's deterministic mode filling uninitialized memory with NaN,
+  so an output element a kernel forgot to write fails the comparison.
+- FASTCODEC_REQUIRE="cpp,triton" (set by .ci/run and gpu_suite.sh) turns "backend unavailable"
+  from a skip into a failure, so a broken build can never pass as a run of skips.
+"""
+import os
+import zlib
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from fastcodec.ops import _backend  # noqa: E402
+
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
+
+REQUIRED = {b.strip() for b in os.environ.get("FASTCODEC_REQUIRE", "").split(",") if b.strip()}
+
+# (backend, device) pairs a compiled kernel can run on.
+KERNEL_TARGETS = [("cpp", "cpu"), ("triton", "cpu"), ("cuda", "cuda"), ("triton", "cuda")]
+
+
+def require_backend(backend: str, device: str):
+    """Skip (or fail, when required and the device exists) if `backend` cannot run on `device`."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no GPU visible")
+    ok, why = _backend.status(backend, device)
+    if not ok:
+        if backend in REQUIRED:
+            pytest.fail(f"required backend {backend} unavailable on {device}: {why}")
+        pytest.skip(f"{backend} on {device}: {why}")
+
+
+@pytest.fixture(params=KERNEL_TARGETS, ids=[f"{b}-{d}" for b, d in KERNEL_TARGETS])
+def target(request):
+    backend, device = request.param
+    require_backend(backend, device)
+    return backend, device
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_poison(request):
+    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+    prev = torch.are_deterministic_algorithms_enabled()
+    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+
+
+def interpreted(backend, device):
+    """The Triton interpreter is ~1000x slower than a GPU: tests shrink their shapes for it."""
+    return backend == "triton" and device == "cpu"
+
+
+def assert_close_to_reference(out, ref_same, ref64, *, factor=2.0, atol_eps=8.0, name="output"):
+    """The tolerance rule: |out - ref64| <= factor * |ref_same - ref64| + atol, elementwise max.
+
+    ref_same is the PyTorch reference at out's precision, ref64 the same computed in float64;
+    atol is atol_eps machine epsilons of out's dtype times the largest |ref64|, so a reference that
+    happens to be exact does not demand the impossible.
+    """
+    assert out.shape == ref64.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref64.shape)}"
+    assert out.dtype == ref_same.dtype, f"{name}: dtype {out.dtype} != {ref_same.dtype}"
+    assert torch.isfinite(out).all(), f"{name}: non-finite values (unwritten output?)"
+    out64, same64 = out.double().cpu(), ref_same.double().cpu()
+    ref64 = ref64.double().cpu()
+    err = (out64 - ref64).abs().max().item() if out.numel() else 0.0
+    ref_err = (same64 - ref64).abs().max().item() if out.numel() else 0.0
+    scale = ref64.abs().max().item() if out.numel() else 0.0
+    atol = atol_eps * torch.finfo(out.dtype).eps * max(scale, 1e-30)
+    assert err <= factor * ref_err + atol, (
+        f"{name}: max error {err:.3e} vs float64 exceeds {factor} x reference error {ref_err:.3e} + atol {atol:.3e}")
+
+
+def noncontiguous(t):
+    """The same values as t in a non-contiguous view (every other element of a wider tensor)."""
+    wide = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
+    view = wide[..., ::2]
+    view.copy_(t)
+    assert not view.is_contiguous() or t.shape[-1] <= 1
+    return view

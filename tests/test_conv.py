@@ -1,0 +1,210 @@
+"""causal_conv1d and causal_conv_transpose1d on every compiled backend vs the reference."""
+import math
+
+import pytest
+import torch
+
+from conftest import assert_close_to_reference, interpreted, noncontiguous
+from fastcodec import ops
+
+# (B, Cin, Cout, T, K, stride, dilation): T=1, T below the receptive field, odd channel counts,
+# lengths that are multiples of nothing, the codec's k=2*stride downsamplers.
+CONV_SHAPES = [
+    (1, 1, 1, 1, 1, 1, 1),
+    (2, 3, 5, 1, 7, 1, 1),
+    (2, 5, 7, 6, 7, 1, 9),
+    (2, 4, 3, 31, 3, 3, 2),
+    (1, 6, 10, 101, 10, 5, 1),
+    (3, 17, 13, 129, 7, 1, 3),
+    (1, 32, 33, 151, 4, 2, 1),
+    (2, 9, 16, 1134, 16, 8, 1),
+]
+# (B, Cin, Cout, T, K, stride): K < stride, K == stride, K = 2*stride, stride 1.
+CONVT_SHAPES = [
+    (1, 1, 1, 1, 1, 1),
+    (2, 3, 5, 1, 4, 2),
+    (2, 4, 3, 9, 3, 5),
+    (1, 7, 9, 33, 4, 4),
+    (1, 5, 6, 13, 10, 5),
+    (2, 3, 3, 20, 5, 1),
+    (2, 8, 4, 17, 16, 8),
+]
+SMALL = 200  # largest T the Triton interpreter gets
+
+
+def _dtypes(backend, device):
+    if device == "cuda":
+        return [torch.float32, torch.float16, torch.bfloat16] + ([torch.float64] if backend == "cuda" else [])
+    return [torch.float32, torch.float64] if backend == "cpp" else [torch.float32]
+
+
+def _conv_inputs(B, Cin, Cout, T, K, stride, activation, residual, bias=True, transposed=False):
+    """float64 inputs at a realistic scale (weights ~ 1/sqrt(fan_in)), never zeros."""
+    x = torch.randn(B, Cin, T, dtype=torch.float64)
+    wshape = (Cin, Cout, K) if transposed else (Cout, Cin, K)
+    w = torch.randn(*wshape, dtype=torch.float64) / math.sqrt(Cin * K)
+    b = torch.randn(Cout, dtype=torch.float64) * 0.1 if bias else None
+    alpha = torch.rand(Cout, dtype=torch.float64) + 0.5 if activation == "snake" else None
+    res = torch.randn(B, Cout, math.ceil(T / stride), dtype=torch.float64) if residual else None
+    return x, w, b, alpha, res
+
+
+def _cast(ts, dtype, device, contiguous=True):
+    out = []
+    for t in ts:
+        if t is None:
+            out.append(None)
+            continue
+        t = t.to(device=device, dtype=dtype)
+        out.append(t if contiguous else noncontiguous(t))
+    return out
+
+
+def _check_conv1d(backend, device, dtype, shape, activation, residual, contiguous=True, bias=True):
+    B, Cin, Cout, T, K, stride, dilation = shape
+    x, w, b, alpha, res = _conv_inputs(B, Cin, Cout, T, K, stride, activation, residual, bias)
+    kw = dict(stride=stride, dilation=dilation, activation=activation)
+    ref64 = ops.causal_conv1d_ref(x, w, b, residual=res, alpha=alpha, **kw)
+    xs, ws, bs, als, rs = _cast([x, w, b, alpha, res], dtype, device, contiguous)
+    out = ops.causal_conv1d(xs, ws, bs, residual=rs, alpha=als, backend=backend, **kw)
+    ref_same = ops.causal_conv1d_ref(xs, ws, bs, residual=rs, alpha=als, **kw)
+    assert out.device.type == device
+    assert_close_to_reference(out, ref_same, ref64)
+
+
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=str)
+def test_conv1d_shapes(target, shape):
+    backend, device = target
+    if interpreted(backend, device) and shape[3] > SMALL:
+        pytest.skip("too slow for the Triton interpreter; covered on GPU")
+    for dtype in _dtypes(backend, device):
+        _check_conv1d(backend, device, dtype, shape, "elu", residual=True)
+
+
+@pytest.mark.parametrize("activation", ops.ACTIVATIONS)
+@pytest.mark.parametrize("residual", [False, True])
+def test_conv1d_epilogue(target, activation, residual):
+    backend, device = target
+    for dtype in _dtypes(backend, device):
+        _check_conv1d(backend, device, dtype, (2, 6, 5, 37, 7, 1, 3), activation, residual)
+        _check_conv1d(backend, device, dtype, (1, 4, 7, 23, 4, 2, 1), activation, residual, bias=False)
+
+
+def test_conv1d_noncontiguous(target):
+    backend, device = target
+    _check_conv1d(backend, device, torch.float32, (2, 5, 6, 41, 5, 1, 2), "snake", True, contiguous=False)
+    _check_conv1d(backend, device, torch.float32, (2, 5, 6, 41, 6, 3, 1), None, True, contiguous=False)
+
+
+def _check_conv_transpose1d(backend, device, dtype, shape, activation, contiguous=True, bias=True):
+    B, Cin, Cout, T, K, stride = shape
+    x, w, b, alpha, _ = _conv_inputs(B, Cin, Cout, T, K, 1, activation, False, bias, transposed=True)
+    kw = dict(stride=stride, activation=activation)
+    ref64 = ops.causal_conv_transpose1d_ref(x, w, b, alpha=alpha, **kw)
+    xs, ws, bs, als = _cast([x, w, b, alpha], dtype, device, contiguous)
+    out = ops.causal_conv_transpose1d(xs, ws, bs, alpha=als, backend=backend, **kw)
+    ref_same = ops.causal_conv_transpose1d_ref(xs, ws, bs, alpha=als, **kw)
+    assert_close_to_reference(out, ref_same, ref64)
+
+
+@pytest.mark.parametrize("shape", CONVT_SHAPES, ids=str)
+def test_conv_transpose1d_shapes(target, shape):
+    backend, device = target
+    for dtype in _dtypes(backend, device):
+        _check_conv_transpose1d(backend, device, dtype, shape, "leaky_relu")
+
+
+@pytest.mark.parametrize("activation", ops.ACTIVATIONS)
+def test_conv_transpose1d_epilogue(target, activation):
+    backend, device = target
+    for dtype in _dtypes(backend, device):
+        _check_conv_transpose1d(backend, device, dtype, (2, 6, 5, 11, 8, 4), activation)
+        _check_conv_transpose1d(backend, device, dtype, (1, 3, 4, 7, 3, 2), activation, bias=False)
+
+
+def test_conv_transpose1d_noncontiguous(target):
+    backend, device = target
+    _check_conv_transpose1d(backend, device, torch.float32, (2, 5, 6, 13, 10, 5), "snake", contiguous=False)
+
+
+def test_empty_time_axis(target):
+    backend, device = target
+    x = torch.randn(2, 3, 0, device=device)
+    assert ops.causal_conv1d(x, torch.randn(4, 3, 5, device=device), backend=backend).shape == (2, 4, 0)
+    assert ops.causal_conv_transpose1d(x, torch.randn(3, 4, 5, device=device), stride=2,
+                                       backend=backend).shape == (2, 4, 0)
+
+
+# --- gradients -------------------------------------------------------------------------------
+
+def _leaves(*ts):
+    return [None if t is None else t.detach().clone().requires_grad_(True) for t in ts]
+
+
+@pytest.mark.parametrize("activation", ops.ACTIVATIONS)
+def test_conv1d_gradcheck_float64_cpp(activation):
+    """The registered backward (epilogue derivative + conv backward) is exact in float64."""
+    from conftest import require_backend
+
+    require_backend("cpp", "cpu")
+    x, w, b, alpha, res = _leaves(*_conv_inputs(2, 3, 4, 9, 3, 2, activation, True))
+    # gradcheck perturbs inputs by 1e-6; keep snake's alpha well away from 0.
+    f = lambda x, w, b, res, *a: ops.causal_conv1d(  # noqa: E731
+        x, w, b, stride=2, dilation=2, activation=activation, residual=res, alpha=a[0] if a else None, backend="cpp")
+    args = (x, w, b, res) + ((alpha,) if alpha is not None else ())
+    assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("activation", ops.ACTIVATIONS)
+def test_conv_transpose1d_gradcheck_float64_cpp(activation):
+    from conftest import require_backend
+
+    require_backend("cpp", "cpu")
+    x, w, b, alpha, _ = _leaves(*_conv_inputs(2, 3, 4, 6, 5, 1, activation, False, transposed=True))
+    f = lambda x, w, b, *a: ops.causal_conv_transpose1d(  # noqa: E731
+        x, w, b, stride=3, activation=activation, alpha=a[0] if a else None, backend="cpp")
+    assert torch.autograd.gradcheck(f, (x, w, b) + ((alpha,) if alpha is not None else ()), eps=1e-6, atol=1e-7)
+
+
+def _grads(fn, inputs, gy):
+    leaves = _leaves(*inputs)
+    out = fn(*leaves)
+    out.backward(gy)
+    return out, [None if t is None else t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("activation", ["snake", "silu"])
+def test_conv_grads_match_reference(target, activation):
+    """Every backend's gradients (x, weight, bias, residual, alpha) equal the reference's."""
+    backend, device = target
+    dtype = torch.float32
+    x, w, b, alpha, res = _conv_inputs(2, 5, 6, 29, 5, 2, activation, True)
+    inputs = [None if t is None else t.to(device, dtype) for t in (x, w, b, res, alpha)]
+    gy = torch.randn(2, 6, 15, device=device, dtype=dtype)
+
+    def run(be):
+        return lambda x, w, b, r, a: ops.causal_conv1d(x, w, b, stride=2, dilation=1, activation=activation,
+                                                       residual=r, alpha=a, backend=be)
+
+    _, g_kernel = _grads(run(backend), inputs, gy)
+    _, g_ref = _grads(run("torch"), inputs, gy)
+    for name, gk, gr in zip(["x", "weight", "bias", "residual", "alpha"], g_kernel, g_ref):
+        if name == "alpha" and activation != "snake":
+            continue
+        assert gk is not None, f"no gradient for {name}"
+        torch.testing.assert_close(gk, gr, rtol=1e-4, atol=1e-4, msg=f"grad {name}")
+
+    xt, wt, bt, at, _ = _conv_inputs(2, 5, 6, 12, 8, 1, activation, False, transposed=True)
+    inputs_t = [None if t is None else t.to(device, dtype) for t in (xt, wt, bt, at)]
+    gyt = torch.randn(2, 6, 48, device=device, dtype=dtype)
+
+    def run_t(be):
+        return lambda x, w, b, a: ops.causal_conv_transpose1d(x, w, b, stride=4, activation=activation, alpha=a,
+                                                              backend=be)
+
+    _, gk_t = _grads(run_t(backend), inputs_t, gyt)
+    _, gr_t = _grads(run_t("torch"), inputs_t, gyt)
+    for name, gk, gr in zip(["x", "weight", "bias", "alpha"], gk_t, gr_t):
+        if name == "alpha" and activation != "snake":
+            continue
+        torch.testing.assert_close(gk, gr, rtol=1e-4, atol=1e-4, msg=f"transposed grad {name}")

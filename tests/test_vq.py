@@ -1,0 +1,163 @@
+"""vq_nearest, rvq_encode and rvq_decode on every compiled backend vs the reference.
+
+Exactness rule: a chosen index may differ from the reference's only where the distances tie: the
+float64 distance at the chosen code is within TIE_RTOL (relative) of the float64 minimum. Whole
+RVQs are compared by reconstruction error, since ties cascade into different but equally good
+codes.
+"""
+import pytest
+import torch
+
+from conftest import interpreted, noncontiguous
+from fastcodec import ops
+
+TIE_RTOL = 1e-5
+
+# (N, K, D): sizes not multiples of any tile, K = 1 and 2, D = 2 and odd.
+VQ_SHAPES = [(1, 1, 2), (7, 2, 8), (1000, 1000, 100), (4097, 1024, 8), (33, 4096, 128), (5, 7, 512)]
+SMALL_VQ = 300_000  # largest N*K*D the Triton interpreter gets
+
+
+def _dtypes(backend, device):
+    if device == "cuda":
+        return [torch.float32] + ([torch.float64] if backend == "cuda" else [])
+    return [torch.float32, torch.float64] if backend == "cpp" else [torch.float32]
+
+
+def _dist64(x, codebook):
+    x, c = x.double().cpu(), codebook.double().cpu()
+    return ((x[:, None, :] - c[None, :, :]) ** 2).sum(-1) if x.shape[0] * c.shape[0] * c.shape[1] < 5e7 \
+        else torch.cdist(x, c) ** 2
+
+
+def assert_nearest(x, codebook, index, sqdist):
+    """index is a true argmin (within the tie tolerance) and sqdist is its distance."""
+    assert index.dtype == torch.int64 and index.shape == (x.shape[0],)
+    index = index.cpu()
+    assert ((index >= 0) & (index < codebook.shape[0])).all(), "index out of range (unwritten output?)"
+    d = _dist64(x, codebook)
+    chosen = d.gather(1, index[:, None]).squeeze(1)
+    best = d.min(1).values
+    bad = chosen > best * (1 + TIE_RTOL) + 1e-12
+    assert not bad.any(), f"{int(bad.sum())} rows chose a code farther than the nearest (first row {bad.nonzero()[0]})"
+    if sqdist is not None:
+        torch.testing.assert_close(sqdist.double().cpu(), chosen, rtol=1e-4, atol=1e-5 * float(best.max() + 1))
+
+
+@pytest.mark.parametrize("shape", VQ_SHAPES, ids=str)
+def test_vq_nearest(target, shape):
+    backend, device = target
+    N, K, D = shape
+    if interpreted(backend, device) and N * K * D > SMALL_VQ:
+        pytest.skip("too slow for the Triton interpreter; covered on GPU")
+    for dtype in _dtypes(backend, device):
+        x = torch.randn(N, D, dtype=dtype, device=device)
+        cb = torch.randn(K, D, dtype=dtype, device=device)
+        index, sqdist = ops.vq_nearest(x, cb, backend=backend)
+        assert sqdist.dtype == dtype
+        assert_nearest(x, cb, index, sqdist)
+
+
+def test_vq_nearest_ties_and_duplicates(target):
+    """Duplicated codewords and points equidistant from several codes: the lowest index wins."""
+    backend, device = target
+    base = torch.randn(10, 8)
+    cb = torch.cat([base, base, base[:3]]).to(device)  # every code appears at least twice
+    x = torch.cat([base[[4, 2, 9]], torch.zeros(1, 8)]).to(device)
+    index, sqdist = ops.vq_nearest(x, cb, backend=backend)
+    assert index[:3].tolist() == [4, 2, 9]
+    # Integer-valued codes make exact ties: (1,0..) and (0,1..) are equidistant from (0.5, 0.5, 0..).
+    cb2 = torch.eye(8, device=device).repeat(3, 1)
+    x2 = torch.zeros(2, 8, device=device)
+    x2[0, :2] = 0.5
+    x2[1, 5] = 1.0
+    index2, _ = ops.vq_nearest(x2, cb2, backend=backend)
+    assert index2.tolist() == [0, 5]
+
+
+def test_vq_nearest_noncontiguous(target):
+    backend, device = target
+    x = noncontiguous(torch.randn(37, 9, device=device))
+    cb = torch.randn(20, 9, device=device).t().contiguous().t()  # column-major view
+    index, sqdist = ops.vq_nearest(x, cb, backend=backend)
+    assert_nearest(x, cb, index, sqdist)
+
+
+def _recon_error(x, q):
+    return ((x.double() - q.double()) ** 2).sum().item()
+
+
+@pytest.mark.parametrize("N,Q,K,D", [(1, 1, 2, 8), (7, 8, 1, 2), (1000, 8, 64, 100), (333, 32, 16, 8),
+                                     (129, 3, 1024, 128)])
+def test_rvq_encode_decode(target, N, Q, K, D):
+    backend, device = target
+    if interpreted(backend, device) and N * Q * K * D > SMALL_VQ * 4:
+        pytest.skip("too slow for the Triton interpreter; covered on GPU")
+    for dtype in _dtypes(backend, device):
+        x = torch.randn(N, D, dtype=dtype, device=device)
+        # Later stages see smaller residuals: scale codebooks down per stage as trained ones are.
+        cbs = torch.randn(Q, K, D, dtype=dtype, device=device) * (0.6 ** torch.arange(Q, device=device)).view(-1, 1, 1)
+        codes, q = ops.rvq_encode(x, cbs, backend=backend)
+        ref_codes, ref_q = ops.rvq_encode_ref(x, cbs)
+        assert codes.shape == (N, Q) and codes.dtype == torch.int64 and q.dtype == dtype
+        assert ((codes >= 0) & (codes < K)).all()
+        # The first stage sees x itself: it must be a true nearest code.
+        assert_nearest(x, cbs[0], codes[:, 0], None)
+        err, ref_err = _recon_error(x, q), _recon_error(x, ref_q)
+        assert err <= ref_err * 1.01 + 1e-9, f"reconstruction error {err} vs reference {ref_err}"
+        # quantized is exactly the stage-ordered sum of the chosen codewords, on every backend.
+        assert torch.equal(ops.rvq_decode(codes, cbs, backend=backend), q)
+        assert torch.equal(ops.rvq_decode_ref(codes, cbs), q)
+        if Q > 1:
+            codes2, q2 = ops.rvq_encode(x, cbs, n_q=Q - 1, backend=backend)
+            assert codes2.shape == (N, Q - 1)
+            agree = (codes2 == codes[:, : Q - 1]).all(1)
+            assert agree.float().mean() > 0.99, "fewer stages must choose the same leading codes"
+
+
+def test_rvq_encode_noncontiguous(target):
+    backend, device = target
+    x = noncontiguous(torch.randn(50, 12, device=device))
+    cbs = torch.randn(4, 12, 32, device=device).transpose(1, 2)  # [Q, K=32, D=12], non-contiguous
+    codes, q = ops.rvq_encode(x, cbs, backend=backend)
+    assert_nearest(x, cbs[0], codes[:, 0], None)
+    assert _recon_error(x, q) <= _recon_error(x, ops.rvq_encode_ref(x, cbs)[1]) * 1.01
+
+
+def test_rvq_decode_exact_and_noncontiguous(target):
+    backend, device = target
+    cbs = torch.randn(6, 40, 10, device=device)
+    codes = torch.randint(0, 40, (77, 6), device=device)
+    for c in (codes, codes[:, :3], noncontiguous(codes), codes.int()):
+        assert torch.equal(ops.rvq_decode(c, cbs, backend=backend), ops.rvq_decode_ref(c.long(), cbs))
+
+
+def test_empty_rows(target):
+    backend, device = target
+    x = torch.randn(0, 8, device=device)
+    index, sqdist = ops.vq_nearest(x, torch.randn(5, 8, device=device), backend=backend)
+    assert index.shape == (0,) and sqdist.shape == (0,)
+    codes, q = ops.rvq_encode(x, torch.randn(3, 5, 8, device=device), backend=backend)
+    assert codes.shape == (0, 3) and q.shape == (0, 8)
+
+
+def test_rvq_decode_grad_matches_reference(target):
+    backend, device = target
+    cbs = torch.randn(3, 9, 4, device=device)
+    codes = torch.randint(0, 9, (31, 3), device=device)
+    g = torch.randn(31, 4, device=device)
+    grads = []
+    for be in (backend, "torch"):
+        leaf = cbs.clone().requires_grad_(True)
+        ops.rvq_decode(codes, leaf, backend=be).backward(g)
+        grads.append(leaf.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_search_results_carry_no_gradient(target):
+    backend, device = target
+    x = torch.randn(5, 4, device=device, requires_grad=True)
+    cbs = torch.randn(2, 3, 4, device=device, requires_grad=True)
+    index, sqdist = ops.vq_nearest(x, cbs[0], backend=backend)
+    codes, q = ops.rvq_encode(x, cbs, backend=backend)
+    assert not sqdist.requires_grad and not q.requires_grad and not index.requires_grad
