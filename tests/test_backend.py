@@ -4,9 +4,12 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
+
+import fastcodec
 
 from conftest import require_backend
 from fastcodec import ops
@@ -86,6 +89,8 @@ def test_cpp_kernels_check_arguments_when_called_directly():
 
 def _run(code, env=None):
     full_env = dict(os.environ, **(env or {}))
+    root = str(Path(fastcodec.__file__).resolve().parent.parent)
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, full_env.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                           env=full_env, timeout=300)
 

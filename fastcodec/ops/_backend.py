@@ -7,7 +7,6 @@ ever chooses, and it never silently swaps a named backend for another.
 """
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -34,13 +33,18 @@ class BackendUnavailable(RuntimeError):
     """A named backend cannot run here (not built, no device, unsupported dtype...)."""
 
 
-@functools.lru_cache(maxsize=None)
+_triton_probe: list = []  # [error or None] once probed; a plain cache that torch.compile traces cleanly
+
+
 def _triton_import_error() -> str | None:
-    try:
-        import triton  # noqa: F401
-    except Exception as exc:
-        return f"triton is not importable ({type(exc).__name__}: {exc})"
-    return None
+    if not _triton_probe:
+        try:
+            import triton  # noqa: F401
+
+            _triton_probe.append(None)
+        except Exception as exc:
+            _triton_probe.append(f"triton is not importable ({type(exc).__name__}: {exc})")
+    return _triton_probe[0]
 
 
 def triton_interpreted() -> bool:

@@ -1,0 +1,176 @@
+"""Triton causal conv and causal transposed conv: implicit-GEMM tiles with the epilogue fused.
+
+Each program computes a [BLOCK_CO, BLOCK_T] output tile of one batch item. It loops over taps k and
+input-channel blocks, loading a weight tile [BLOCK_CO, BLOCK_CI] and the input tile
+[BLOCK_CI, BLOCK_T] shifted by k*dilation - pad; the causal left padding is the load mask (src < 0
+reads 0), never a padded copy. fp32 accumulation; bias, activation and residual are applied to the
+accumulator before the single store. Inputs are read through their strides (no .contiguous()).
+
+The transposed conv is split by output phase p = t' mod stride: output t' = q*stride + p receives
+exactly the taps k = p + j*stride from input q - j, so every tile is a dense GEMM with no masked-out
+multiplies (a direct scatter formulation wastes (stride-1)/stride of them).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ._launch import device_guard, precision_for
+
+ACT_CODES = {"none": 0, "elu": 1, "leaky_relu": 2, "silu": 3, "snake": 4}
+SNAKE_EPS = 1e-9  # == reference.SNAKE_EPS
+
+
+@triton.jit
+def _activate(z, ACT: tl.constexpr, slope, a_ptr, co, co_ok):
+    """z: [BLOCK_CO, BLOCK_T] fp32 pre-activation of output channels co: [BLOCK_CO]."""
+    if ACT == 1:
+        z = tl.where(z > 0, z, tl.exp(z) - 1.0)
+    elif ACT == 2:
+        z = tl.where(z > 0, z, z * slope)
+    elif ACT == 3:
+        z = z / (1.0 + tl.exp(-z))
+    elif ACT == 4:
+        alpha = tl.load(a_ptr + co, mask=co_ok, other=1.0).to(tl.float32)[:, None]
+        s = tl.sin(alpha * z)
+        z = z + s * s / (alpha + 1e-9)
+    return z
+
+
+@triton.jit
+def causal_conv1d_kernel(
+    x_ptr, w_ptr, b_ptr, a_ptr, r_ptr, y_ptr,
+    Cin, Cout, Tout, K, stride, dilation, slope,
+    sxb, sxc, sxt, swo, swi, swk, srb, src, srt,
+    ACT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_CO: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_CI: tl.constexpr,
+):
+    pid_t = tl.program_id(0)
+    pid_co = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)  # [BCO]
+    t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)  # [BT]
+    cis = tl.arange(0, BLOCK_CI)  # [BCI]
+    co_ok = co < Cout
+    t_ok = t < Tout
+    pad = (K - 1) * dilation
+    x_b = x_ptr + b * sxb
+    acc = tl.zeros((BLOCK_CO, BLOCK_T), dtype=tl.float32)
+    for k in range(0, K):
+        src_t = t * stride + k * dilation - pad  # [BT]; < 0 is the causal zero padding
+        src_ok = t_ok & (src_t >= 0)
+        for c0 in range(0, Cin, BLOCK_CI):
+            ci = c0 + cis
+            ci_ok = ci < Cin
+            w = tl.load(w_ptr + co[:, None] * swo + ci[None, :] * swi + k * swk,
+                        mask=co_ok[:, None] & ci_ok[None, :], other=0.0)  # [BCO, BCI]
+            xt = tl.load(x_b + ci[:, None] * sxc + src_t[None, :] * sxt,
+                         mask=ci_ok[:, None] & src_ok[None, :], other=0.0)  # [BCI, BT]
+            acc = tl.dot(w, xt, acc, input_precision=PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + co, mask=co_ok, other=0.0).to(tl.float32)[:, None]
+    acc = _activate(acc, ACT, slope, a_ptr, co, co_ok)
+    out_ok = co_ok[:, None] & t_ok[None, :]
+    if HAS_RES:
+        acc += tl.load(r_ptr + b * srb + co[:, None] * src + t[None, :] * srt, mask=out_ok, other=0.0).to(tl.float32)
+    y = y_ptr + b * Cout * Tout + co[:, None] * Tout + t[None, :]
+    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=out_ok)
+
+
+@triton.jit
+def causal_conv_transpose1d_kernel(
+    x_ptr, w_ptr, b_ptr, a_ptr, y_ptr,
+    Cin, Cout, T, K, stride, slope,
+    sxb, sxc, sxt, swi, swo, swk,
+    ACT: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_CO: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_CI: tl.constexpr,
+):
+    pid_q = tl.program_id(0)
+    pid_co = tl.program_id(1)
+    pid_bp = tl.program_id(2)
+    b = (pid_bp // stride).to(tl.int64)
+    p = pid_bp % stride  # output phase: this program writes t' = q*stride + p
+    co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    cis = tl.arange(0, BLOCK_CI)
+    co_ok = co < Cout
+    q_ok = q < T
+    x_b = x_ptr + b * sxb
+    acc = tl.zeros((BLOCK_CO, BLOCK_Q), dtype=tl.float32)
+    n_taps = (K - p + stride - 1) // stride  # taps k = p + j*stride < K; >= 0 since p < stride
+    for j in range(0, n_taps):
+        k = p + j * stride
+        src_t = q - j
+        src_ok = q_ok & (src_t >= 0)
+        for c0 in range(0, Cin, BLOCK_CI):
+            ci = c0 + cis
+            ci_ok = ci < Cin
+            w = tl.load(w_ptr + ci[None, :] * swi + co[:, None] * swo + k * swk,
+                        mask=co_ok[:, None] & ci_ok[None, :], other=0.0)  # [BCO, BCI]
+            xt = tl.load(x_b + ci[:, None] * sxc + src_t[None, :] * sxt,
+                         mask=ci_ok[:, None] & src_ok[None, :], other=0.0)  # [BCI, BQ]
+            acc = tl.dot(w, xt, acc, input_precision=PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + co, mask=co_ok, other=0.0).to(tl.float32)[:, None]
+    acc = _activate(acc, ACT, slope, a_ptr, co, co_ok)
+    Tout = T * stride
+    y = y_ptr + b * Cout * Tout + co[:, None] * Tout + (q * stride + p)[None, :]
+    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=co_ok[:, None] & q_ok[None, :])
+
+
+def _pow2_clamp(n, lo, hi):
+    return max(lo, min(hi, triton.next_power_of_2(max(1, n))))
+
+
+def conv_config(cin: int, cout: int, tout: int) -> dict:
+    """Tile sizes the launcher uses (and the AOT check compiles): tl.dot needs every side >= 16."""
+    return dict(BLOCK_CO=_pow2_clamp(cout, 16, 64), BLOCK_T=_pow2_clamp(tout, 16, 64),
+                BLOCK_CI=_pow2_clamp(cin, 16, 32), num_warps=4)
+
+
+def _vector(v):
+    """Per-channel vectors are read with unit stride; they are tiny, so a copy costs nothing."""
+    return None if v is None else v.contiguous()
+
+
+def causal_conv1d(x, weight, bias, stride, dilation, activation, negative_slope, alpha, residual):
+    """x: [B, Cin, T], weight: [Cout, Cin, K] -> [B, Cout, ceil(T/stride)] (arguments as the op schema)."""
+    B, Cin, T = x.shape
+    Cout, _, K = weight.shape
+    Tout = -(-T // stride)
+    bias, alpha = _vector(bias), _vector(alpha)
+    y = torch.empty(B, Cout, Tout, dtype=x.dtype, device=x.device)
+    if y.numel() == 0:
+        return y
+    cfg = conv_config(Cin, Cout, Tout)
+    grid = (triton.cdiv(Tout, cfg["BLOCK_T"]), triton.cdiv(Cout, cfg["BLOCK_CO"]), B)
+    res_strides = residual.stride() if residual is not None else (0, 0, 0)
+    with device_guard(x):
+        causal_conv1d_kernel[grid](
+            x, weight, x if bias is None else bias, x if alpha is None else alpha,
+            x if residual is None else residual, y,
+            Cin, Cout, Tout, K, stride, dilation, float(negative_slope),
+            *x.stride(), *weight.stride(), *res_strides,
+            ACT=ACT_CODES[activation], HAS_BIAS=bias is not None, HAS_RES=residual is not None,
+            PRECISION=precision_for(x.dtype), **cfg)
+    return y
+
+
+def causal_conv_transpose1d(x, weight, bias, stride, activation, negative_slope, alpha):
+    """x: [B, Cin, T], weight: [Cin, Cout, K] -> [B, Cout, T*stride] (arguments as the op schema)."""
+    B, Cin, T = x.shape
+    _, Cout, K = weight.shape
+    bias, alpha = _vector(bias), _vector(alpha)
+    y = torch.empty(B, Cout, T * stride, dtype=x.dtype, device=x.device)
+    if y.numel() == 0:
+        return y
+    cfg = conv_config(Cin, Cout, T)
+    cfg["BLOCK_Q"] = cfg.pop("BLOCK_T")
+    grid = (triton.cdiv(T, cfg["BLOCK_Q"]), triton.cdiv(Cout, cfg["BLOCK_CO"]), B * stride)
+    with device_guard(x):
+        causal_conv_transpose1d_kernel[grid](
+            x, weight, x if bias is None else bias, x if alpha is None else alpha, y,
+            Cin, Cout, T, K, stride, float(negative_slope),
+            *x.stride(), *weight.stride(),
+            ACT=ACT_CODES[activation], HAS_BIAS=bias is not None,
+            PRECISION=precision_for(x.dtype), **cfg)
+    return y
