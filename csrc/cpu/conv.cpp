@@ -1,7 +1,7 @@
-// Causal conv and causal transposed conv on the CPU: fused pad-by-index, conv, bias, activation and
-// residual in one pass over the output. One output row (b, co) per task; the tap loop runs over a
-// contiguous time range so the compiler vectorizes it. (Issue 3 replaces this with register-blocked
-// GEMM tiles; this version is the correct, simple baseline.)
+// Causal conv and causal transposed conv on the CPU, with bias, activation and residual fused.
+// fp32 runs on the GEMM-shaped engine of conv_gemm.h (the transposed conv as `stride` phase convs);
+// fp64 (used by gradcheck) runs a simple loop nest: one output row (b, co) per task, the tap loop
+// over a contiguous time range.
 #include <algorithm>
 #include <vector>
 
@@ -13,6 +13,7 @@
 
 #include "../checks.h"
 #include "../epilogue.h"
+#include "conv_gemm.h"
 
 namespace fastcodec {
 namespace {
@@ -20,6 +21,38 @@ namespace {
 template <typename scalar_t>
 const scalar_t* ptr_or_null(const c10::optional<at::Tensor>& t) {
   return t.has_value() ? t->data_ptr<scalar_t>() : nullptr;
+}
+
+// fp32 transposed conv as `stride` causal convs: output t' = q*stride + p (phase p) receives taps
+// k = p + j*stride from input q - j, i.e. a stride-1 causal conv with J = ceil((K - p)/stride) taps
+// (reversed) whose outputs land every stride-th sample.
+void conv_transpose1d_phases(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias,
+                             const c10::optional<at::Tensor>& alpha, Activation act, float negative_slope,
+                             int64_t stride, at::Tensor& y) {
+  const int64_t B = x.size(0), Cin = x.size(1), T = x.size(2), Cout = w.size(1), K = w.size(2);
+  const float* wp = w.data_ptr<float>();
+  const float* bp = ptr_or_null<float>(bias);
+  const float* ap = ptr_or_null<float>(alpha);
+  float* yp = y.data_ptr<float>();
+  for (int64_t p = 0; p < stride; ++p) {
+    const int64_t J = p < K ? (K - p + stride - 1) / stride : 0;
+    if (J == 0) {  // K < stride: this phase sees no tap, only the bias
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t co = 0; co < Cout; ++co) {
+          const float v = activate<float>(bp ? bp[co] : 0.0f, act, negative_slope, ap ? ap[co] : 0.0f);
+          float* row = yp + (b * Cout + co) * T * stride + p;
+          for (int64_t q = 0; q < T; ++q) row[q * stride] = v;
+        }
+      continue;
+    }
+    std::vector<float> wpack(cpu::packed_weight_size(Cout, Cin, J));
+    cpu::pack_weights(wpack.data(), Cout, Cin, J, [&](int64_t co, int64_t ci, int64_t kk) {
+      return wp[(ci * Cout + co) * K + p + (J - 1 - kk) * stride];
+    });
+    cpu::ConvPlan plan{B, Cin, Cout, T, T, J, 1, 1, J - 1, x.data_ptr<float>(), wpack.data(), bp, ap, nullptr, act,
+                       negative_slope, yp + p, Cout * T * stride, T * stride, stride};
+    cpu::run_conv(plan);
+  }
 }
 
 at::Tensor causal_conv1d_cpu(const at::Tensor& x_in, const at::Tensor& w_in, const c10::optional<at::Tensor>& bias_in,
@@ -44,6 +77,18 @@ at::Tensor causal_conv1d_cpu(const at::Tensor& x_in, const at::Tensor& w_in, con
   at::Tensor y = at::empty({B, Cout, Tout}, x.options());
   if (y.numel() == 0) return y;
   const int64_t pad = (K - 1) * dilation;
+
+  if (x.scalar_type() == at::kFloat) {
+    std::vector<float> wpack(cpu::packed_weight_size(Cout, Cin, K));
+    const float* wp = w.data_ptr<float>();
+    cpu::pack_weights(wpack.data(), Cout, Cin, K,
+                      [&](int64_t co, int64_t ci, int64_t k) { return wp[(co * Cin + ci) * K + k]; });
+    cpu::ConvPlan plan{B, Cin, Cout, T, Tout, K, stride, dilation, pad, x.data_ptr<float>(), wpack.data(),
+                       ptr_or_null<float>(bias), ptr_or_null<float>(alpha), ptr_or_null<float>(residual), act,
+                       static_cast<float>(negative_slope), y.data_ptr<float>(), Cout * Tout, Tout, 1};
+    cpu::run_conv(plan);
+    return y;
+  }
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastcodec_causal_conv1d_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -103,6 +148,11 @@ at::Tensor causal_conv_transpose1d_cpu(const at::Tensor& x_in, const at::Tensor&
   const c10::optional<at::Tensor> alpha = alpha_in ? c10::optional<at::Tensor>(alpha_in->contiguous()) : c10::nullopt;
   at::Tensor y = at::empty({B, Cout, Tout}, x.options());
   if (y.numel() == 0) return y;
+
+  if (x.scalar_type() == at::kFloat) {
+    conv_transpose1d_phases(x, w, bias, alpha, act, static_cast<float>(negative_slope), stride, y);
+    return y;
+  }
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastcodec_causal_conv_transpose1d_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;

@@ -1,0 +1,275 @@
+// The fp32 conv engine declared in conv_gemm.h.
+#include "conv_gemm.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include <ATen/Parallel.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define FASTCODEC_X86_SIMD 1
+#endif
+
+namespace fastcodec {
+namespace cpu {
+namespace {
+
+// Taps per channel block: the packed window (block x phases x row) and the weight block
+// (MR x block x K) then fit in L1/L2 while the micro-kernel streams over them.
+constexpr int64_t kTapsPerBlock = 256;
+
+// Where tap k of output column j lives in a tile's packed window: element tap_off[k] + j of the
+// channel's rows. With base = t0*stride - pad, tap k reads x[base + j*stride + k*dilation]; writing
+// k*dilation = a*stride + r puts it in phase row r at position j + a.
+struct Window {
+  int64_t phases = 1;   // = stride
+  int64_t row_len = 0;  // floats per phase row
+  std::vector<int64_t> tap_off;
+};
+
+Window make_window(const ConvPlan& p) {
+  Window w;
+  w.phases = p.stride;
+  int64_t amax = 0;
+  for (int64_t k = 0; k < p.K; ++k) amax = std::max(amax, k * p.dilation / p.stride);
+  w.row_len = kNT + amax;  // the micro-kernel reads up to column kNT - 1 at offset amax
+  w.tap_off.resize(p.K);
+  for (int64_t k = 0; k < p.K; ++k) {
+    const int64_t off = k * p.dilation;
+    w.tap_off[k] = (off % p.stride) * w.row_len + off / p.stride;
+  }
+  return w;
+}
+
+// Copies the input window of channels [ci0, ci0 + nci) for the tile starting at output t0,
+// zero where the index falls outside [0, T): the causal padding on the left, the tile tail right.
+void pack_window(const ConvPlan& p, const Window& w, const float* xb, int64_t ci0, int64_t nci, int64_t t0,
+                 float* dst) {
+  const int64_t base = t0 * p.stride - p.pad;
+  for (int64_t c = 0; c < nci; ++c) {
+    const float* xrow = xb + (ci0 + c) * p.T;
+    for (int64_t r = 0; r < w.phases; ++r) {
+      float* out = dst + (c * w.phases + r) * w.row_len;
+      const int64_t first = base + r;  // x index of element m is first + m*stride
+      if (p.stride == 1) {
+        const int64_t lo = std::min(w.row_len, std::max<int64_t>(0, -first));
+        const int64_t hi = std::max(lo, std::min(w.row_len, p.T - first));
+        std::fill(out, out + lo, 0.0f);
+        if (hi > lo) std::memcpy(out + lo, xrow + first + lo, sizeof(float) * (hi - lo));
+        std::fill(out + hi, out + w.row_len, 0.0f);
+      } else {
+        for (int64_t m = 0; m < w.row_len; ++m) {
+          const int64_t src = first + m * p.stride;
+          out[m] = (src >= 0 && src < p.T) ? xrow[src] : 0.0f;
+        }
+      }
+    }
+  }
+}
+
+// c[i][0..NR) += sum over (ci, k) of wp[(ci*K + k)*MR + i] * window(ci, k)[0..NR).
+// wp: this block's packed weights; xw: the window at this micro-tile's first column.
+void ukernel_generic(const float* wp, const float* xw, const int64_t* tap_off, int64_t nci, int64_t K,
+                     int64_t ci_stride, float* c, int64_t ldc) {
+  float acc[kMR][kNR];
+  for (int64_t i = 0; i < kMR; ++i)
+    for (int64_t j = 0; j < kNR; ++j) acc[i][j] = c[i * ldc + j];
+  for (int64_t ci = 0; ci < nci; ++ci) {
+    const float* xb = xw + ci * ci_stride;
+    for (int64_t k = 0; k < K; ++k, wp += kMR) {
+      const float* xr = xb + tap_off[k];
+      for (int64_t i = 0; i < kMR; ++i)
+        for (int64_t j = 0; j < kNR; ++j) acc[i][j] += wp[i] * xr[j];
+    }
+  }
+  for (int64_t i = 0; i < kMR; ++i)
+    for (int64_t j = 0; j < kNR; ++j) c[i * ldc + j] = acc[i][j];
+}
+
+#ifdef FASTCODEC_X86_SIMD
+__attribute__((target("avx2,fma"))) void ukernel_avx2(const float* wp, const float* xw, const int64_t* tap_off,
+                                                      int64_t nci, int64_t K, int64_t ci_stride, float* c,
+                                                      int64_t ldc) {
+  static_assert(kMR == 4 && kNR == 24, "the AVX2 micro-kernel is written for 4 x 24 tiles");
+  __m256 c00 = _mm256_loadu_ps(c), c01 = _mm256_loadu_ps(c + 8), c02 = _mm256_loadu_ps(c + 16);
+  __m256 c10 = _mm256_loadu_ps(c + ldc), c11 = _mm256_loadu_ps(c + ldc + 8), c12 = _mm256_loadu_ps(c + ldc + 16);
+  __m256 c20 = _mm256_loadu_ps(c + 2 * ldc), c21 = _mm256_loadu_ps(c + 2 * ldc + 8),
+         c22 = _mm256_loadu_ps(c + 2 * ldc + 16);
+  __m256 c30 = _mm256_loadu_ps(c + 3 * ldc), c31 = _mm256_loadu_ps(c + 3 * ldc + 8),
+         c32 = _mm256_loadu_ps(c + 3 * ldc + 16);
+  for (int64_t ci = 0; ci < nci; ++ci) {
+    const float* xb = xw + ci * ci_stride;
+    for (int64_t k = 0; k < K; ++k, wp += kMR) {
+      const float* xr = xb + tap_off[k];
+      const __m256 x0 = _mm256_loadu_ps(xr), x1 = _mm256_loadu_ps(xr + 8), x2 = _mm256_loadu_ps(xr + 16);
+      __m256 w = _mm256_broadcast_ss(wp);
+      c00 = _mm256_fmadd_ps(w, x0, c00);
+      c01 = _mm256_fmadd_ps(w, x1, c01);
+      c02 = _mm256_fmadd_ps(w, x2, c02);
+      w = _mm256_broadcast_ss(wp + 1);
+      c10 = _mm256_fmadd_ps(w, x0, c10);
+      c11 = _mm256_fmadd_ps(w, x1, c11);
+      c12 = _mm256_fmadd_ps(w, x2, c12);
+      w = _mm256_broadcast_ss(wp + 2);
+      c20 = _mm256_fmadd_ps(w, x0, c20);
+      c21 = _mm256_fmadd_ps(w, x1, c21);
+      c22 = _mm256_fmadd_ps(w, x2, c22);
+      w = _mm256_broadcast_ss(wp + 3);
+      c30 = _mm256_fmadd_ps(w, x0, c30);
+      c31 = _mm256_fmadd_ps(w, x1, c31);
+      c32 = _mm256_fmadd_ps(w, x2, c32);
+    }
+  }
+  _mm256_storeu_ps(c, c00), _mm256_storeu_ps(c + 8, c01), _mm256_storeu_ps(c + 16, c02);
+  _mm256_storeu_ps(c + ldc, c10), _mm256_storeu_ps(c + ldc + 8, c11), _mm256_storeu_ps(c + ldc + 16, c12);
+  _mm256_storeu_ps(c + 2 * ldc, c20), _mm256_storeu_ps(c + 2 * ldc + 8, c21);
+  _mm256_storeu_ps(c + 2 * ldc + 16, c22);
+  _mm256_storeu_ps(c + 3 * ldc, c30), _mm256_storeu_ps(c + 3 * ldc + 8, c31);
+  _mm256_storeu_ps(c + 3 * ldc + 16, c32);
+}
+#endif
+
+// The epilogue activation over one tile row, v[j] = act(v[j] + bias), with the activation switch
+// outside the loop. ELU and SiLU need exp: the AVX2 path has its own; snake (sin) stays scalar.
+void activate_row_generic(float* v, int64_t n, float bias, Activation act, float slope, float alpha) {
+  switch (act) {
+    case Activation::None:
+      for (int64_t j = 0; j < n; ++j) v[j] += bias;
+      break;
+    case Activation::LeakyRelu:
+      for (int64_t j = 0; j < n; ++j) {
+        const float z = v[j] + bias;
+        v[j] = z > 0.0f ? z : z * slope;
+      }
+      break;
+    default:
+      for (int64_t j = 0; j < n; ++j) v[j] = activate<float>(v[j] + bias, act, slope, alpha);
+  }
+}
+
+#ifdef FASTCODEC_X86_SIMD
+// exp(x) for 8 floats, ~1 ulp: x = n*ln2 + r with |r| <= ln2/2, a degree-5 polynomial for e^r
+// (the Cephes expf coefficients), then the exponent bits for 2^n. Inputs are clamped to the float
+// range, so -inf gives 0 and large x saturates at ~FLT_MAX.
+__attribute__((target("avx2,fma"))) inline __m256 exp_avx2(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.33654f)), _mm256_set1_ps(88.37626f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+__attribute__((target("avx2,fma"))) void activate_row_avx2(float* v, int64_t n, float bias, Activation act,
+                                                           float slope, float alpha) {
+  if (act == Activation::None || act == Activation::Snake) return activate_row_generic(v, n, bias, act, slope, alpha);
+  const __m256 vb = _mm256_set1_ps(bias), zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
+  const __m256 vslope = _mm256_set1_ps(slope);
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 z = _mm256_add_ps(_mm256_loadu_ps(v + j), vb);
+    __m256 out;
+    if (act == Activation::Elu) {  // z > 0 ? z : exp(z) - 1
+      const __m256 neg = _mm256_sub_ps(exp_avx2(_mm256_min_ps(z, zero)), one);
+      out = _mm256_blendv_ps(neg, z, _mm256_cmp_ps(z, zero, _CMP_GT_OQ));
+    } else if (act == Activation::LeakyRelu) {
+      out = _mm256_blendv_ps(_mm256_mul_ps(z, vslope), z, _mm256_cmp_ps(z, zero, _CMP_GT_OQ));
+    } else {  // z / (1 + exp(-z))
+      out = _mm256_div_ps(z, _mm256_add_ps(one, exp_avx2(_mm256_sub_ps(zero, z))));
+    }
+    _mm256_storeu_ps(v + j, out);
+  }
+  activate_row_generic(v + j, n - j, bias, act, slope, alpha);
+}
+#endif
+
+using ActivateRow = void (*)(float*, int64_t, float, Activation, float, float);
+
+using UKernel = void (*)(const float*, const float*, const int64_t*, int64_t, int64_t, int64_t, float*, int64_t);
+
+bool has_avx2_fma() {
+#ifdef FASTCODEC_X86_SIMD
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+
+UKernel pick_ukernel() {
+#ifdef FASTCODEC_X86_SIMD
+  if (has_avx2_fma()) return ukernel_avx2;
+#endif
+  return ukernel_generic;
+}
+
+ActivateRow pick_activate_row() {
+#ifdef FASTCODEC_X86_SIMD
+  if (has_avx2_fma()) return activate_row_avx2;
+#endif
+  return activate_row_generic;
+}
+
+}  // namespace
+
+int64_t packed_weight_size(int64_t Cout, int64_t Cin, int64_t K) {
+  return (Cout + kMR - 1) / kMR * kMR * Cin * K;
+}
+
+void run_conv(const ConvPlan& p) {
+  static const UKernel ukernel = pick_ukernel();
+  static const ActivateRow activate_row = pick_activate_row();
+  const Window win = make_window(p);
+  const int64_t ntiles = (p.Tout + kNT - 1) / kNT;
+  const int64_t cblocks = (p.Cout + kMR - 1) / kMR;
+  const int64_t ci_block = std::max<int64_t>(1, std::min(p.Cin, kTapsPerBlock / p.K));
+  const int64_t ci_stride = win.phases * win.row_len;
+  const float slope = p.negative_slope;
+
+  at::parallel_for(0, p.B * ntiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> window(ci_block * ci_stride);
+    std::vector<float> tile(cblocks * kMR * kNT);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / ntiles, t0 = (task % ntiles) * kNT;
+      const int64_t ncols = std::min(kNT, p.Tout - t0);
+      const float* xb = p.x + b * p.Cin * p.T;
+      std::fill(tile.begin(), tile.end(), 0.0f);
+      for (int64_t ci0 = 0; ci0 < p.Cin; ci0 += ci_block) {
+        const int64_t nci = std::min(ci_block, p.Cin - ci0);
+        pack_window(p, win, xb, ci0, nci, t0, window.data());
+        for (int64_t cb = 0; cb < cblocks; ++cb) {
+          const float* wp = p.wpack + (cb * p.Cin + ci0) * p.K * kMR;
+          float* c = tile.data() + cb * kMR * kNT;
+          for (int64_t j0 = 0; j0 < ncols; j0 += kNR)
+            ukernel(wp, window.data() + j0, win.tap_off.data(), nci, p.K, ci_stride, c + j0, kNT);
+        }
+      }
+      // Epilogue on the tile while it is in cache: bias, activation, residual, one store.
+      for (int64_t co = 0; co < p.Cout; ++co) {
+        float* v = tile.data() + co * kNT;
+        activate_row(v, ncols, p.bias ? p.bias[co] : 0.0f, p.act, slope, p.alpha ? p.alpha[co] : 0.0f);
+        float* y = p.y + b * p.y_bs + co * p.y_cs + t0 * p.y_ts;
+        if (p.residual) {
+          const float* res = p.residual + (b * p.Cout + co) * p.Tout + t0;
+          for (int64_t j = 0; j < ncols; ++j) y[j] = v[j] + res[j];  // residual implies y_ts == 1
+        } else if (p.y_ts == 1) {
+          std::memcpy(y, v, sizeof(float) * ncols);
+        } else {
+          for (int64_t j = 0; j < ncols; ++j) y[j * p.y_ts] = v[j];
+        }
+      }
+    }
+  });
+}
+
+}  // namespace cpu
+}  // namespace fastcodec
