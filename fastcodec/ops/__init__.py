@@ -129,3 +129,9 @@ def rvq_decode(codes, codebooks, *, backend="auto"):
     if be == "torch":
         return rvq_decode_ref(codes, codebooks)
     return _compiled("rvq_decode", be)(codes, codebooks)
+
+
+# Streaming forms (chunked input, state in and out); defined on top of the ops above.
+from .streaming import causal_conv1d_stream, causal_conv_transpose1d_stream  # noqa: E402
+
+__all__ += ["causal_conv1d_stream", "causal_conv_transpose1d_stream"]

@@ -1,0 +1,103 @@
+"""Streaming convs: any chunking of a signal gives the whole-signal output."""
+import math
+
+import pytest
+import torch
+
+from conftest import require_backend
+from fastcodec import ops
+
+BACKENDS = [("torch", "cpu"), ("cpp", "cpu"), ("triton", "cpu"), ("cuda", "cuda"), ("triton", "cuda")]
+
+
+@pytest.fixture(params=BACKENDS, ids=[f"{b}-{d}" for b, d in BACKENDS])
+def stream_target(request):
+    require_backend(*request.param)
+    return request.param
+
+
+def _chunks(total, gen):
+    """Random chunk sizes adding up to total, with zeros and ones among them."""
+    sizes, left = [], total
+    while left > 0:
+        n = int(torch.randint(0, 4, (1,), generator=gen)) if torch.rand(1, generator=gen) < 0.4 else \
+            int(torch.randint(1, 40, (1,), generator=gen))
+        n = min(n, left)
+        sizes.append(n)
+        left -= n
+    return sizes
+
+
+# Includes stride > pad + 1 ((1, 2), (2, 5)): the next output can need a sample not yet seen.
+@pytest.mark.parametrize("K,stride,dilation", [(1, 1, 1), (7, 1, 1), (7, 1, 9), (4, 2, 1), (10, 5, 1), (16, 8, 1),
+                                               (3, 3, 2), (1, 2, 1), (2, 5, 1)])
+@pytest.mark.parametrize("activation", ["elu", "snake"])
+def test_conv1d_stream_matches_offline(stream_target, K, stride, dilation, activation):
+    backend, device = stream_target
+    gen = torch.Generator().manual_seed(K * 100 + stride * 10 + dilation)
+    B, Cin, Cout, T = 2, 3, 5, 157
+    x = torch.randn(B, Cin, T, device=device)
+    w = torch.randn(Cout, Cin, K, device=device) / math.sqrt(Cin * K)
+    b = torch.randn(Cout, device=device)
+    alpha = torch.rand(Cout, device=device) + 0.5 if activation == "snake" else None
+    kw = dict(stride=stride, dilation=dilation, activation=activation, alpha=alpha, backend=backend)
+    offline = ops.causal_conv1d(x, w, b, **kw)
+    for _ in range(3):
+        state, outs, pos = None, [], 0
+        for n in _chunks(T, gen):
+            y, state = ops.causal_conv1d_stream(x[:, :, pos:pos + n], w, b, state=state, **kw)
+            outs.append(y)
+            pos += n
+        torch.testing.assert_close(torch.cat(outs, dim=2), offline, rtol=1e-5, atol=1e-5)
+
+
+def test_conv1d_stream_residual(stream_target):
+    backend, device = stream_target
+    x = torch.randn(1, 4, 50, device=device)
+    w = torch.randn(6, 4, 4, device=device) / 4
+    res = torch.randn(1, 6, 25, device=device)
+    offline = ops.causal_conv1d(x, w, stride=2, activation="silu", residual=res, backend=backend)
+    state, outs, pos, done = None, [], 0, 0
+    for n in (3, 0, 1, 10, 7, 29):
+        n_out = -(-(pos + n) // 2) - done
+        y, state = ops.causal_conv1d_stream(x[:, :, pos:pos + n], w, state=state, stride=2, activation="silu",
+                                            residual=res[:, :, done:done + n_out], backend=backend)
+        outs.append(y)
+        pos, done = pos + n, done + n_out
+    torch.testing.assert_close(torch.cat(outs, dim=2), offline, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("K,stride", [(1, 1), (5, 1), (4, 2), (8, 4), (10, 5), (16, 8), (3, 5), (7, 3)])
+@pytest.mark.parametrize("activation", [None, "elu", "snake"])
+def test_conv_transpose1d_stream_matches_offline(stream_target, K, stride, activation):
+    backend, device = stream_target
+    gen = torch.Generator().manual_seed(K * 10 + stride)
+    B, Cin, Cout, T = 2, 4, 3, 61
+    x = torch.randn(B, Cin, T, device=device)
+    w = torch.randn(Cin, Cout, K, device=device) / math.sqrt(Cin * K)
+    b = torch.randn(Cout, device=device)
+    alpha = torch.rand(Cout, device=device) + 0.5 if activation == "snake" else None
+    kw = dict(stride=stride, activation=activation, alpha=alpha, backend=backend)
+    offline = ops.causal_conv_transpose1d(x, w, b, **kw)
+    for _ in range(3):
+        state, outs, pos = None, [], 0
+        for n in _chunks(T, gen):
+            y, state = ops.causal_conv_transpose1d_stream(x[:, :, pos:pos + n], w, b, state=state, **kw)
+            assert y.shape[2] == n * stride
+            outs.append(y)
+            pos += n
+        torch.testing.assert_close(torch.cat(outs, dim=2), offline, rtol=1e-5, atol=1e-5)
+
+
+def test_stream_rejects_a_foreign_state():
+    w = torch.randn(5, 3, 7)
+    _, state = ops.causal_conv1d_stream(torch.randn(1, 3, 10), w)
+    with pytest.raises(ValueError, match="state"):
+        ops.causal_conv1d_stream(torch.randn(1, 3, 10), torch.randn(5, 3, 3), state=state)
+    with pytest.raises(ValueError, match="state"):
+        ops.causal_conv1d_stream(torch.randn(2, 3, 10), w, state=state)
+    wt = torch.randn(3, 5, 8)
+    _, tail = ops.causal_conv_transpose1d_stream(torch.randn(1, 3, 4), wt, stride=4)
+    assert tail.shape == (1, 5, 4)
+    with pytest.raises(ValueError, match="state"):
+        ops.causal_conv_transpose1d_stream(torch.randn(1, 3, 4), wt, stride=2, state=tail)
