@@ -208,3 +208,15 @@ def test_conv_grads_match_reference(target, activation):
         if name == "alpha" and activation != "snake":
             continue
         torch.testing.assert_close(gk, gr, rtol=1e-4, atol=1e-4, msg=f"transposed grad {name}")
+
+
+@pytest.mark.parametrize("negative_slope", [-0.2, 0.0, 0.3])
+def test_leaky_relu_gradcheck_any_slope_cpp(negative_slope):
+    """A non-negative slope takes the derivative from the output; a negative one must recompute."""
+    from conftest import require_backend
+
+    require_backend("cpp", "cpu")
+    x, w, b, _, res = _leaves(*_conv_inputs(1, 3, 4, 11, 3, 1, None, True))
+    f = lambda x, w, b, r: ops.causal_conv1d(x, w, b, activation="leaky_relu", negative_slope=negative_slope,  # noqa
+                                             residual=r, backend="cpp")
+    assert torch.autograd.gradcheck(f, (x, w, b, res), eps=1e-6, atol=1e-7)

@@ -1,17 +1,20 @@
 """Backward of the compiled ops, shared by every backend that implements the op schemas.
 
-The forward runs the fused kernel; the backward recomputes the pre-activation with PyTorch's conv,
-applies the epilogue's derivative here, and uses PyTorch's conv-backward primitive for the
-input/weight/bias gradients (custom backward kernels are future work, see benchmarks/RESULTS.md).
+The forward runs the fused kernel; the backward recomputes the pre-activation with the same
+backend's kernel (activation off: cheaper than keeping it alive between passes), applies the
+epilogue's derivative here, and uses PyTorch's conv-backward primitive for the input/weight/bias
+gradients (custom backward kernels are future work, see benchmarks/RESULTS.md).
 The search ops (vq_nearest, rvq_encode) are marked non-differentiable; rvq_decode is a gather-sum
 whose codebook gradient is an index_add.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
-from .reference import SNAKE_EPS, conv1d_pre_activation, conv_transpose1d_pre_activation
+from .reference import SNAKE_EPS
 
 
 def activation_backward(gy, z, activation, negative_slope, alpha, need_alpha):
@@ -23,8 +26,7 @@ def activation_backward(gy, z, activation, negative_slope, alpha, need_alpha):
     if activation == "leaky_relu":
         return gy * torch.where(z > 0, torch.ones_like(z), torch.full_like(z, negative_slope)), None
     if activation == "silu":
-        s = torch.sigmoid(z)
-        return gy * s * (1 + z * (1 - s)), None
+        return torch.ops.aten.silu_backward(gy, z), None
     if activation == "snake":
         a = alpha.view(1, -1, 1)
         inv = 1.0 / (a + SNAKE_EPS)
@@ -38,19 +40,51 @@ def activation_backward(gy, z, activation, negative_slope, alpha, need_alpha):
     raise ValueError(f"unknown activation {activation!r}")
 
 
+def derivative_from_output(activation, negative_slope):
+    """Whether act'(z) can be read off y = act(z): ELU (y + 1 where y <= 0) and LeakyReLU with a
+    non-negative slope (y > 0 exactly where z > 0). Then backward needs no recompute."""
+    return activation == "elu" or (activation == "leaky_relu" and negative_slope >= 0)
+
+
+def activation_backward_from_output(gy, y, activation, negative_slope):
+    # PyTorch's own single-pass kernels, in their "given the result" form.
+    if activation == "elu":
+        return torch.ops.aten.elu_backward(gy, 1.0, 1.0, 1.0, True, y)
+    return torch.ops.aten.leaky_relu_backward(gy, y, negative_slope, True)
+
+
+def _epilogue_backward(recompute, ctx, gy, alpha, y_act, need_alpha):
+    """(dL/dz, dL/dalpha) from the saved activation output when possible, else from a recompute."""
+    activation, negative_slope = ctx.act
+    if activation == "none":
+        return gy, None
+    if y_act is not None:
+        return activation_backward_from_output(gy, y_act, activation, negative_slope), None
+    return activation_backward(gy, recompute(), activation, negative_slope, alpha, need_alpha)
+
+
+def _save_activation_output(activation, negative_slope, output, residual=None):
+    if not derivative_from_output(activation, negative_slope):
+        return None
+    return output if residual is None else output - residual
+
+
 # causal_conv1d(x, weight, bias, stride, dilation, activation, negative_slope, alpha, residual)
 def _conv1d_setup(ctx, inputs, output):
-    x, weight, bias, stride, dilation, activation, negative_slope, alpha, _ = inputs
-    ctx.save_for_backward(x, weight, bias, alpha)
-    ctx.conf = (stride, dilation, activation, negative_slope)
+    x, weight, bias, stride, dilation, activation, negative_slope, alpha, residual = inputs
+    y_act = _save_activation_output(activation, negative_slope, output, residual)
+    ctx.save_for_backward(x, weight, bias, alpha, y_act)
+    ctx.conf = (stride, dilation)
+    ctx.act = (activation, negative_slope)
 
 
-def _conv1d_backward(ctx, gy):
-    x, weight, bias, alpha = ctx.saved_tensors
-    stride, dilation, activation, negative_slope = ctx.conf
+def _conv1d_backward(lib, ctx, gy):
+    x, weight, bias, alpha, y_act = ctx.saved_tensors
+    stride, dilation = ctx.conf
     need_x, need_w, need_b, *_, need_alpha, need_res = ctx.needs_input_grad
-    z = None if activation == "none" else conv1d_pre_activation(x, weight, bias, stride, dilation)
-    gz, galpha = activation_backward(gy, z, activation, negative_slope, alpha, need_alpha)
+    gz, galpha = _epilogue_backward(
+        lambda: lib.causal_conv1d(x, weight, bias, stride, dilation, "none", 0.0, None, None),
+        ctx, gy, alpha, y_act, need_alpha)
     pad = (weight.shape[-1] - 1) * dilation
     gx = gw = gb = None
     if need_x or need_w or need_b:
@@ -64,16 +98,18 @@ def _conv1d_backward(ctx, gy):
 # causal_conv_transpose1d(x, weight, bias, stride, activation, negative_slope, alpha)
 def _conv_transpose1d_setup(ctx, inputs, output):
     x, weight, bias, stride, activation, negative_slope, alpha = inputs
-    ctx.save_for_backward(x, weight, bias, alpha)
-    ctx.conf = (stride, activation, negative_slope)
+    ctx.save_for_backward(x, weight, bias, alpha, _save_activation_output(activation, negative_slope, output))
+    ctx.conf = stride
+    ctx.act = (activation, negative_slope)
 
 
-def _conv_transpose1d_backward(ctx, gy):
-    x, weight, bias, alpha = ctx.saved_tensors
-    stride, activation, negative_slope = ctx.conf
+def _conv_transpose1d_backward(lib, ctx, gy):
+    x, weight, bias, alpha, y_act = ctx.saved_tensors
+    stride = ctx.conf
     need_x, need_w, need_b, _, _, _, need_alpha = ctx.needs_input_grad
-    z = None if activation == "none" else conv_transpose1d_pre_activation(x, weight, bias, stride)
-    gz, galpha = activation_backward(gy, z, activation, negative_slope, alpha, need_alpha)
+    gz, galpha = _epilogue_backward(
+        lambda: lib.causal_conv_transpose1d(x, weight, bias, stride, "none", 0.0, None),
+        ctx, gy, alpha, y_act, need_alpha)
     gx = gw = gb = None
     if need_x or need_w or need_b:
         T, K = x.shape[-1], weight.shape[-1]
@@ -124,7 +160,13 @@ AUTOGRAD = {
 }
 
 
+# Backward functions that recompute with the library's own forward take it as first argument.
+_NEEDS_LIB = {"causal_conv1d", "causal_conv_transpose1d"}
+
+
 def register(namespace: str, ops=None):
+    lib = getattr(torch.ops, namespace)
     for name, (backward, setup) in AUTOGRAD.items():
         if ops is None or name in ops:
-            torch.library.register_autograd(f"{namespace}::{name}", backward, setup_context=setup)
+            fn = functools.partial(backward, lib) if name in _NEEDS_LIB else backward
+            torch.library.register_autograd(f"{namespace}::{name}", fn, setup_context=setup)
