@@ -1,7 +1,7 @@
-// Nearest-codeword search and residual VQ on the CPU. No N x K buffer: each row scans the codebook
-// with a running min/argmin (strict '<', so ties keep the lowest index, as the reference does).
-// Distances are direct sums of squared differences - exact, not fast; issue 4 brings the blocked
-// GEMM-shaped search.
+// Nearest-codeword search and residual VQ on the CPU, no N x K buffer. fp32 uses the register-
+// blocked search of vq_search.h on blocks of kRows rows, the residual of a block kept in a small
+// buffer across all stages. fp64 scans with direct squared differences. Either way ties keep the
+// lowest index, as the reference does.
 #include <limits>
 #include <vector>
 
@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include "../checks.h"
+#include "vq_search.h"
 
 namespace fastcodec {
 namespace {
@@ -44,12 +45,84 @@ inline int64_t nearest(const acc_t* r, const scalar_t* cb, int64_t K, int64_t D)
   return best_k;
 }
 
+// Copies up to kRows rows of `rows` (row stride D) into the search's interleaved layout, zero-filled.
+void interleave_rows(const float* rows, int64_t m, int64_t D, float* xp) {
+  std::fill(xp, xp + D * cpu::kRows, 0.0f);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t d = 0; d < D; ++d) xp[d * cpu::kRows + i] = rows[i * D + d];
+}
+
+// Row blocks per parallel task.
+constexpr int64_t kBlockGrain = 4;
+
+void vq_nearest_f32(const at::Tensor& x, const at::Tensor& cb, at::Tensor& index, at::Tensor& dist) {
+  const int64_t N = x.size(0), D = x.size(1), K = cb.size(0);
+  const float* xp = x.data_ptr<float>();
+  const float* cp = cb.data_ptr<float>();
+  int64_t* ip = index.data_ptr<int64_t>();
+  float* dp = dist.data_ptr<float>();
+  cpu::PackedCodebook pc;
+  cpu::pack_codebook(cp, K, D, pc);
+  at::parallel_for(0, (N + cpu::kRows - 1) / cpu::kRows, kBlockGrain, [&](int64_t begin, int64_t end) {
+    std::vector<float> block(D * cpu::kRows);
+    int64_t ks[cpu::kRows];
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t n0 = blk * cpu::kRows, m = std::min(cpu::kRows, N - n0);
+      interleave_rows(xp + n0 * D, m, D, block.data());
+      cpu::nearest_rows(pc, block.data(), ks);
+      for (int64_t i = 0; i < m; ++i) {
+        ip[n0 + i] = ks[i];
+        dp[n0 + i] = sqdist<float, float>(xp + (n0 + i) * D, cp + ks[i] * D, D);
+      }
+    }
+  });
+}
+
+void rvq_encode_f32(const at::Tensor& x, const at::Tensor& cbs, int64_t n_q, at::Tensor& codes, at::Tensor& q) {
+  const int64_t N = x.size(0), D = x.size(1), K = cbs.size(1);
+  const float* xp = x.data_ptr<float>();
+  const float* cp = cbs.data_ptr<float>();
+  int64_t* codep = codes.data_ptr<int64_t>();
+  float* qp = q.data_ptr<float>();
+  std::vector<cpu::PackedCodebook> packed(n_q);
+  at::parallel_for(0, n_q, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) cpu::pack_codebook(cp + i * K * D, K, D, packed[i]);
+  });
+  at::parallel_for(0, (N + cpu::kRows - 1) / cpu::kRows, kBlockGrain, [&](int64_t begin, int64_t end) {
+    std::vector<float> r(cpu::kRows * D), block(D * cpu::kRows);
+    int64_t ks[cpu::kRows];
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t n0 = blk * cpu::kRows, m = std::min(cpu::kRows, N - n0);
+      std::copy(xp + n0 * D, xp + (n0 + m) * D, r.begin());
+      std::fill(qp + n0 * D, qp + (n0 + m) * D, 0.0f);
+      for (int64_t i = 0; i < n_q; ++i) {
+        interleave_rows(r.data(), m, D, block.data());
+        cpu::nearest_rows(packed[i], block.data(), ks);
+        for (int64_t j = 0; j < m; ++j) {
+          codep[(n0 + j) * n_q + i] = ks[j];
+          const float* c = cp + (i * K + ks[j]) * D;
+          float* rr = r.data() + j * D;
+          float* qq = qp + (n0 + j) * D;
+          for (int64_t d = 0; d < D; ++d) {
+            rr[d] -= c[d];
+            qq[d] += c[d];
+          }
+        }
+      }
+    }
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor> vq_nearest_cpu(const at::Tensor& x_in, const at::Tensor& cb_in) {
   check_vq(x_in, cb_in);
   const at::Tensor x = x_in.contiguous(), cb = cb_in.contiguous();
   const int64_t N = x.size(0), D = x.size(1), K = cb.size(0);
   at::Tensor index = at::empty({N}, x.options().dtype(at::kLong));
   at::Tensor dist = at::empty({N}, x.options());
+  if (x.scalar_type() == at::kFloat) {
+    vq_nearest_f32(x, cb, index, dist);
+    return {index, dist};
+  }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastcodec_vq_nearest_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.data_ptr<scalar_t>();
@@ -75,6 +148,10 @@ std::tuple<at::Tensor, at::Tensor> rvq_encode_cpu(const at::Tensor& x_in, const 
   const int64_t N = x.size(0), D = x.size(1), K = cbs.size(1);
   at::Tensor codes = at::empty({N, n_q}, x.options().dtype(at::kLong));
   at::Tensor quantized = at::empty({N, D}, x.options());
+  if (x.scalar_type() == at::kFloat) {
+    rvq_encode_f32(x, cbs, n_q, codes, quantized);
+    return {codes, quantized};
+  }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastcodec_rvq_encode_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.data_ptr<scalar_t>();

@@ -1,0 +1,30 @@
+// Nearest-codeword search on the CPU without an N x K buffer: the codebook is packed transposed in
+// tiles of kCodes codes ([tile][D][kCodes]), and a block of kRows rows scans it with a register-
+// blocked cross-term kernel (AVX2/FMA, portable fallback) that ranks ||c||^2 - 2 x.c and keeps a
+// running min/argmin per lane. ||x||^2 is the same for every code, so it never enters the search.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace fastcodec {
+namespace cpu {
+
+constexpr int64_t kRows = 4;    // rows of x per search block
+constexpr int64_t kCodes = 24;  // codes per tile (3 AVX2 vectors)
+
+struct PackedCodebook {
+  int64_t K = 0, D = 0, tiles = 0;
+  std::vector<float> ct;   // [tiles][D][kCodes], zero past K
+  std::vector<float> csq;  // [tiles * kCodes] squared norms; +inf past K, so padding never wins
+};
+
+// cb: [K, D] contiguous.
+void pack_codebook(const float* cb, int64_t K, int64_t D, PackedCodebook& out);
+
+// xp: kRows rows interleaved as xp[d * kRows + i]. Writes the nearest code of each row to out
+// (lowest index on ties; 0 when no distance is finite, as torch.argmin does for all-inf rows).
+void nearest_rows(const PackedCodebook& pc, const float* xp, int64_t* out);
+
+}  // namespace cpu
+}  // namespace fastcodec
