@@ -1,11 +1,6 @@
-"""Causal conv layers of the SoundStream-24k codec: the PyTorch reference chain (pad copy, conv,
-bias, activation, residual add) against each fused kernel, side by side per shape.
-
-SoundStream-24k (C=32): input conv k7 1->32; four encoder blocks at C*2^i channels (i = 0..3,
-T = 24000, 12000, 3000, 600 per second of audio), each three residual units (k7 conv with
-dilation 1, 3, 9 and ELU, then a 1x1 conv plus the skip) and a downsampling conv k=2*stride
-(strides 2, 4, 5, 8) to twice the channels; an output conv k3 512->128 at 75 Hz. The decoder
-mirrors it with causal transposed convs k=2*stride.
+"""Causal conv layers of the SoundStream-24k codec (listed in fastcodec/shapes.py): the PyTorch
+reference chain (pad copy, conv, bias, activation, residual add) against each fused kernel, side
+by side per shape.
 
     pytest benchmarks/bench_conv.py [-k "4x1s and fwd"] --benchmark-json out.json
 """
@@ -16,32 +11,7 @@ import torch
 
 from common import DEVICE, ON_GPU, implementations, run
 from fastcodec import ops
-
-C, STRIDES, RATE = 32, (2, 4, 5, 8), 24000
-
-
-def encoder_layers():
-    """(name, Cin, Cout, K, stride, dilation, T per second, activation, residual)."""
-    layers = [("enc.in k7 1->32", 1, C, 7, 1, 1, RATE, None, False)]
-    t, c = RATE, C
-    for i, s in enumerate(STRIDES):
-        for d in (1, 3, 9):
-            layers.append((f"enc.b{i} ru k7 d{d} {c}", c, c, 7, 1, d, t, "elu", False))
-        layers.append((f"enc.b{i} ru 1x1 {c} +res", c, c, 1, 1, 1, t, None, True))
-        layers.append((f"enc.b{i} down k{2 * s} s{s} {c}->{2 * c}", c, 2 * c, 2 * s, s, 1, t, "elu", False))
-        t, c = t // s, 2 * c
-    layers.append((f"enc.out k3 {c}->128", c, 128, 3, 1, 1, t, None, False))
-    return layers
-
-
-def decoder_up_layers():
-    """(name, Cin, Cout, K, stride, T_in per second): the transposed convs."""
-    layers, t, c = [], RATE // math.prod(STRIDES), C * 2 ** len(STRIDES)
-    for s in reversed(STRIDES):
-        layers.append((f"dec up k{2 * s} s{s} {c}->{c // 2}", c, c // 2, 2 * s, s, t))
-        t, c = t * s, c // 2
-    return layers
-
+from fastcodec.shapes import decoder_up_layers, encoder_layers
 
 BATCHES = {"4x1s": (4, 1), "1x10s": (1, 10)}
 DTYPES = [torch.bfloat16, torch.float32] if ON_GPU else [torch.float32]

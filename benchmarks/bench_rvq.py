@@ -11,14 +11,9 @@ import torch
 
 from common import DEVICE, ON_GPU, implementations, run
 from fastcodec import ops
+from fastcodec.shapes import RVQ_SHAPES, rvq_large
 
-SHAPES = [
-    ("train N1200 Q8 K1024 D128", 1200, 8, 1024, 128),
-    ("train N12000 Q8 K1024 D128", 12000, 8, 1024, 128),
-    ("dac N12000 Q9 K1024 D8", 12000, 9, 1024, 8),
-    ("dac N12000 Q32 K1024 D8", 12000, 32, 1024, 8),
-    (f"large N{1_000_000 if ON_GPU else 100_000} Q8 K1024 D128", 1_000_000 if ON_GPU else 100_000, 8, 1024, 128),
-]
+SHAPES = RVQ_SHAPES + [rvq_large(ON_GPU)]
 
 
 @pytest.mark.parametrize("impl", implementations())

@@ -35,8 +35,32 @@ FC_HOST_DEVICE float fc_expm1(float v) { return expm1f(v); }
 FC_HOST_DEVICE double fc_expm1(double v) { return expm1(v); }
 FC_HOST_DEVICE float fc_exp(float v) { return expf(v); }
 FC_HOST_DEVICE double fc_exp(double v) { return exp(v); }
-FC_HOST_DEVICE float fc_sin(float v) { return sinf(v); }
-FC_HOST_DEVICE double fc_sin(double v) { return sin(v); }
+
+// sin(v)^2 for the snake activation. sin^2 has period pi, so v = k*pi + r with |r| <= pi/2
+// (Cody-Waite: pi split so k*3.140625 is exact for |k| < 2^16) and an odd Taylor polynomial to
+// r^13 for sin(r): ~2 ulp, and no slow path (a precise sinf carries a Payne-Hanek reduction with a
+// local-memory array on GPUs). Accurate for |v| < ~1e5; beyond, r is clamped so the result stays
+// in [0, 1]. fp64 keeps the libm sin.
+FC_HOST_DEVICE float fc_sin_sq(float v) {
+  const float k = floorf(v * 0.318309886183790671f + 0.5f);
+  float r = v - k * 3.140625f;
+  r = r - k * 9.677410125732422e-4f;
+  r = r - k * -8.742277657347586e-8f;
+  r = fminf(fmaxf(r, -1.57079632679f), 1.57079632679f);
+  const float r2 = r * r;
+  float p = 1.6059043836821613e-10f;
+  p = p * r2 - 2.5052108385441720e-8f;
+  p = p * r2 + 2.7557319223985893e-6f;
+  p = p * r2 - 1.9841269841269841e-4f;
+  p = p * r2 + 8.3333333333333333e-3f;
+  p = p * r2 - 1.6666666666666667e-1f;
+  const float sn = r + r * r2 * p;
+  return sn * sn;
+}
+FC_HOST_DEVICE double fc_sin_sq(double v) {
+  const double sn = sin(v);
+  return sn * sn;
+}
 
 // z: the pre-activation (conv + bias) in the accumulation type; alpha is the channel's snake alpha.
 template <typename acc_t>
@@ -48,10 +72,8 @@ FC_HOST_DEVICE acc_t activate(acc_t z, Activation act, acc_t negative_slope, acc
       return z > acc_t(0) ? z : z * negative_slope;
     case Activation::Silu:
       return z / (acc_t(1) + fc_exp(-z));
-    case Activation::Snake: {
-      const acc_t s = fc_sin(alpha * z);
-      return z + s * s / (alpha + acc_t(kSnakeEps));
-    }
+    case Activation::Snake:
+      return z + fc_sin_sq(alpha * z) / (alpha + acc_t(kSnakeEps));
     default:
       return z;
   }

@@ -133,3 +133,18 @@ def test_info_command_reports_backends():
 
     if _extension.cuda_build_archs() and not torch.cuda.is_available():
         assert "built for sm_" in out and "no GPU visible" in out
+
+
+def test_auto_passes_over_a_backend_that_cannot_take_the_shape():
+    limits = lambda b: "too wide" if b == "cpp" else None  # noqa: E731
+    assert _backend._auto("cpu", torch.float32, limits) == "torch"
+    require_backend("cpp", "cpu")
+    with pytest.raises(BackendUnavailable, match="cannot take this call: too wide"):
+        _backend.resolve("cpp", torch.device("cpu"), torch.float32, limits)
+
+
+def test_triton_rvq_names_its_code_dimension_limit():
+    require_backend("triton", "cpu")
+    x, cbs = torch.randn(3, 300), torch.randn(2, 4, 300)
+    with pytest.raises(BackendUnavailable, match="D <= 256 for float32; got D = 300"):
+        ops.rvq_encode(x, cbs, backend="triton")

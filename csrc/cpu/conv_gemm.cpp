@@ -132,7 +132,7 @@ __attribute__((target("avx2,fma"))) void ukernel_avx2(const float* wp, const flo
 #endif
 
 // The epilogue activation over one tile row, v[j] = act(v[j] + bias), with the activation switch
-// outside the loop. ELU and SiLU need exp: the AVX2 path has its own; snake (sin) stays scalar.
+// outside the loop. ELU, SiLU and snake need exp and sin^2: the AVX2 path has its own.
 void activate_row_generic(float* v, int64_t n, float bias, Activation act, float slope, float alpha) {
   switch (act) {
     case Activation::None:
@@ -170,11 +170,31 @@ __attribute__((target("avx2,fma"))) inline __m256 exp_avx2(__m256 x) {
   return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
 }
 
+// fc_sin_sq (epilogue.h) for 8 floats, the same operations in the same order.
+__attribute__((target("avx2,fma"))) inline __m256 sin_sq_avx2(__m256 v) {
+  const __m256 k = _mm256_floor_ps(_mm256_add_ps(_mm256_mul_ps(v, _mm256_set1_ps(0.318309886183790671f)),
+                                                 _mm256_set1_ps(0.5f)));
+  __m256 r = _mm256_sub_ps(v, _mm256_mul_ps(k, _mm256_set1_ps(3.140625f)));
+  r = _mm256_sub_ps(r, _mm256_mul_ps(k, _mm256_set1_ps(9.677410125732422e-4f)));
+  r = _mm256_sub_ps(r, _mm256_mul_ps(k, _mm256_set1_ps(-8.742277657347586e-8f)));
+  r = _mm256_min_ps(_mm256_max_ps(r, _mm256_set1_ps(-1.57079632679f)), _mm256_set1_ps(1.57079632679f));
+  const __m256 r2 = _mm256_mul_ps(r, r);
+  __m256 p = _mm256_set1_ps(1.6059043836821613e-10f);
+  p = _mm256_fmadd_ps(p, r2, _mm256_set1_ps(-2.5052108385441720e-8f));
+  p = _mm256_fmadd_ps(p, r2, _mm256_set1_ps(2.7557319223985893e-6f));
+  p = _mm256_fmadd_ps(p, r2, _mm256_set1_ps(-1.9841269841269841e-4f));
+  p = _mm256_fmadd_ps(p, r2, _mm256_set1_ps(8.3333333333333333e-3f));
+  p = _mm256_fmadd_ps(p, r2, _mm256_set1_ps(-1.6666666666666667e-1f));
+  const __m256 sn = _mm256_fmadd_ps(_mm256_mul_ps(r, r2), p, r);
+  return _mm256_mul_ps(sn, sn);
+}
+
 __attribute__((target("avx2,fma"))) void activate_row_avx2(float* v, int64_t n, float bias, Activation act,
                                                            float slope, float alpha) {
-  if (act == Activation::None || act == Activation::Snake) return activate_row_generic(v, n, bias, act, slope, alpha);
+  if (act == Activation::None) return activate_row_generic(v, n, bias, act, slope, alpha);
   const __m256 vb = _mm256_set1_ps(bias), zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
-  const __m256 vslope = _mm256_set1_ps(slope);
+  const __m256 vslope = _mm256_set1_ps(slope), va = _mm256_set1_ps(alpha);
+  const __m256 inv_a = _mm256_set1_ps(1.0f / (alpha + static_cast<float>(kSnakeEps)));
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
     const __m256 z = _mm256_add_ps(_mm256_loadu_ps(v + j), vb);
@@ -182,6 +202,8 @@ __attribute__((target("avx2,fma"))) void activate_row_avx2(float* v, int64_t n, 
     if (act == Activation::Elu) {  // z > 0 ? z : exp(z) - 1
       const __m256 neg = _mm256_sub_ps(exp_avx2(_mm256_min_ps(z, zero)), one);
       out = _mm256_blendv_ps(neg, z, _mm256_cmp_ps(z, zero, _CMP_GT_OQ));
+    } else if (act == Activation::Snake) {  // z + sin(a z)^2 / (a + eps)
+      out = _mm256_fmadd_ps(sin_sq_avx2(_mm256_mul_ps(va, z)), inv_a, z);
     } else if (act == Activation::LeakyRelu) {
       out = _mm256_blendv_ps(_mm256_mul_ps(z, vslope), z, _mm256_cmp_ps(z, zero, _CMP_GT_OQ));
     } else {  // z / (1 + exp(-z))

@@ -90,13 +90,24 @@ def causal_conv_transpose1d(x, weight, bias=None, *, stride, activation=None, ba
                                                     float(negative_slope), alpha)
 
 
+def _vq_limits(D, dtype):
+    """Per-backend limits on the code dimension (the Triton search keeps a row in registers)."""
+    def limits(backend):
+        if backend != "triton":
+            return None
+        from .triton.vq import unsupported_reason
+
+        return unsupported_reason(D, dtype)
+    return limits
+
+
 def vq_nearest(x, codebook, *, backend="auto"):
     """Nearest codeword by squared L2: x [N, D], codebook [K, D] -> (index [N] int64, sqdist [N]).
 
     Ties go to the lowest index. No gradient flows through the result.
     """
     _checks.vq(x, codebook)
-    be = _backend.resolve(backend, x.device, x.dtype)
+    be = _backend.resolve(backend, x.device, x.dtype, _vq_limits(x.shape[1], x.dtype))
     if be == "torch":
         with torch.no_grad():
             return vq_nearest_ref(x, codebook)
@@ -111,7 +122,7 @@ def rvq_encode(x, codebooks, n_q=None, *, backend="auto"):
     No gradient flows through the result.
     """
     n_q = _checks.rvq(x, codebooks, n_q)
-    be = _backend.resolve(backend, x.device, x.dtype)
+    be = _backend.resolve(backend, x.device, x.dtype, _vq_limits(x.shape[1], x.dtype))
     if be == "torch":
         with torch.no_grad():
             return rvq_encode_ref(x, codebooks, n_q)

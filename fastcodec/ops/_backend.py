@@ -85,7 +85,7 @@ def _supports_dtype(backend: str, dtype: torch.dtype) -> bool:
     return allowed is None or dtype in allowed
 
 
-def _auto(device_type: str, dtype: torch.dtype) -> str:
+def _auto(device_type: str, dtype: torch.dtype, limits=None) -> str:
     if device_type == "cpu":
         order = ("cpp",)
     elif device_type == "cuda":
@@ -93,13 +93,17 @@ def _auto(device_type: str, dtype: torch.dtype) -> str:
     else:
         order = ()
     for name in order:
-        if _supports_dtype(name, dtype) and status(name, device_type)[0]:
+        if _supports_dtype(name, dtype) and status(name, device_type)[0] and not (limits and limits(name)):
             return name
     return "torch"
 
 
-def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    """The backend that will run an op on tensors of `device` and `dtype`."""
+def resolve(backend: str, device: torch.device, dtype: torch.dtype, limits=None) -> str:
+    """The backend that will run an op on tensors of `device` and `dtype`.
+
+    limits(backend) -> reason or None says when a backend cannot take this call's shapes: 'auto'
+    passes over it, and naming it raises the reason.
+    """
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a string, got {type(backend).__name__}")
     requested = backend
@@ -109,7 +113,7 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
     else:
         source = f"backend={requested!r}"
     if requested == "auto":
-        return _auto(device.type, dtype)
+        return _auto(device.type, dtype, limits)
     if requested not in BACKENDS:
         raise ValueError(f"{source}: unknown backend; expected 'auto' or one of {', '.join(BACKENDS)}")
     ok, why = status(requested, device.type)
@@ -118,4 +122,7 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
     if not _supports_dtype(requested, dtype):
         names = ", ".join(str(d).removeprefix("torch.") for d in _DTYPES[requested])
         raise BackendUnavailable(f"{source} supports {names}; got {str(dtype).removeprefix('torch.')}")
+    why = limits(requested) if limits else None
+    if why:
+        raise BackendUnavailable(f"{source} cannot take this call: {why}")
     return requested

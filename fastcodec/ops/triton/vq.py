@@ -91,33 +91,49 @@ def rvq_decode_kernel(
     tl.store(out_ptr + n64[:, None] * D + d[None, :], acc.to(dtype), mask=n_ok[:, None] & d_ok[None, :])
 
 
-MAX_D = 1024
+def max_dim(dtype: torch.dtype) -> int:
+    """Largest code dimension D the register-resident search handles without spilling on sm_90
+    (python -m fastcodec.kernel_report): fp32 tiles are twice as wide in registers."""
+    return 256 if dtype == torch.float32 else 512
 
 
-def rvq_config(D: int) -> dict:
-    """Tile sizes for a code dimension D (all sides >= 16 for tl.dot); smaller row and code tiles
-    for wide D so the register-resident residual and the codebook tile fit together."""
+def rvq_config(D: int, dtype: torch.dtype) -> dict:
+    """Tile sizes for code dimension D <= max_dim(dtype), chosen from the kernel report so that no
+    configuration spills on sm_90. Exact-fp32 dots hold their tiles in registers on FMA units,
+    hence smaller tiles than fp16/bf16."""
     block_d = max(16, triton.next_power_of_2(D))
-    if block_d <= 128:
-        return dict(BLOCK_N=32, BLOCK_K=64, BLOCK_D=block_d, num_warps=4)
-    return dict(BLOCK_N=16, BLOCK_K=32, BLOCK_D=block_d, num_warps=8)
+    if block_d <= 16:
+        cfg = dict(BLOCK_N=32, BLOCK_K=64, num_warps=4)
+    elif dtype == torch.float32:
+        cfg = dict(BLOCK_N=16, BLOCK_K=32, num_warps=4 if block_d <= 128 else 8)
+    else:
+        cfg = dict(BLOCK_N=32, BLOCK_K=64, num_warps=8) if block_d <= 128 else dict(BLOCK_N=16, BLOCK_K=32, num_warps=8)
+    return dict(cfg, BLOCK_D=block_d)
 
 
 def decode_config(D: int) -> dict:
     return dict(BLOCK_N=32, BLOCK_D=min(128, max(16, triton.next_power_of_2(D))), num_warps=4)
 
 
+def unsupported_reason(D: int, dtype: torch.dtype):
+    """Why this kernel cannot take code dimension D (None if it can)."""
+    if D <= max_dim(dtype):
+        return None
+    return (f"the triton rvq kernels keep a row's residual in registers and handle D <= {max_dim(dtype)} for "
+            f"{str(dtype).removeprefix('torch.')}; got D = {D}")
+
+
 def _encode(x, codebooks, n_q, write_q, write_dist):
     N, D = x.shape
     _, K, _ = codebooks.shape
-    if D > MAX_D:
-        raise ValueError(f"the triton rvq kernels support D <= {MAX_D} (the residual lives in registers); got {D}")
+    if D > max_dim(x.dtype):
+        raise ValueError(unsupported_reason(D, x.dtype))
     codes = torch.empty(N, n_q, dtype=torch.int64, device=x.device)
     q = torch.empty_like(x, memory_format=torch.contiguous_format) if write_q else None
     dist = torch.empty(N, dtype=x.dtype, device=x.device) if write_dist else None
     if N == 0:
         return codes, q, dist
-    cfg = rvq_config(D)
+    cfg = rvq_config(D, x.dtype)
     with device_guard(x):
         rvq_encode_kernel[(triton.cdiv(N, cfg["BLOCK_N"]),)](
             x, codebooks, codes, x if q is None else q, x if dist is None else dist,

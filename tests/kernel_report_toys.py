@@ -1,0 +1,40 @@
+"""Toy kernels with known SASS properties, for tests/test_kernel_report.py (run in a subprocess
+without TRITON_INTERPRET, since the report compiles for sm_90)."""
+import json
+import sys
+
+import triton
+import triton.language as tl
+
+from fastcodec import kernel_report as kr
+from fastcodec.ops.triton import vq
+
+
+@triton.jit
+def toy_dot(a_ptr, b_ptr, c_ptr, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
+    i = tl.arange(0, BLOCK)
+    a = tl.load(a_ptr + i[:, None] * BLOCK + i[None, :])
+    b = tl.load(b_ptr + i[:, None] * BLOCK + i[None, :])
+    tl.store(c_ptr + i[:, None] * BLOCK + i[None, :], tl.dot(a, b, input_precision=PRECISION))
+
+
+def main():
+    f32 = {"a_ptr": "*fp32", "b_ptr": "*fp32", "c_ptr": "*fp32"}
+    out = {}
+    # (An exact-fp32 64 x 64 dot at 4 warps spills by itself, hence 32 for 'ieee'.)
+    for prec, mode, block in (("tf32", "tf32", 64), ("ieee", "fp32", 32)):
+        k = kr.analyze_triton(toy_dot, f32, {"BLOCK": block, "PRECISION": prec}, 4, op="toy_dot", dtype="float32",
+                              mode=mode, matrix=True)
+        out[prec] = dict(tensor_core=k.tensor_core, ldl=k.ldl, problems=k.problems)
+    # A planted spill: the RVQ search with exact-fp32 dots and tiles far too large for registers.
+    types = {"x_ptr": "*fp32", "cb_ptr": "*fp32", "codes_ptr": "*i64", "q_ptr": "*fp32", "dist_ptr": "*fp32",
+             **{n: "i32" for n in ("N", "K", "D", "n_q", "sxn", "sxd", "scq", "sck", "scd")}}
+    ce = dict(WRITE_Q=True, WRITE_DIST=False, PRECISION="ieee", BLOCK_N=64, BLOCK_K=128, BLOCK_D=128)
+    k = kr.analyze_triton(vq.rvq_encode_kernel, types, ce, 4, op="rvq_encode", dtype="float32", mode="fp32",
+                          matrix=True)
+    out["spill"] = dict(ldl=k.ldl, stl=k.stl, stack=k.stack, problems=k.problems)
+    json.dump(out, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
