@@ -17,6 +17,11 @@ if ! pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; the
 fi
 python -m fastcodec info | tee "$OUT/info.txt"
 
+echo "== kernel report (sm_90 SASS, predicted floors)"
+python -m fastcodec.kernel_report --check --json "$OUT/kernel_report.json" --markdown >"$OUT/kernel_report.md" 2>&1 \
+    || status=1
+tail -1 "$OUT/kernel_report.md"
+
 echo "== tests"
 FASTCODEC_REQUIRE=cpp,cuda,triton python -m pytest tests -q -rs -p no:cacheprovider \
     --junitxml "$OUT/tests.xml" 2>&1 | tee "$OUT/tests.txt" | tail -40
@@ -31,8 +36,9 @@ for suite in bench_rvq bench_conv; do
 done
 
 echo "== summary"
-python benchmarks/summarize.py "$OUT"/bench_*.json --markdown >"$OUT/summary.md" 2>&1 || status=1
-python benchmarks/summarize.py "$OUT"/bench_*.json | tail -60
+python benchmarks/summarize.py "$OUT"/bench_*.json --report "$OUT/kernel_report.json" --markdown \
+    >"$OUT/summary.md" 2>&1 || status=1
+python benchmarks/summarize.py "$OUT"/bench_*.json --report "$OUT/kernel_report.json" | tail -60
 grep -E "passed|failed" "$OUT/tests.txt" | tail -1
 echo "gpu_suite: tests rc=$test_rc, overall $([ $status -eq 0 ] && echo OK || echo FAILED); files in $OUT"
 exit $status

@@ -1,7 +1,9 @@
 """Summarize pytest-benchmark JSON: per group (one shape), each implementation's median time,
-speedup over the PyTorch reference ('torch'), and achieved GFLOP/s.
+speedup over the PyTorch reference ('torch'), achieved GFLOP/s, and - with --report, the JSON of
+python -m fastcodec.kernel_report - the H100 roofline floor of that shape and the fraction of it
+the measured Triton kernel reaches.
 
-    python benchmarks/summarize.py bench.json [more.json ...] [--markdown]
+    python benchmarks/summarize.py bench.json [more.json ...] [--markdown] [--report report.json]
 """
 import argparse
 import json
@@ -25,6 +27,29 @@ def rows(paths):
             yield group, impl, median, ratio, gflops
 
 
+_OPS = {"conv1d": "causal_conv1d", "convT": "causal_conv_transpose1d", "rvq_encode": "rvq_encode"}
+
+
+def floors(report_path):
+    """{(op, dtype, shape name): floor in seconds} from a kernel report."""
+    with open(report_path) as f:
+        kernels = json.load(f)["kernels"]
+    return {(k["op"], k["dtype"], s["name"]): s["floor_us"] * 1e-6
+            for k in kernels if k["source"] == "triton" for s in k["shapes"]}
+
+
+def floor_of(group, impl, table):
+    """The predicted floor for a benchmark group run by impl, if the report covers it (forward only)."""
+    if impl != "triton" or not table or group.endswith("fwd+bwd"):
+        return None
+    op = _OPS.get(group.split()[0])
+    dtype = next((d for d in ("bfloat16", "float16", "float32") if d in group), "float32")
+    for (k_op, k_dtype, name), t in table.items():
+        if k_op == op and k_dtype == dtype and name in group:
+            return t
+    return None
+
+
 def geomean_speedups(all_rows):
     by_impl = defaultdict(list)
     for _, impl, _, ratio, _ in all_rows:
@@ -37,16 +62,26 @@ def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("json", nargs="+")
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--report", help="kernel report JSON: add the H100 floor and the fraction reached")
     args = parser.parse_args(argv)
     all_rows = list(rows(args.json))
+    table = floors(args.report) if args.report else None
+
+    def floor_cols(group, impl, median):
+        t = floor_of(group, impl, table)
+        return ("-", "-") if t is None else (f"{t * 1e3:.4f}", f"{100 * t / median:.0f}%")
+
     if args.markdown:
-        print("| shape | impl | median ms | x reference | GFLOP/s |\n|---|---|---|---|---|")
+        print("| shape | impl | median ms | x reference | GFLOP/s | floor ms (H100) | % of floor |")
+        print("|---|---|---|---|---|---|---|")
         for group, impl, median, ratio, gflops in all_rows:
-            print(f"| {group} | {impl} | {median * 1e3:.3f} | {ratio:.2f} | {gflops or 0:.1f} |")
+            f_ms, frac = floor_cols(group, impl, median)
+            print(f"| {group} | {impl} | {median * 1e3:.3f} | {ratio:.2f} | {gflops or 0:.1f} | {f_ms} | {frac} |")
     else:
-        print(f"{'shape':64} {'impl':7} {'median ms':>10} {'x ref':>7} {'GFLOP/s':>9}")
+        print(f"{'shape':64} {'impl':7} {'median ms':>10} {'x ref':>7} {'GFLOP/s':>9} {'% floor':>8}")
         for group, impl, median, ratio, gflops in all_rows:
-            print(f"{group[:64]:64} {impl:7} {median * 1e3:10.3f} {ratio:7.2f} {gflops or 0:9.1f}")
+            frac = floor_cols(group, impl, median)[1]
+            print(f"{group[:64]:64} {impl:7} {median * 1e3:10.3f} {ratio:7.2f} {gflops or 0:9.1f} {frac:>8}")
     for impl, g in sorted(geomean_speedups(all_rows).items()):
         print(f"geometric-mean speedup over the reference, {impl}: {g:.2f}x")
 
