@@ -23,6 +23,15 @@ const scalar_t* ptr_or_null(const c10::optional<at::Tensor>& t) {
   return t.has_value() ? t->data_ptr<scalar_t>() : nullptr;
 }
 
+// w: [Cout, Cin, K] fp32 -> the engine's [ceil(Cout/MR)][Cin][K][MR] layout with zero rows past
+// Cout. That is a padded transposing copy, which ATen does in parallel and vectorized (a scalar
+// pack loop cost as much as the conv itself on wide layers with few output samples).
+at::Tensor pack_weights(const at::Tensor& w) {
+  const int64_t Cout = w.size(0), tail = (cpu::kMR - Cout % cpu::kMR) % cpu::kMR;
+  const at::Tensor padded = tail ? at::constant_pad_nd(w, {0, 0, 0, 0, 0, tail}) : w;
+  return padded.reshape({-1, cpu::kMR, w.size(1) * w.size(2)}).transpose(1, 2).contiguous();
+}
+
 // fp32 transposed conv as `stride` causal convs: output t' = q*stride + p (phase p) receives taps
 // k = p + j*stride from input q - j, i.e. a stride-1 causal conv with J = ceil((K - p)/stride) taps
 // (reversed) whose outputs land every stride-th sample.
@@ -30,7 +39,6 @@ void conv_transpose1d_phases(const at::Tensor& x, const at::Tensor& w, const c10
                              const c10::optional<at::Tensor>& alpha, Activation act, float negative_slope,
                              int64_t stride, at::Tensor& y) {
   const int64_t B = x.size(0), Cin = x.size(1), T = x.size(2), Cout = w.size(1), K = w.size(2);
-  const float* wp = w.data_ptr<float>();
   const float* bp = ptr_or_null<float>(bias);
   const float* ap = ptr_or_null<float>(alpha);
   float* yp = y.data_ptr<float>();
@@ -45,11 +53,11 @@ void conv_transpose1d_phases(const at::Tensor& x, const at::Tensor& w, const c10
         }
       continue;
     }
-    std::vector<float> wpack(cpu::packed_weight_size(Cout, Cin, J));
-    cpu::pack_weights(wpack.data(), Cout, Cin, J, [&](int64_t co, int64_t ci, int64_t kk) {
-      return wp[(ci * Cout + co) * K + p + (J - 1 - kk) * stride];
-    });
-    cpu::ConvPlan plan{B, Cin, Cout, T, T, J, 1, 1, J - 1, x.data_ptr<float>(), wpack.data(), bp, ap, nullptr, act,
+    // Tap kk of this phase's causal conv is k = p + (J - 1 - kk) * stride of the transposed one.
+    const at::Tensor taps = at::arange(p + (J - 1) * stride, p - 1, -stride, w.options().dtype(at::kLong));
+    const at::Tensor wpack = pack_weights(w.index_select(2, taps).permute({1, 0, 2}));
+    cpu::ConvPlan plan{B, Cin, Cout, T, T, J, 1, 1, J - 1, x.data_ptr<float>(), wpack.data_ptr<float>(), bp, ap,
+                       nullptr, act,
                        negative_slope, yp + p, Cout * T * stride, T * stride, stride};
     cpu::run_conv(plan);
   }
@@ -79,11 +87,8 @@ at::Tensor causal_conv1d_cpu(const at::Tensor& x_in, const at::Tensor& w_in, con
   const int64_t pad = (K - 1) * dilation;
 
   if (x.scalar_type() == at::kFloat) {
-    std::vector<float> wpack(cpu::packed_weight_size(Cout, Cin, K));
-    const float* wp = w.data_ptr<float>();
-    cpu::pack_weights(wpack.data(), Cout, Cin, K,
-                      [&](int64_t co, int64_t ci, int64_t k) { return wp[(co * Cin + ci) * K + k]; });
-    cpu::ConvPlan plan{B, Cin, Cout, T, Tout, K, stride, dilation, pad, x.data_ptr<float>(), wpack.data(),
+    const at::Tensor wpack = pack_weights(w);
+    cpu::ConvPlan plan{B, Cin, Cout, T, Tout, K, stride, dilation, pad, x.data_ptr<float>(), wpack.data_ptr<float>(),
                        ptr_or_null<float>(bias), ptr_or_null<float>(alpha), ptr_or_null<float>(residual), act,
                        static_cast<float>(negative_slope), y.data_ptr<float>(), Cout * Tout, Tout, 1};
     cpu::run_conv(plan);

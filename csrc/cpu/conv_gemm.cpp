@@ -47,35 +47,41 @@ Window make_window(const ConvPlan& p) {
 // zero where the index falls outside [0, T): the causal padding on the left, the tile tail right.
 void pack_window(const ConvPlan& p, const Window& w, const float* xb, int64_t ci0, int64_t nci, int64_t t0,
                  float* dst) {
-  const int64_t base = t0 * p.stride - p.pad;
+  const int64_t base = t0 * p.stride - p.pad;  // x index of phase 0, element 0
+  const int64_t s = p.stride, len = w.row_len;
+  // Elements m in [lo, hi) have all their phases base + m*s + r inside [0, T): no checks there.
+  const int64_t lo = std::min(len, std::max<int64_t>(0, (-base + s - 1) / s));
+  const int64_t last = p.T - base - s;  // the largest m*s with every phase in range
+  const int64_t hi = std::max(lo, std::min(len, last >= 0 ? last / s + 1 : 0));
   for (int64_t c = 0; c < nci; ++c) {
     const float* xrow = xb + (ci0 + c) * p.T;
-    for (int64_t r = 0; r < w.phases; ++r) {
-      float* out = dst + (c * w.phases + r) * w.row_len;
-      const int64_t first = base + r;  // x index of element m is first + m*stride
-      if (p.stride == 1) {
-        const int64_t lo = std::min(w.row_len, std::max<int64_t>(0, -first));
-        const int64_t hi = std::max(lo, std::min(w.row_len, p.T - first));
-        std::fill(out, out + lo, 0.0f);
-        if (hi > lo) std::memcpy(out + lo, xrow + first + lo, sizeof(float) * (hi - lo));
-        std::fill(out + hi, out + w.row_len, 0.0f);
-      } else {
-        for (int64_t m = 0; m < w.row_len; ++m) {
-          const int64_t src = first + m * p.stride;
-          out[m] = (src >= 0 && src < p.T) ? xrow[src] : 0.0f;
-        }
+    float* rows = dst + c * s * len;
+    auto checked = [&](int64_t m) {
+      for (int64_t r = 0; r < s; ++r) {
+        const int64_t src = base + m * s + r;
+        rows[r * len + m] = (src >= 0 && src < p.T) ? xrow[src] : 0.0f;
+      }
+    };
+    for (int64_t m = 0; m < lo; ++m) checked(m);
+    if (s == 1) {
+      std::memcpy(rows + lo, xrow + base + lo, sizeof(float) * (hi - lo));
+    } else {  // deinterleave: read x contiguously, write one element to each phase row
+      for (int64_t m = lo; m < hi; ++m) {
+        const float* in = xrow + base + m * s;
+        for (int64_t r = 0; r < s; ++r) rows[r * len + m] = in[r];
       }
     }
+    for (int64_t m = hi; m < len; ++m) checked(m);
   }
 }
 
 // c[i][0..NR) += sum over (ci, k) of wp[(ci*K + k)*MR + i] * window(ci, k)[0..NR).
 // wp: this block's packed weights; xw: the window at this micro-tile's first column.
 void ukernel_generic(const float* wp, const float* xw, const int64_t* tap_off, int64_t nci, int64_t K,
-                     int64_t ci_stride, float* c, int64_t ldc) {
+                     int64_t ci_stride, float* c, int64_t ldc, bool first) {
   float acc[kMR][kNR];
   for (int64_t i = 0; i < kMR; ++i)
-    for (int64_t j = 0; j < kNR; ++j) acc[i][j] = c[i * ldc + j];
+    for (int64_t j = 0; j < kNR; ++j) acc[i][j] = first ? 0.0f : c[i * ldc + j];
   for (int64_t ci = 0; ci < nci; ++ci) {
     const float* xb = xw + ci * ci_stride;
     for (int64_t k = 0; k < K; ++k, wp += kMR) {
@@ -91,14 +97,17 @@ void ukernel_generic(const float* wp, const float* xw, const int64_t* tap_off, i
 #ifdef FASTCODEC_X86_SIMD
 __attribute__((target("avx2,fma"))) void ukernel_avx2(const float* wp, const float* xw, const int64_t* tap_off,
                                                       int64_t nci, int64_t K, int64_t ci_stride, float* c,
-                                                      int64_t ldc) {
+                                                      int64_t ldc, bool first) {
   static_assert(kMR == 4 && kNR == 24, "the AVX2 micro-kernel is written for 4 x 24 tiles");
-  __m256 c00 = _mm256_loadu_ps(c), c01 = _mm256_loadu_ps(c + 8), c02 = _mm256_loadu_ps(c + 16);
-  __m256 c10 = _mm256_loadu_ps(c + ldc), c11 = _mm256_loadu_ps(c + ldc + 8), c12 = _mm256_loadu_ps(c + ldc + 16);
-  __m256 c20 = _mm256_loadu_ps(c + 2 * ldc), c21 = _mm256_loadu_ps(c + 2 * ldc + 8),
-         c22 = _mm256_loadu_ps(c + 2 * ldc + 16);
-  __m256 c30 = _mm256_loadu_ps(c + 3 * ldc), c31 = _mm256_loadu_ps(c + 3 * ldc + 8),
-         c32 = _mm256_loadu_ps(c + 3 * ldc + 16);
+  __m256 c00, c01, c02, c10, c11, c12, c20, c21, c22, c30, c31, c32;
+  if (first) {
+    c00 = c01 = c02 = c10 = c11 = c12 = c20 = c21 = c22 = c30 = c31 = c32 = _mm256_setzero_ps();
+  } else {
+    c00 = _mm256_loadu_ps(c), c01 = _mm256_loadu_ps(c + 8), c02 = _mm256_loadu_ps(c + 16);
+    c10 = _mm256_loadu_ps(c + ldc), c11 = _mm256_loadu_ps(c + ldc + 8), c12 = _mm256_loadu_ps(c + ldc + 16);
+    c20 = _mm256_loadu_ps(c + 2 * ldc), c21 = _mm256_loadu_ps(c + 2 * ldc + 8), c22 = _mm256_loadu_ps(c + 2 * ldc + 16);
+    c30 = _mm256_loadu_ps(c + 3 * ldc), c31 = _mm256_loadu_ps(c + 3 * ldc + 8), c32 = _mm256_loadu_ps(c + 3 * ldc + 16);
+  }
   for (int64_t ci = 0; ci < nci; ++ci) {
     const float* xb = xw + ci * ci_stride;
     for (int64_t k = 0; k < K; ++k, wp += kMR) {
@@ -217,7 +226,8 @@ __attribute__((target("avx2,fma"))) void activate_row_avx2(float* v, int64_t n, 
 
 using ActivateRow = void (*)(float*, int64_t, float, Activation, float, float);
 
-using UKernel = void (*)(const float*, const float*, const int64_t*, int64_t, int64_t, int64_t, float*, int64_t);
+using UKernel = void (*)(const float*, const float*, const int64_t*, int64_t, int64_t, int64_t, float*, int64_t,
+                        bool);
 
 bool has_avx2_fma() {
 #ifdef FASTCODEC_X86_SIMD
@@ -243,10 +253,6 @@ ActivateRow pick_activate_row() {
 
 }  // namespace
 
-int64_t packed_weight_size(int64_t Cout, int64_t Cin, int64_t K) {
-  return (Cout + kMR - 1) / kMR * kMR * Cin * K;
-}
-
 void run_conv(const ConvPlan& p) {
   static const UKernel ukernel = pick_ukernel();
   static const ActivateRow activate_row = pick_activate_row();
@@ -264,15 +270,25 @@ void run_conv(const ConvPlan& p) {
       const int64_t b = task / ntiles, t0 = (task % ntiles) * kNT;
       const int64_t ncols = std::min(kNT, p.Tout - t0);
       const float* xb = p.x + b * p.Cin * p.T;
-      std::fill(tile.begin(), tile.end(), 0.0f);
+      // With stride 1 the window of channel ci is x[ci, base .. base + row_len): when that lies
+      // inside [0, T) the micro-kernel reads x itself (row stride T) and nothing is packed.
+      const int64_t base = t0 - p.pad;
+      const bool direct = p.stride == 1 && base >= 0 && base + win.row_len <= p.T;
       for (int64_t ci0 = 0; ci0 < p.Cin; ci0 += ci_block) {
         const int64_t nci = std::min(ci_block, p.Cin - ci0);
-        pack_window(p, win, xb, ci0, nci, t0, window.data());
+        const float* src = window.data();
+        int64_t src_ci_stride = ci_stride;
+        if (direct) {
+          src = xb + ci0 * p.T + base;
+          src_ci_stride = p.T;
+        } else {
+          pack_window(p, win, xb, ci0, nci, t0, window.data());
+        }
         for (int64_t cb = 0; cb < cblocks; ++cb) {
           const float* wp = p.wpack + (cb * p.Cin + ci0) * p.K * kMR;
           float* c = tile.data() + cb * kMR * kNT;
           for (int64_t j0 = 0; j0 < ncols; j0 += kNR)
-            ukernel(wp, window.data() + j0, win.tap_off.data(), nci, p.K, ci_stride, c + j0, kNT);
+            ukernel(wp, src + j0, win.tap_off.data(), nci, p.K, src_ci_stride, c + j0, kNT, ci0 == 0);
         }
       }
       // Epilogue on the tile while it is in cache: bias, activation, residual, one store.

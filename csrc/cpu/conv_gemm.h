@@ -7,8 +7,9 @@
 // contiguous element (phase r_k, offset a_k + j), for any stride and dilation. Weights are packed
 // once per call as [Cout/MR][Cin][K][MR] so the micro-kernel broadcasts them sequentially. The
 // 4 x 24 micro-kernel keeps 12 AVX2 accumulators; channels are blocked so the packed window and
-// the weight block stay in L1/L2, with partial sums in a per-task tile buffer. The epilogue (bias,
-// activation, residual) runs once per tile, on data still in cache.
+// the weight block stay in L1/L2, with partial sums in a per-task tile buffer; interior tiles of
+// stride-1 convs read x directly, unpacked. The epilogue (bias, activation, residual) runs once
+// per tile, on data still in cache.
 #pragma once
 
 #include <cstdint>
@@ -26,7 +27,7 @@ constexpr int64_t kNT = 96;  // output columns per task
 struct ConvPlan {
   int64_t B, Cin, Cout, T, Tout, K, stride, dilation, pad;
   const float* x;         // [B, Cin, T]
-  const float* wpack;     // pack_weights() output
+  const float* wpack;     // [ceil(Cout/MR)][Cin][K][MR], zero rows past Cout (see conv.cpp)
   const float* bias;      // [Cout] or null
   const float* alpha;     // [Cout] or null (snake)
   const float* residual;  // [B, Cout, Tout] or null
@@ -36,23 +37,7 @@ struct ConvPlan {
   int64_t y_bs, y_cs, y_ts;  // output strides (the transposed conv writes one phase: y_ts = stride)
 };
 
-// Size of the packed weight buffer for Cout x Cin x K taps.
-int64_t packed_weight_size(int64_t Cout, int64_t Cin, int64_t K);
-
-// Packs w(co, ci, k) = get(co, ci, k) into [Cout/MR][Cin][K][MR], zero-filling the Cout tail.
-template <typename Get>
-void pack_weights(float* dst, int64_t Cout, int64_t Cin, int64_t K, Get get) {
-  const int64_t blocks = (Cout + kMR - 1) / kMR;
-  for (int64_t cb = 0; cb < blocks; ++cb)
-    for (int64_t ci = 0; ci < Cin; ++ci)
-      for (int64_t k = 0; k < K; ++k)
-        for (int64_t i = 0; i < kMR; ++i) {
-          const int64_t co = cb * kMR + i;
-          *dst++ = co < Cout ? get(co, ci, k) : 0.0f;
-        }
-}
-
-// Runs the conv described by plan (parallel over batch x column tiles).
+// Runs the conv described by plan (parallel over batch items x column tiles).
 void run_conv(const ConvPlan& plan);
 
 }  // namespace cpu
