@@ -43,6 +43,19 @@ inline void check_conv_common(const at::Tensor& x, const at::Tensor& weight, con
   TORCH_CHECK(activation != "snake" || alpha.has_value(), "fastcodec: activation 'snake' needs alpha");
 }
 
+// causal_conv1d: the common checks, dilation, and the residual's shape [B, Cout, ceil(T/stride)].
+inline void check_conv1d(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                         const c10::optional<at::Tensor>& alpha, const c10::optional<at::Tensor>& residual,
+                         c10::string_view activation, int64_t stride, int64_t dilation) {
+  check_conv_common(x, weight, bias, alpha, /*cin_dim_of_weight=*/1, activation, stride);
+  TORCH_CHECK(dilation >= 1, "fastcodec: dilation must be >= 1, got ", dilation);
+  if (!residual.has_value()) return;
+  check_same(x, residual, "residual");
+  const int64_t B = x.size(0), Cout = weight.size(0), Tout = conv1d_out_len(x.size(2), stride);
+  TORCH_CHECK(residual->sizes() == at::IntArrayRef({B, Cout, Tout}), "fastcodec: residual must be [", B, ", ", Cout,
+              ", ", Tout, "], got ", residual->sizes());
+}
+
 inline void check_vq(const at::Tensor& x, const at::Tensor& codebook) {
   TORCH_CHECK(x.dim() == 2, "fastcodec: x must be [N, D], got ", x.sizes());
   TORCH_CHECK(codebook.dim() == 2, "fastcodec: codebook must be [K, D], got ", codebook.sizes());

@@ -66,17 +66,11 @@ void conv_transpose1d_phases(const at::Tensor& x, const at::Tensor& w, const c10
 at::Tensor causal_conv1d_cpu(const at::Tensor& x_in, const at::Tensor& w_in, const c10::optional<at::Tensor>& bias_in,
                              int64_t stride, int64_t dilation, c10::string_view activation, double negative_slope,
                              const c10::optional<at::Tensor>& alpha_in, const c10::optional<at::Tensor>& residual_in) {
-  check_conv_common(x_in, w_in, bias_in, alpha_in, /*cin_dim_of_weight=*/1, activation, stride);
-  TORCH_CHECK(dilation >= 1, "fastcodec: dilation must be >= 1, got ", dilation);
+  check_conv1d(x_in, w_in, bias_in, alpha_in, residual_in, activation, stride, dilation);
   const Activation act = parse_activation(activation);
   const int64_t B = x_in.size(0), Cin = x_in.size(1), T = x_in.size(2);
   const int64_t Cout = w_in.size(0), K = w_in.size(2);
   const int64_t Tout = conv1d_out_len(T, stride);
-  if (residual_in.has_value()) {
-    check_same(x_in, residual_in, "residual");
-    TORCH_CHECK(residual_in->sizes() == at::IntArrayRef({B, Cout, Tout}), "fastcodec: residual must be [", B, ", ",
-                Cout, ", ", Tout, "], got ", residual_in->sizes());
-  }
   const at::Tensor x = x_in.contiguous(), w = w_in.contiguous();
   const c10::optional<at::Tensor> bias = bias_in ? c10::optional<at::Tensor>(bias_in->contiguous()) : c10::nullopt;
   const c10::optional<at::Tensor> alpha = alpha_in ? c10::optional<at::Tensor>(alpha_in->contiguous()) : c10::nullopt;

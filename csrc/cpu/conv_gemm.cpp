@@ -1,5 +1,6 @@
 // The fp32 conv engine declared in conv_gemm.h.
 #include "conv_gemm.h"
+#include "simd.h"
 
 #include <algorithm>
 #include <cstring>
@@ -7,10 +8,6 @@
 
 #include <ATen/Parallel.h>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define FASTCODEC_X86_SIMD 1
-#endif
 
 namespace fastcodec {
 namespace cpu {
@@ -228,14 +225,6 @@ using ActivateRow = void (*)(float*, int64_t, float, Activation, float, float);
 
 using UKernel = void (*)(const float*, const float*, const int64_t*, int64_t, int64_t, int64_t, float*, int64_t,
                         bool);
-
-bool has_avx2_fma() {
-#ifdef FASTCODEC_X86_SIMD
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-  return false;
-#endif
-}
 
 UKernel pick_ukernel() {
 #ifdef FASTCODEC_X86_SIMD

@@ -1,14 +1,11 @@
 // The search declared in vq_search.h.
 #include "vq_search.h"
+#include "simd.h"
 
 #include <algorithm>
 #include <cstring>
 #include <limits>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define FASTCODEC_X86_SIMD 1
-#endif
 
 namespace fastcodec {
 namespace cpu {
@@ -116,7 +113,7 @@ using Search = void (*)(const PackedCodebook&, const float*, int64_t*);
 
 Search pick() {
 #ifdef FASTCODEC_X86_SIMD
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return nearest_avx2;
+  if (has_avx2_fma()) return nearest_avx2;
 #endif
   return nearest_generic;
 }

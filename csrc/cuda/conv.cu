@@ -65,17 +65,11 @@ __global__ void causal_conv_transpose1d_kernel(const scalar_t* __restrict__ x, c
 at::Tensor causal_conv1d_cuda(const at::Tensor& x_in, const at::Tensor& w_in, const c10::optional<at::Tensor>& bias_in,
                               int64_t stride, int64_t dilation, c10::string_view activation, double negative_slope,
                               const c10::optional<at::Tensor>& alpha_in, const c10::optional<at::Tensor>& residual_in) {
-  check_conv_common(x_in, w_in, bias_in, alpha_in, /*cin_dim_of_weight=*/1, activation, stride);
-  TORCH_CHECK(dilation >= 1, "fastcodec: dilation must be >= 1, got ", dilation);
+  check_conv1d(x_in, w_in, bias_in, alpha_in, residual_in, activation, stride, dilation);
   const Activation act = parse_activation(activation);
   const int64_t B = x_in.size(0), Cin = x_in.size(1), T = x_in.size(2);
   const int64_t Cout = w_in.size(0), K = w_in.size(2);
   const int64_t Tout = conv1d_out_len(T, stride);
-  if (residual_in.has_value()) {
-    check_same(x_in, residual_in, "residual");
-    TORCH_CHECK(residual_in->sizes() == at::IntArrayRef({B, Cout, Tout}), "fastcodec: residual must be [", B, ", ",
-                Cout, ", ", Tout, "], got ", residual_in->sizes());
-  }
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), w = w_in.contiguous();
   const auto bias = contiguous_or_null(bias_in), alpha = contiguous_or_null(alpha_in);
