@@ -146,3 +146,6 @@ def rvq_decode(codes, codebooks, *, backend="auto"):
 from .streaming import causal_conv1d_stream, causal_conv_transpose1d_stream  # noqa: E402
 
 __all__ += ["causal_conv1d_stream", "causal_conv_transpose1d_stream"]
+
+# Training support for the quantizer (straight-through, commitment, EMA codebooks, k-means init).
+from . import vq_training  # noqa: E402,F401
