@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from . import _backend, _checks, _extension
+from . import _backend, _checks
+from . import _extension  # noqa: F401  (loads fastcodec._C; registers its fake kernels and autograd)
 from ._backend import BACKENDS, BackendUnavailable
 from .reference import (
     ACTIVATIONS,
