@@ -156,7 +156,7 @@ def triton_launches():
         rvq_shapes = {}
         for sname, N, Q, K, D in S.RVQ_SHAPES + [S.rvq_large(True)]:
             rvq_shapes.setdefault(D, []).append((sname, 2 * N * K * D * Q, e * (2 * N * D + Q * K * D) + 8 * N * Q))
-        for D in (d for d in (8, 32, 128, 256, 512) if d <= vq.max_dim(dtype)):
+        for D in (8, 32, 64, 128, 256):
             cfg = vq.rvq_config(D, dtype)
             warps = cfg.pop("num_warps")
             for write_q, label in ((True, "rvq_encode"), (False, "vq_nearest")):

@@ -91,24 +91,26 @@ def rvq_decode_kernel(
     tl.store(out_ptr + n64[:, None] * D + d[None, :], acc.to(dtype), mask=n_ok[:, None] & d_ok[None, :])
 
 
+# Tiles per BLOCK_D = next_pow2(max(D, 16)), (BLOCK_N, BLOCK_K, num_warps): the choices that
+# compile for sm_90 without spills under Triton 3.6, 3.8 and 3.9 alike (register allocation differs
+# between releases: python -m fastcodec.kernel_report, run for each, found them). Exact-fp32 dots
+# keep their tiles in registers on FMA units, hence the smaller fp32 tiles. Nothing wider than 256
+# is spill-free everywhere (fp16 at 512 spills under 3.6), so that is the limit.
+_TILES_FP32 = {16: (16, 32, 4), 32: (16, 16, 4), 64: (16, 32, 8), 128: (16, 32, 8), 256: (16, 16, 8)}
+_TILES_16BIT = {16: (32, 64, 4), 32: (32, 64, 8), 64: (32, 64, 4), 128: (32, 64, 8), 256: (16, 32, 8)}
+MAX_D = max(_TILES_FP32)
+
+
 def max_dim(dtype: torch.dtype) -> int:
-    """Largest code dimension D the register-resident search handles without spilling on sm_90
-    (python -m fastcodec.kernel_report): fp32 tiles are twice as wide in registers."""
-    return 256 if dtype == torch.float32 else 512
+    """Largest code dimension D the register-resident search takes (see the tile tables)."""
+    return MAX_D
 
 
 def rvq_config(D: int, dtype: torch.dtype) -> dict:
-    """Tile sizes for code dimension D <= max_dim(dtype), chosen from the kernel report so that no
-    configuration spills on sm_90. Exact-fp32 dots hold their tiles in registers on FMA units,
-    hence smaller tiles than fp16/bf16."""
+    """Tile sizes for code dimension D <= MAX_D (see _TILES_*)."""
     block_d = max(16, triton.next_power_of_2(D))
-    if block_d <= 16:
-        cfg = dict(BLOCK_N=32, BLOCK_K=64, num_warps=4)
-    elif dtype == torch.float32:
-        cfg = dict(BLOCK_N=16, BLOCK_K=32, num_warps=4 if block_d <= 128 else 8)
-    else:
-        cfg = dict(BLOCK_N=32, BLOCK_K=64, num_warps=8) if block_d <= 128 else dict(BLOCK_N=16, BLOCK_K=32, num_warps=8)
-    return dict(cfg, BLOCK_D=block_d)
+    n, k, warps = (_TILES_FP32 if dtype == torch.float32 else _TILES_16BIT)[block_d]
+    return dict(BLOCK_N=n, BLOCK_K=k, BLOCK_D=block_d, num_warps=warps)
 
 
 def decode_config(D: int) -> dict:
@@ -119,8 +121,7 @@ def unsupported_reason(D: int, dtype: torch.dtype):
     """Why this kernel cannot take code dimension D (None if it can)."""
     if D <= max_dim(dtype):
         return None
-    return (f"the triton rvq kernels keep a row's residual in registers and handle D <= {max_dim(dtype)} for "
-            f"{str(dtype).removeprefix('torch.')}; got D = {D}")
+    return f"the triton rvq kernels keep a row's residual in registers and handle D <= {max_dim(dtype)}; got D = {D}"
 
 
 def _encode(x, codebooks, n_q, write_q, write_dist):
