@@ -155,6 +155,8 @@ setup(
         "numpy",
         "ninja",
         "soundfile",
+        "soxr",   # resampling training data: a polyphase resampler beats a hand-written one
+        "tqdm",   # the training progress bar (training falls back to plain lines without it)
     ],
     extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis"]},
     ext_modules=extensions(),

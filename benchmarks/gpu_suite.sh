@@ -29,7 +29,7 @@ test_rc=${PIPESTATUS[0]}
 [ "$test_rc" -eq 0 ] || status=1
 
 echo "== benchmarks"
-for suite in bench_rvq bench_conv; do
+for suite in bench_rvq bench_conv bench_train; do
     python -m pytest "benchmarks/$suite.py" -q -p no:cacheprovider --benchmark-json "$OUT/$suite.json" \
         --benchmark-columns=median,iqr,rounds --benchmark-sort=name >"$OUT/$suite.txt" 2>&1 || status=1
     tail -3 "$OUT/$suite.txt"

@@ -54,7 +54,8 @@ def ema_stats(x, index, num_codes):
 def ema_update(codebook, ema_counts, ema_sums, x, index, *, decay=0.99, eps=1e-5):
     """One EMA step of codebook learning, in place: ema_counts/ema_sums <- decay * old +
     (1 - decay) * this batch's statistics (all-reduced over ranks), then every code becomes its
-    Laplace-smoothed mean ema_sums[k] / n_k. codebook [K, D] (any float dtype), ema_* fp32."""
+    Laplace-smoothed mean ema_sums[k] / n_k. codebook [K, D] (any float dtype), ema_* fp32.
+    Returns this batch's all-reduced assignment counts [K] (what a dead-code rule needs)."""
     K = codebook.shape[0]
     counts, sums = ema_stats(x, index, K)
     if _distributed():
@@ -65,6 +66,7 @@ def ema_update(codebook, ema_counts, ema_sums, x, index, *, decay=0.99, eps=1e-5
     total = ema_counts.sum()
     smoothed = (ema_counts + eps) / (total + K * eps) * total
     codebook.copy_(ema_sums / smoothed.unsqueeze(1))
+    return counts
 
 
 @torch.no_grad()
@@ -89,19 +91,23 @@ def kmeans_init(x, num_codes, *, iters=10, generator=None):
 
 
 @torch.no_grad()
-def replace_dead_codes(codebook, ema_counts, ema_sums, x, *, threshold=1.0, generator=None):
-    """Codes whose EMA count fell below threshold are re-seeded with random vectors of x (and
-    their EMA statistics reset to one assignment of that vector). Decided on rank 0 and broadcast.
-    Returns the number of codes replaced."""
-    dead = ema_counts < threshold
+def replace_codes(codebook, ema_counts, ema_sums, x, dead, *, generator=None):
+    """Re-seed the codes where dead [K] (bool) is set with random vectors of x, their EMA statistics
+    reset to one assignment of that vector. Decided on rank 0 and broadcast. Returns how many."""
     n_dead = int(dead.sum())
     if n_dead and x.shape[0]:
         pick = torch.randint(0, x.shape[0], (n_dead,), generator=generator, device="cpu").to(x.device)
         fresh = x.detach().float()[pick]
         codebook[dead] = fresh.to(codebook.dtype)
-        ema_sums[dead] = fresh
+        ema_sums[dead] = fresh.to(ema_sums.dtype)
         ema_counts[dead] = 1.0
     if _distributed():
         for t in (codebook, ema_counts, ema_sums):
             torch.distributed.broadcast(t, src=0)
     return n_dead
+
+
+def replace_dead_codes(codebook, ema_counts, ema_sums, x, *, threshold=1.0, generator=None):
+    """Codes whose EMA count fell below threshold are re-seeded with random vectors of x (see
+    replace_codes). Returns the number of codes replaced."""
+    return replace_codes(codebook, ema_counts, ema_sums, x, ema_counts < threshold, generator=generator)

@@ -1,0 +1,90 @@
+"""`python -m fastcodec.train`: train a codec. With no arguments, the tiny preset on the built-in
+demo set. `torchrun --nproc_per_node N -m fastcodec.train ...` trains data-parallel on N processes."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..nn import PRESETS
+from .checkpoint import CheckpointError
+from .config import TrainConfig
+from .data import DataError
+from .loop import Trainer, TrainingError
+
+# Flags whose value may differ from the saved run when resuming (they change how, not what, is trained).
+_RESUMABLE = {"steps", "num_workers", "backend", "compile", "out"}
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="python -m fastcodec.train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = TrainConfig()
+    p.add_argument("--data", default=None, help="folder of .wav/.flac/.ogg files (searched recursively); "
+                   "default: the built-in procedural demo set")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=d.preset)
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
+    p.add_argument("--segment-seconds", type=float, default=d.segment_seconds, help="training crop length")
+    p.add_argument("--lr", type=float, default=None, help="generator peak learning rate (default: the preset's, "
+                   "1e-3 for tiny, 3e-4 otherwise)")
+    p.add_argument("--disc-lr", type=float, default=d.disc_lr)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--disc-start", type=int, default=d.disc_start, help="steps before the critics join")
+    p.add_argument("--vq-start", type=int, default=None, help="autoencoder steps before quantizing (default: "
+                   "the preset's, 100 for tiny, 0 otherwise)")
+    p.add_argument("--weights", type=json.loads, default=None,
+                   help='loss weights as JSON, each a number or a curriculum [[progress, weight], ...], e.g. '
+                        '\'{"aux": [[0, 1], [0.3, 0.1]], "feat": 2}\'')
+    p.add_argument("--out", default=d.out, help="run folder (config, checkpoints, metrics, eval)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.add_argument("--backend", default=d.backend, choices=("auto", "torch", "cpp", "cuda", "triton"))
+    p.add_argument("--compile", action="store_true", help="torch.compile the codec")
+    p.add_argument("--amp", choices=("none", "bf16"), default=d.amp)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--num-workers", type=int, default=d.num_workers, help="data loading processes")
+    p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def config_from_args(args, argv) -> TrainConfig:
+    fields = {k: v for k, v in vars(args).items() if k not in ("resume", "no_progress")}
+    if fields["weights"] is None:
+        fields.pop("weights")
+    if not args.resume:
+        return TrainConfig(**fields)
+    saved = Path(args.out) / "config.json"
+    if not saved.exists():
+        raise TrainingError(f"--resume: {saved} not found; is {args.out} a fastcodec run folder?")
+    base = json.loads(saved.read_text())["train"]
+    given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
+    changed = sorted(k for k in given & set(fields) if k not in _RESUMABLE and fields[k] != base.get(k))
+    if changed:
+        raise TrainingError(f"--resume continues the saved run exactly; these flags differ from it: "
+                            f"{', '.join('--' + c.replace('_', '-') for c in changed)} (see {saved})")
+    base.update({k: fields[k] for k in given & _RESUMABLE})
+    return TrainConfig.from_dict(base)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args, argv)
+        trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
+        trainer.run()
+    except (TrainingError, DataError, CheckpointError, ValueError) as exc:
+        print(f"fastcodec.train: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fastcodec.train: interrupted", file=sys.stderr)
+        return 130
+    return 130 if trainer.interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

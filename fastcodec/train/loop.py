@@ -1,0 +1,466 @@
+"""The training loop behind `python -m fastcodec.train`.
+
+One step: the codec reconstructs a batch of crops (quantizer dropout draws each example's bitrate);
+the generator loss is the weighted sum of multi-scale mel distance, commitment, the stage-mean
+auxiliary loss and, once `disc_start` steps have passed, the critics' hinge and feature-matching
+terms; then the critics take their hinge step on the same batch. Codebooks follow by EMA after the
+generator's optimizer step. A step whose loss or gradient is not finite changes nothing (weights,
+codebooks, optimizer moments) and is counted; `max_bad_steps` in a row stop training.
+
+Everything random in a step is seeded from (seed, rank, step), so `--resume` repeats exactly the
+steps an uninterrupted run would take. Under torchrun every rank trains on its own data shard with
+DDP; only rank 0 writes files. Output folder:
+    config.json               codec and training settings (a run is rebuilt from it)
+    checkpoints/stepNNNNNNN.pt  full training state (the newest `keep_checkpoints` are kept)
+    codec.pt                  the newest model alone (codec config + weights), for inference
+    metrics.csv, eval.csv     training and evaluation metrics (and tensorboard/ when installed)
+    eval/                     spectrogram PNGs and decoded wav files of the held-out clips
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from .. import ops
+from ..nn import SoundStream, preset, set_backend
+from . import checkpoint as ckpt
+from .config import TrainConfig, lr_factor
+from .data import CropDataset, StepBatches, build_sources, eval_batch
+from .discriminators import Critics
+from .losses import (
+    codebook_usage,
+    critic_hinge_loss,
+    feature_matching_loss,
+    generator_hinge_loss,
+    si_sdr,
+    stage_mean_loss,
+    waveform_loss,
+)
+from .report import CSVLog, spectrogram_png, tensorboard_writer, write_wav
+from .spectral import MultiScaleMel, mel_distance
+
+TRAIN_COLUMNS = ["step", "lr", "loss", "mel", "wave", "commit", "aux", "adv", "feat", "disc", "grad_norm",
+                 "audio_seconds_per_s", "bad_steps"]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or had to stop; the message says why and what was kept."""
+
+
+def _seed_for(*parts) -> int:
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
+
+
+class _Dist:
+    """Rank, world size and device from torchrun's environment (a single process without it)."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = torch.device(f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu")
+        self.active = self.world > 1
+        if self.active and not torch.distributed.is_initialized():
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+    def all_true(self, flag: bool) -> bool:
+        """Whether flag holds on every rank (so all ranks take the same branch)."""
+        if not self.active:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+        return bool(t.item())
+
+    def barrier(self):
+        if self.active:
+            torch.distributed.barrier()
+
+
+def _fingerprint(*modules) -> str:
+    """sha256 over every parameter and buffer, to prove that replicas are identical."""
+    h = hashlib.sha256()
+    for m in modules:
+        for name, t in sorted(m.state_dict().items()):
+            h.update(name.encode())
+            if t.numel():
+                h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _checkpoints(out: Path):
+    return sorted((out / "checkpoints").glob("step*.pt"))
+
+
+def prepare_out_dir(out: Path, resume: bool):
+    """The run folder: a new run refuses one that already holds a run (nothing is overwritten);
+    --resume needs one with a checkpoint."""
+    existing = _checkpoints(out) if out.exists() else []
+    if resume:
+        if not existing:
+            raise TrainingError(f"--resume: {out} holds no checkpoint (checkpoints/step*.pt) to resume from")
+        return existing[-1]
+    if out.exists() and any((out / n).exists() for n in ("config.json", "checkpoints", "metrics.csv")):
+        raise TrainingError(f"{out} already holds a training run; pass --resume to continue it or choose "
+                            f"another --out")
+    return None
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: bool = False, log=print, progress: bool = True):
+        self.cfg, self.log, self.progress = cfg, log, progress
+        self.dist = _Dist()
+        self.out = Path(cfg.out)
+        resume_from = prepare_out_dir(self.out, resume)
+        self.codec_cfg = preset(cfg.preset)
+        dev = self.dist.device
+        ops.resolve_backend(cfg.backend, torch.empty(0, device=dev))  # a bad --backend fails before any work
+
+        # Data first: a missing or empty folder is reported before a model is built.
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.train_src, self.held_src = build_sources(cfg, self.codec_cfg.sample_rate, self.out, self._say)
+        self.dist.barrier()
+        if not self.dist.main:  # the scan is cached by now
+            self.train_src, self.held_src = build_sources(cfg, self.codec_cfg.sample_rate, self.out, lambda *_: None)
+
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.model = SoundStream(self.codec_cfg).to(dev)
+        set_backend(self.model, cfg.backend)
+        self.critics = Critics(cfg.wave_disc_width, cfg.stft_disc_width, cfg.stft_disc_windows).to(dev)
+        self.mel = MultiScaleMel(self.codec_cfg.sample_rate).to(dev)
+        self.opt_g = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
+                                       weight_decay=cfg.weight_decay)
+        self.opt_d = torch.optim.AdamW(self.critics.parameters(), lr=cfg.disc_lr, betas=cfg.betas,
+                                       weight_decay=cfg.weight_decay)
+        self.step, self.bad_streak = 0, 0
+        if resume_from is not None:
+            self._load(resume_from)
+
+        self.gen, self.crit = self.model, self.critics
+        if self.dist.active:
+            ddp = torch.nn.parallel.DistributedDataParallel
+            ids = [dev.index] if dev.type == "cuda" else None
+            # Codebooks are buffers kept identical by the quantizer's own all-reduce, not broadcast.
+            self.gen = ddp(self.model, device_ids=ids, broadcast_buffers=False)
+            self.crit = ddp(self.critics, device_ids=ids, broadcast_buffers=False)
+        if cfg.compile:
+            self.gen = torch.compile(self.gen)
+        self.segment = int(round(cfg.segment_seconds * self.codec_cfg.sample_rate))
+        self._stop_requested = False
+        self.interrupted = False  # set when a Ctrl-C ended the run early (after its checkpoint)
+
+    # ---- output -------------------------------------------------------------------------------
+    def _say(self, msg):
+        if self.dist.main:
+            self.log(msg)
+
+    def _state(self):
+        return {
+            "step": self.step,
+            "bad_streak": self.bad_streak,
+            "codec_config": self.codec_cfg.to_dict(),
+            "train_config": self.cfg.to_dict(),
+            "model": self.model.state_dict(),
+            "critics": self.critics.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def save_checkpoint(self):
+        if self.dist.active:
+            self._check_replicas()
+        if not self.dist.main:
+            return
+        folder = self.out / "checkpoints"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"step{self.step:07d}.pt"
+        ckpt.save(path, self._state())
+        ckpt.save(self.out / "codec.pt", {"step": self.step, "codec_config": self.codec_cfg.to_dict(),
+                                          "model": self.model.state_dict()})
+        for old in _checkpoints(self.out)[: -self.cfg.keep_checkpoints]:
+            old.unlink()
+        return path
+
+    def _check_replicas(self):
+        fp = _fingerprint(self.model, self.critics)
+        prints = [None] * self.dist.world
+        torch.distributed.all_gather_object(prints, fp)
+        if self.dist.main:
+            record = {"step": self.step, "fingerprints": prints, "identical": len(set(prints)) == 1}
+            (self.out / "replicas.json").write_text(json.dumps(record, indent=1))
+        if len(set(prints)) != 1:
+            raise TrainingError(f"replicas diverged at step {self.step}: parameter fingerprints {prints}")
+
+    def _load(self, path):
+        state = ckpt.load(path)
+        if state["codec_config"] != self.codec_cfg.to_dict():
+            raise TrainingError(f"{path} was trained with another model configuration than --preset {self.cfg.preset}")
+        self.model.load_state_dict(state["model"])
+        self.critics.load_state_dict(state["critics"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        torch.set_rng_state(state["rng_cpu"])
+        if torch.cuda.is_available() and len(state["rng_cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self.step, self.bad_streak = int(state["step"]), int(state["bad_streak"])
+        self._say(f"resumed from {path} at step {self.step}")
+
+    # ---- one step ---------------------------------------------------------------------------
+    def _autocast(self):
+        if self.cfg.amp == "bf16":
+            return torch.autocast(self.dist.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self, x):
+        """One generator (and critic) step on x [B, 1, T]; returns the metrics row."""
+        cfg, step = self.cfg, self.step
+        gen_rng = torch.Generator().manual_seed(_seed_for(cfg.seed, self.dist.rank, step, "quantizer"))
+        w = {name: cfg.weight(name, step) for name in cfg.weights}
+        critics_on = step >= cfg.disc_start and (w["adv"] > 0 or w["feat"] > 0)
+        # The learning rate is a function of the step (warmup, then cosine), so resuming needs no scheduler state.
+        factor = lr_factor(step, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+        for opt, base in ((self.opt_g, cfg.lr), (self.opt_d, cfg.disc_lr)):
+            for group in opt.param_groups:
+                group["lr"] = base * factor
+        row = {"step": step + 1, "lr": cfg.lr * factor}
+
+        self.critics.requires_grad_(False)  # the generator step needs no critic weight gradients
+        with self._autocast():
+            quantize = step >= cfg.vq_start
+            out = self.gen(x, return_stages=w["aux"] > 0, generator=gen_rng, quantize=quantize)
+            y = out.audio
+            terms = {"mel": mel_distance(self.mel(y), self.mel(x)), "wave": waveform_loss(y, x),
+                     "commit": out.quantizer.commitment_loss}
+            if w["aux"] > 0:
+                terms["aux"] = stage_mean_loss(out.stages, x, self.codec_cfg.hop)
+            if critics_on:
+                fake = self.critics(y)
+                with torch.no_grad():
+                    real = self.critics(x)
+                terms["adv"] = generator_hinge_loss(fake)
+                terms["feat"] = feature_matching_loss(real, fake)
+        loss = sum(w[k] * v.float() for k, v in terms.items())
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        ok = self.dist.all_true(bool(torch.isfinite(loss)) and bool(torch.isfinite(gnorm)))
+        if ok:
+            self.opt_g.step()
+            if quantize:
+                self.model.quantizer.update_codebooks(generator=gen_rng)
+        else:
+            self.model.quantizer.discard_pending()
+        row.update({k: float(v.detach()) for k, v in terms.items()}, loss=float(loss.detach()), grad_norm=float(gnorm))
+
+        if critics_on and ok:
+            self.critics.requires_grad_(True)
+            with self._autocast():
+                d_loss = critic_hinge_loss(self.crit(x), self.crit(y.detach()))
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            dnorm = torch.nn.utils.clip_grad_norm_(self.critics.parameters(), cfg.grad_clip)
+            d_ok = self.dist.all_true(bool(torch.isfinite(d_loss)) and bool(torch.isfinite(dnorm)))
+            if d_ok:
+                self.opt_d.step()
+            ok = ok and d_ok
+            row["disc"] = float(d_loss.detach())
+        self.step += 1
+        if ok:
+            self.bad_streak = 0
+        else:
+            self.bad_streak += 1
+            self._say(f"step {self.step}: non-finite loss or gradient (loss {float(loss):.4g}, grad norm "
+                      f"{float(gnorm):.4g}); step skipped, weights unchanged ({self.bad_streak} in a row)")
+        row["bad_steps"] = self.bad_streak
+        return row
+
+    # ---- evaluation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, x, eval_log, tb):
+        """Held-out metrics at several bitrates, codebook usage per stage, a spectrogram PNG and
+        decoded wav files. x: [N, 1, T] fixed held-out crops."""
+        model, Q = self.model, self.codec_cfg.n_q
+        was_training = model.training
+        model.eval()
+        row = {"step": self.step}
+        folder = self.out / "eval"
+        folder.mkdir(exist_ok=True)
+        try:
+            for n in sorted({1, max(1, Q // 2), Q}):
+                out = model(x, n_q=n)
+                row[f"si_sdr_nq{n}"] = float(si_sdr(out.audio, x).mean())
+                row[f"mel_nq{n}"] = float(mel_distance(self.mel(out.audio), self.mel(x)))
+            codes = out.quantizer.codes  # full n_q, [N, Q, F]
+            counts = torch.zeros(Q, self.codec_cfg.codebook_size, device=codes.device)
+            counts.scatter_add_(1, codes.transpose(0, 1).reshape(Q, -1), torch.ones_like(counts[:, :1]).expand(
+                Q, codes.shape[0] * codes.shape[2]))
+            perplexity, dead = codebook_usage(counts)
+            for i in range(Q):
+                row[f"perplexity_q{i + 1}"] = float(perplexity[i])
+                row[f"dead_pct_q{i + 1}"] = 100.0 * float(dead[i])
+            sr = self.codec_cfg.sample_rate
+            window = torch.hann_window(512, device=x.device)
+            panels = [torch.stft(a[0, 0].float(), 512, 128, window=window, return_complex=True).abs().cpu().numpy()
+                      for a in (x, out.audio)]
+            spectrogram_png(folder / f"step{self.step:07d}.png", panels)
+            for i in range(min(3, x.shape[0])):
+                ref = folder / f"clip{i}_input.wav"
+                if not ref.exists():
+                    write_wav(ref, x[i, 0].cpu().numpy(), sr)
+                write_wav(folder / f"step{self.step:07d}_clip{i}.wav", out.audio[i, 0].float().cpu().numpy(), sr)
+        finally:
+            model.train(was_training)
+        eval_log.write(row)
+        if tb is not None:
+            for k, v in row.items():
+                if k != "step":
+                    tb.add_scalar(f"eval/{k}", v, self.step)
+        return row
+
+    def eval_columns(self):
+        Q = self.codec_cfg.n_q
+        cols = ["step"]
+        for n in sorted({1, max(1, Q // 2), Q}):
+            cols += [f"si_sdr_nq{n}", f"mel_nq{n}"]
+        cols += [f"perplexity_q{i + 1}" for i in range(Q)] + [f"dead_pct_q{i + 1}" for i in range(Q)]
+        return cols
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def _on_sigint(self, signum, frame):
+        # First Ctrl-C: finish the step, checkpoint, stop. A second one interrupts at once.
+        self._stop_requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def run(self):
+        cfg, dist = self.cfg, self.dist
+        resume_step = self.step if self.step else None
+        if dist.main:
+            (self.out / "config.json").write_text(json.dumps(
+                {"codec": self.codec_cfg.to_dict(), "train": cfg.to_dict()}, indent=1))
+            train_log = CSVLog(self.out / "metrics.csv", TRAIN_COLUMNS, resume_step)
+            eval_log = CSVLog(self.out / "eval.csv", self.eval_columns(), resume_step)
+            tb = tensorboard_writer(self.out / "tensorboard")
+            x_eval = eval_batch(self.held_src, cfg.eval_clips,
+                                int(round(cfg.eval_seconds * self.codec_cfg.sample_rate)), cfg.seed).to(dist.device)
+        batches = StepBatches(len(self.train_src), cfg.batch_size, cfg.seed, start_step=self.step, rank=dist.rank,
+                              world=dist.world, steps=cfg.steps)
+        loader = torch.utils.data.DataLoader(CropDataset(self.train_src, self.segment), batch_sampler=batches,
+                                             num_workers=cfg.num_workers, pin_memory=dist.device.type == "cuda",
+                                             persistent_workers=cfg.num_workers > 0,
+                                             # its own generator: the loader's worker seeds must not
+                                             # draw from the global RNG that checkpoints carry
+                                             generator=torch.Generator().manual_seed(cfg.seed))
+        self._say(f"training {cfg.preset} ({sum(p.numel() for p in self.model.parameters()) / 1e6:.2f} M parameters, "
+                  f"{self.codec_cfg.bitrate() / 1000:.2f} kbps at n_q={self.codec_cfg.n_q}) on {dist.device} "
+                  f"x{dist.world}, data: {self.train_src.describe()}; writing to {self.out}")
+        bar = _progress(cfg.steps, self.step, enabled=dist.main, live=self.progress)
+        previous = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
+        last_row, tic, audio_done = {}, time.perf_counter(), 0.0
+        try:
+            for x in loader:
+                if not dist.all_true(not self._stop_requested):
+                    break
+                x = x.to(dist.device, non_blocking=True)
+                row = self.train_step(x)
+                if self.bad_streak >= cfg.max_bad_steps:
+                    raise TrainingError(
+                        f"training stopped at step {self.step}: {self.bad_streak} steps in a row had a non-finite "
+                        f"loss or gradient. Weights were not updated by them; the newest checkpoint in "
+                        f"{self.out / 'checkpoints'} is intact. Try a lower --lr, --amp none, or check the data.")
+                audio_done += x.shape[0] * x.shape[2] * dist.world / self.codec_cfg.sample_rate
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    now = time.perf_counter()
+                    row["audio_seconds_per_s"] = audio_done / max(now - tic, 1e-9)
+                    tic, audio_done = now, 0.0
+                    if dist.main:
+                        train_log.write(row)
+                        if tb is not None:
+                            for k, v in row.items():
+                                if k != "step" and isinstance(v, float):
+                                    tb.add_scalar(f"train/{k}", v, self.step)
+                    last_row = row
+                bar.update(row)
+                if dist.main and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+                    ev = self.evaluate(x_eval, eval_log, tb)
+                    bar.write(_eval_line(ev, self.codec_cfg.n_q))
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                    self.save_checkpoint()
+            if self._stop_requested and self.step < cfg.steps:
+                self.interrupted = True
+                self.save_checkpoint()
+                self._say(f"interrupted: checkpoint saved at step {self.step}; continue with --resume")
+        finally:
+            bar.close()
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        return last_row
+
+
+def _main_thread():
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _eval_line(row, Q):
+    return (f"eval step {row['step']}: SI-SDR {row[f'si_sdr_nq{Q}']:.2f} dB, mel {row[f'mel_nq{Q}']:.3f} "
+            f"(n_q={Q}); perplexity " + "/".join(f"{row[f'perplexity_q{i + 1}']:.0f}" for i in range(Q)))
+
+
+class _progress:
+    """tqdm when installed and `live` (a bar with losses and throughput), else a line per log interval."""
+
+    def __init__(self, total, initial, enabled, live=True):
+        self.enabled, self.bar = enabled, None
+        if enabled and live:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True, unit="step")
+            except ImportError:
+                pass
+
+    def update(self, row):
+        if not self.enabled:
+            return
+        keys = ("loss", "mel", "adv", "disc", "audio_seconds_per_s")
+        post = {("x_realtime" if k == "audio_seconds_per_s" else k): f"{row[k]:.3g}" for k in keys if k in row}
+        if self.bar is not None:
+            self.bar.update(1)
+            if "audio_seconds_per_s" in row:
+                self.bar.set_postfix(post, refresh=False)
+        elif "audio_seconds_per_s" in row:
+            print(f"step {row['step']}: " + ", ".join(f"{k} {v}" for k, v in post.items()), flush=True)
+
+    def write(self, msg):
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(msg)
+        else:
+            print(msg, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def train(cfg: TrainConfig, resume: bool = False, log=print, progress: bool = True) -> dict:
+    """Train (or continue) a run; returns the last logged metrics row."""
+    return Trainer(cfg, resume=resume, log=log, progress=progress).run()
+

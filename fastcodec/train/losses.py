@@ -1,0 +1,87 @@
+"""Training losses and quality metrics.
+
+Adversarial terms take the critics' outputs: lists (one per sub-critic) of feature lists whose last
+entry is the logits. Audio is [B, 1, T].
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..ops.vq_training import _fp32
+
+
+def _logits(outputs):
+    return [feats[-1].float() for feats in outputs]
+
+
+def critic_hinge_loss(real_outputs, fake_outputs):
+    """Discriminator hinge loss: mean relu(1 - D(real)) + relu(1 + D(fake)), averaged over sub-critics."""
+    terms = [F.relu(1 - r).mean() + F.relu(1 + f).mean() for r, f in zip(_logits(real_outputs), _logits(fake_outputs))]
+    return sum(terms) / len(terms)
+
+
+def generator_hinge_loss(fake_outputs):
+    """The generator's adversarial loss: mean relu(1 - D(fake))."""
+    terms = [F.relu(1 - f).mean() for f in _logits(fake_outputs)]
+    return sum(terms) / len(terms)
+
+
+def feature_matching_loss(real_outputs, fake_outputs):
+    """L1 between the critics' features of real and reconstructed audio, each layer relative to the
+    real features' mean magnitude (so wide and narrow layers weigh alike)."""
+    terms = []
+    for real_feats, fake_feats in zip(real_outputs, fake_outputs):
+        for r, f in zip(real_feats[:-1], fake_feats[:-1]):
+            r = r.detach().float()
+            terms.append((r - f.float()).abs().mean() / (r.abs().mean() + 1e-6))
+    return sum(terms) / len(terms)
+
+
+def waveform_loss(estimate, reference, eps=1e-8):
+    """L1 between waveforms relative to the reference's mean magnitude (scale-free, ~1 for silence
+    out). The mel loss ignores phase; this term is what pulls the waveform, and SI-SDR, into line."""
+    with _fp32():
+        ref = reference.float()
+        return (estimate.float() - ref).abs().mean() / (ref.abs().mean() + eps)
+
+
+def stage_mean_loss(stages, audio, hop):
+    """The original design's auxiliary loss: each decoder stage's channel mean should match the input
+    average-pooled to that stage's rate (a coarse target that is learnable early in training).
+
+    stages: decoder activations [B, C_i, F * r_i] (r_i = 1 after the input conv, hop after the last
+    block); audio: [B, 1, T] with T <= F * hop (zero-padded to it). Mean over stages of the L1 distance.
+    """
+    frames = stages[0].shape[2]
+    with _fp32():
+        x = F.pad(audio.float(), (0, frames * hop - audio.shape[2]))
+        terms = []
+        for h in stages:
+            factor = frames * hop // h.shape[2]
+            target = F.avg_pool1d(x, factor) if factor > 1 else x
+            terms.append((h.float().mean(1, keepdim=True) - target).abs().mean())
+    return sum(terms) / len(terms)
+
+
+def si_sdr(estimate, reference, eps=1e-8):
+    """Scale-invariant SDR in dB per example: estimate, reference [B, 1, T] -> [B]."""
+    with _fp32():
+        est = estimate.float().flatten(1)
+        ref = reference.float().flatten(1)
+        est = est - est.mean(1, keepdim=True)
+        ref = ref - ref.mean(1, keepdim=True)
+        scale = (est * ref).sum(1, keepdim=True) / (ref.pow(2).sum(1, keepdim=True) + eps)
+        target = scale * ref
+        noise = est - target
+        return 10 * torch.log10((target.pow(2).sum(1) + eps) / (noise.pow(2).sum(1) + eps))
+
+
+def codebook_usage(counts):
+    """counts [Q, K] of code assignments -> (perplexity [Q], dead fraction [Q]) per stage.
+
+    Perplexity exp(H) is the effective number of codes in use (K at best); dead = never chosen."""
+    counts = counts.double()
+    p = counts / counts.sum(1, keepdim=True).clamp(min=1)
+    entropy = -(p * p.clamp(min=1e-30).log()).sum(1)
+    return entropy.exp().float(), (counts == 0).float().mean(1)

@@ -1,0 +1,209 @@
+"""The training loop end to end on the tiny preset: what it writes, exact resume, bad data and
+non-finite losses, Ctrl-C, the command line, and two-process DDP on CPU."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fastcodec.train import TrainConfig, TrainingError, train
+from fastcodec.train import checkpoint as ckpt
+from fastcodec.train import loop as loop_mod
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small(tmp_path, name="run", **kw):
+    """A tiny run: 2 x 0.25 s crops, critics from step 2, evaluation and checkpoints every 2 steps."""
+    base = dict(out=str(tmp_path / name), steps=4, batch_size=2, segment_seconds=0.25, eval_every=2,
+                checkpoint_every=2, log_every=1, disc_start=2, vq_start=1, demo_clips=6, eval_clips=2, eval_seconds=0.5,
+                warmup_steps=2, wave_disc_width=4, stft_disc_width=4, stft_disc_windows=(256,))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _states_equal(a, b, path=""):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f"{path} differs"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _states_equal(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _states_equal(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def test_a_run_writes_everything_it_promises(tmp_path):
+    cfg = small(tmp_path)
+    row = train(cfg, progress=False, log=lambda *_: None)
+    out = Path(cfg.out)
+    assert row["step"] == 4 and np.isfinite(row["loss"]) and row["disc"] > 0  # the critics ran
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["train"]["steps"] == 4 and saved["codec"]["n_q"] == 6
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step0000002.pt", "step0000004.pt"]
+    state = ckpt.load(out / "checkpoints" / "step0000004.pt")
+    assert state["step"] == 4 and "opt_g" in state and "critics" in state
+    codec = ckpt.load(out / "codec.pt")
+    assert codec["codec_config"] == saved["codec"] and "quantizer.codebooks" in codec["model"]
+    metrics = (out / "metrics.csv").read_text().splitlines()
+    assert metrics[0].startswith("step,lr,loss,mel") and len(metrics) == 5
+    evals = (out / "eval.csv").read_text().splitlines()
+    assert len(evals) == 3 and "si_sdr_nq6" in evals[0] and "dead_pct_q6" in evals[0]
+    assert (out / "eval" / "step0000004.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "eval" / "step0000004_clip0.wav").stat().st_size > 1000
+    assert not list(out.rglob(".*tmp*"))
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    """A run stopped after step 2 (as by Ctrl-C) and resumed ends bit-identical to one that never stopped."""
+    straight = small(tmp_path, "straight")
+    train(straight, progress=False, log=lambda *_: None)
+    halves = small(tmp_path, "halves")
+    trainer = loop_mod.Trainer(halves, progress=False, log=lambda *_: None)
+    step_once = trainer.train_step
+
+    def stop_after_two(x):
+        row = step_once(x)
+        trainer._stop_requested = trainer.step >= 2
+        return row
+    monkeypatch.setattr(trainer, "train_step", stop_after_two)
+    trainer.run()
+    assert trainer.interrupted and ckpt.load(Path(halves.out) / "checkpoints" / "step0000002.pt")["step"] == 2
+    train(halves, resume=True, progress=False, log=lambda *_: None)
+    a = ckpt.load(Path(straight.out) / "checkpoints" / "step0000004.pt")
+    b = ckpt.load(Path(halves.out) / "checkpoints" / "step0000004.pt")
+    for key in ("model", "critics", "opt_g", "opt_d", "rng_cpu", "step"):
+        _states_equal(a[key], b[key], key)
+    # The resumed metrics file holds each step once.
+    steps = [ln.split(",")[0] for ln in (Path(halves.out) / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == ["1", "2", "3", "4"]
+
+
+def test_an_existing_run_is_never_overwritten(tmp_path):
+    cfg = small(tmp_path, steps=2)
+    train(cfg, progress=False, log=lambda *_: None)
+    before = (Path(cfg.out) / "checkpoints" / "step0000002.pt").read_bytes()
+    with pytest.raises(TrainingError, match="already holds a training run"):
+        train(cfg, progress=False, log=lambda *_: None)
+    assert (Path(cfg.out) / "checkpoints" / "step0000002.pt").read_bytes() == before
+    with pytest.raises(TrainingError, match="no checkpoint"):
+        train(small(tmp_path, "fresh"), resume=True, progress=False, log=lambda *_: None)
+
+
+def test_non_finite_steps_are_skipped_then_training_stops(tmp_path, monkeypatch):
+    real = loop_mod.mel_distance
+    calls = {"n": 0}
+
+    def flaky(a, b):
+        calls["n"] += 1
+        value = real(a, b)
+        return value * float("nan") if calls["n"] in (3, 5, 6, 7) else value
+    monkeypatch.setattr(loop_mod, "mel_distance", flaky)
+    cfg = small(tmp_path, steps=8, max_bad_steps=3, checkpoint_every=1, eval_every=100)
+    trainer = loop_mod.Trainer(cfg, progress=False, log=lambda *_: None)
+    messages = []
+    trainer.log = messages.append
+    with pytest.raises(TrainingError, match="3 steps in a row"):
+        trainer.run()
+    # Step 3 was skipped alone (weights untouched), then 5, 6, 7 in a row stopped the run at step 7.
+    assert sum("non-finite" in m for m in messages) == 4
+    ck = ckpt.load(Path(cfg.out) / "checkpoints" / "step0000004.pt")
+    for name, p in trainer.model.state_dict().items():
+        assert torch.equal(p, ck["model"][name]), f"{name} changed during skipped steps"
+    assert all(torch.isfinite(t).all() for t in ck["model"].values())
+
+
+def _cli(args, **kw):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "fastcodec.train", *args], capture_output=True, text=True,
+                          env=env, cwd=kw.pop("cwd", ROOT), timeout=kw.pop("timeout", 300), **kw)
+
+
+def test_cli_reports_bad_data_in_one_line(tmp_path):
+    r = _cli(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")])
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0
+    assert "no such folder" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    (tmp_path / "empty").mkdir()
+    r = _cli(["--data", str(tmp_path / "empty"), "--out", str(tmp_path / "run")])
+    assert r.returncode == 1 and "no audio files" in r.stderr
+    r = _cli(["--steps", "0", "--out", str(tmp_path / "run")])
+    assert r.returncode == 1 and "steps must be a positive int" in r.stderr
+
+
+def test_cli_trains_on_a_folder_and_resume_refuses_changed_settings(tmp_path):
+    sf = pytest.importorskip("soundfile")  # absent on the GPU image; CI has it
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        t = np.arange(12000) / 24000
+        tone = 0.3 * np.sin(2 * np.pi * (200 + 100 * i) * t) + 0.01 * rng.standard_normal(t.size)
+        sf.write(str(tmp_path / f"clip{i}.wav"), tone.astype(np.float32), 24000)  # resampled to 16 kHz
+    (tmp_path / "bad.ogg").write_bytes(b"OggS broken")
+    run = tmp_path / "run"
+    common = ["--data", str(tmp_path), "--out", str(run), "--batch-size", "2", "--segment-seconds", "0.25",
+              "--eval-every", "2", "--checkpoint-every", "2", "--disc-start", "1", "--vq-start", "0",
+              "--no-progress"]
+    r = _cli([*common, "--steps", "2"])
+    assert r.returncode == 0, r.stderr
+    assert "skipped 1 of 4 files: 1 unreadable" in r.stdout
+    assert (run / "checkpoints" / "step0000002.pt").exists() and (run / "data_index.json").exists()
+    r = _cli([*common, "--steps", "3", "--resume", "--lr", "0.1"])
+    assert r.returncode == 1 and "--lr" in r.stderr
+    r = _cli([*common, "--steps", "3", "--resume"])
+    assert r.returncode == 0, r.stderr
+    assert "resumed from" in r.stdout and (run / "checkpoints" / "step0000003.pt").exists()
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path):
+    run = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    args = ["--out", str(run), "--steps", "1000", "--batch-size", "2", "--segment-seconds", "0.25",
+            "--eval-every", "1000", "--checkpoint-every", "1000", "--log-every", "1", "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "fastcodec.train", *args], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        metrics = run / "metrics.csv"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted: checkpoint saved at step" in out
+    saved = sorted((run / "checkpoints").glob("step*.pt"))
+    assert len(saved) == 1
+    step = ckpt.load(saved[0])["step"]
+    assert 2 <= step < 1000
+    rows = (run / "metrics.csv").read_text().splitlines()[1:]
+    assert int(rows[-1].split(",")[0]) == step  # every finished step was logged, none after
+
+
+def test_ddp_two_cpu_processes_stay_identical(tmp_path):
+    """torchrun with 2 processes (gloo): each rank trains on its own shard; after the steps every
+    parameter, optimizer-updated weight and codebook is bit-identical on both ranks."""
+    run = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "fastcodec.train", "--out", str(run), "--steps", "3", "--batch-size", "2",
+           "--segment-seconds", "0.25", "--disc-start", "1", "--vq-start", "0", "--eval-every", "3",
+           "--checkpoint-every", "3",
+           "--no-progress"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    record = json.loads((run / "replicas.json").read_text())
+    assert record["step"] == 3 and len(record["fingerprints"]) == 2 and record["identical"]
+    assert "x2" in r.stdout  # it said it trained on two processes
+    state = ckpt.load(run / "checkpoints" / "step0000003.pt")
+    assert bool(state["model"]["quantizer.initialized"]) and state["model"]["quantizer.updates"] == 3
