@@ -11,6 +11,7 @@ Every conv is causal, so the codec works on any length and output t depends on i
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -29,6 +30,9 @@ class ResidualUnit(nn.Module):
         super().__init__()
         self.conv = CausalConv1d(channels, channels, cfg.residual_kernel, dilation=dilation, **_act(cfg))
         self.proj = CausalConv1d(channels, channels, 1)
+        with torch.no_grad():
+            # Each unit starts close to the identity, so a dozen of them do not compound the variance.
+            self.proj.weight.mul_(0.1)
 
     def forward(self, x):
         return self.proj(self.conv(x), residual=x)
