@@ -64,6 +64,15 @@ def test_a_run_writes_everything_it_promises(tmp_path):
     assert not list(out.rglob(".*tmp*"))
 
 
+def test_bf16_autocast_trains_with_the_quantizer_in_fp32(tmp_path):
+    cfg = small(tmp_path, amp="bf16", steps=3, eval_every=3, checkpoint_every=3)
+    trainer = loop_mod.Trainer(cfg, progress=False, log=lambda *_: None)
+    row = trainer.run()
+    assert row["step"] == 3 and np.isfinite(row["loss"]) and np.isfinite(row["disc"])
+    assert trainer.model.quantizer.codebooks.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # autocast keeps fp32 masters
+
+
 def test_resume_continues_exactly(tmp_path, monkeypatch):
     """A run stopped after step 2 (as by Ctrl-C) and resumed ends bit-identical to one that never stopped."""
     straight = small(tmp_path, "straight")

@@ -1,9 +1,10 @@
 """Backward of the compiled ops, shared by every backend that implements the op schemas.
 
-The forward runs the fused kernel; the backward recomputes the pre-activation with the same
-backend's kernel (activation off: cheaper than keeping it alive between passes), applies the
-epilogue's derivative here, and uses PyTorch's conv-backward primitive for the input/weight/bias
-gradients (custom backward kernels are future work, see benchmarks/RESULTS.md).
+The forward runs the fused kernel; the backward reads the activation's derivative off the saved
+output (or recomputes the pre-activation with the same backend's kernel), computes a stride-1
+conv's input gradient with the backend's own forward kernel (a time-reversed causal conv), and uses
+PyTorch's conv-backward primitive for weight and bias gradients and the strided and transposed
+convs' input gradients (dedicated backward kernels are future work, see benchmarks/RESULTS.md).
 The search ops (vq_nearest, rvq_encode) are marked non-differentiable; rvq_decode is a gather-sum
 whose codebook gradient is an index_add.
 """
@@ -87,12 +88,31 @@ def _conv1d_backward(lib, ctx, gy):
         ctx, gy, alpha, y_act, need_alpha)
     pad = (weight.shape[-1] - 1) * dilation
     gx = gw = gb = None
-    if need_x or need_w or need_b:
+    own_gx = need_x and stride == 1
+    if own_gx:
+        gx = _conv1d_input_grad(lib, gz, weight, dilation)
+    if (need_x and not own_gx) or need_w or need_b:
         gxp, gw, gb = torch.ops.aten.convolution_backward(
             gz, F.pad(x, (pad, 0)), weight, None if bias is None else [weight.shape[0]],
-            [stride], [0], [dilation], False, [0], 1, [need_x, need_w, need_b and bias is not None])
-        gx = None if gxp is None else gxp[..., pad:]
+            [stride], [0], [dilation], False, [0], 1,
+            [need_x and not own_gx, need_w, need_b and bias is not None])
+        if not own_gx:
+            gx = None if gxp is None else gxp[..., pad:]
     return gx, gw, gb, None, None, None, None, galpha, gy if need_res else None
+
+
+def _conv1d_input_grad(lib, gz, weight, dilation):
+    """dL/dx of a stride-1 causal conv, on the backend's own fused kernel.
+
+    gx[s] = sum_k W[:, :, k]^T gz[s + (K-1-k)*dilation] looks ahead in time; reversed in time it is
+    the causal conv of reversed gz with the transposed weight, so gx = flip(conv(flip(gz), W^T)).
+    On the CPU this beats ATen's backward-data path several times at the codec's narrow layers
+    (benchmarks/RESULTS.md); a 1x1 conv needs no reversal. gz: [B, Cout, T] -> [B, Cin, T].
+    """
+    wt = weight.transpose(0, 1).contiguous()
+    if weight.shape[-1] == 1:
+        return lib.causal_conv1d(gz.contiguous(), wt, None, 1, 1, "none", 0.0, None, None)
+    return lib.causal_conv1d(gz.flip(2), wt, None, 1, dilation, "none", 0.0, None, None).flip(2)
 
 
 # causal_conv_transpose1d(x, weight, bias, stride, activation, negative_slope, alpha)

@@ -149,6 +149,11 @@ class Trainer:
         if resume_from is not None:
             self._load(resume_from)
 
+        if cfg.compile:
+            # The convs compile into one graph each; the quantizer (k-means on its first batch, EMA
+            # statistics, autocast switched off) stays eager. In place, so state_dict keys do not change.
+            self.model.encoder.compile()
+            self.model.decoder.compile()
         self.gen, self.crit = self.model, self.critics
         if self.dist.active:
             ddp = torch.nn.parallel.DistributedDataParallel
@@ -156,8 +161,6 @@ class Trainer:
             # Codebooks are buffers kept identical by the quantizer's own all-reduce, not broadcast.
             self.gen = ddp(self.model, device_ids=ids, broadcast_buffers=False)
             self.crit = ddp(self.critics, device_ids=ids, broadcast_buffers=False)
-        if cfg.compile:
-            self.gen = torch.compile(self.gen)
         self.segment = int(round(cfg.segment_seconds * self.codec_cfg.sample_rate))
         self._stop_requested = False
         self.interrupted = False  # set when a Ctrl-C ended the run early (after its checkpoint)
