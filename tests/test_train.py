@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def small(tmp_path, name="run", **kw):
-    """A tiny run: 2 x 0.25 s crops, critics from step 2, evaluation and checkpoints every 2 steps."""
-    base = dict(out=str(tmp_path / name), steps=4, batch_size=2, segment_seconds=0.25, eval_every=2,
+    """A tiny run on the CPU (bit-exact resume is a CPU promise: CUDA's atomics reorder sums): 2 x 0.25 s
+    crops, critics from step 2, evaluation and checkpoints every 2 steps."""
+    base = dict(out=str(tmp_path / name), device="cpu", steps=4, batch_size=2, segment_seconds=0.25, eval_every=2,
                 checkpoint_every=2, log_every=1, disc_start=2, vq_start=1, demo_clips=6, eval_clips=2, eval_seconds=0.5,
                 warmup_steps=2, wave_disc_width=4, stft_disc_width=4, stft_disc_windows=(256,))
     base.update(kw)
@@ -174,10 +175,10 @@ def test_cli_trains_on_a_folder_and_resume_refuses_changed_settings(tmp_path):
     assert "resumed from" in r.stdout and (run / "checkpoints" / "step0000003.pt").exists()
 
 
-def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path):
+def test_ctrl_c_finishes_the_step_and_saves_a_checkpoint(tmp_path):
     run = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    args = ["--out", str(run), "--steps", "1000", "--batch-size", "2", "--segment-seconds", "0.25",
+    args = ["--out", str(run), "--device", "cpu", "--steps", "1000", "--batch-size", "2", "--segment-seconds", "0.25",
             "--eval-every", "1000", "--checkpoint-every", "1000", "--log-every", "1", "--no-progress"]
     proc = subprocess.Popen([sys.executable, "-m", "fastcodec.train", *args], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -205,7 +206,7 @@ def test_ddp_two_cpu_processes_stay_identical(tmp_path):
     run = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "fastcodec.train", "--out", str(run), "--steps", "3", "--batch-size", "2",
+           "-m", "fastcodec.train", "--out", str(run), "--device", "cpu", "--steps", "3", "--batch-size", "2",
            "--segment-seconds", "0.25", "--disc-start", "1", "--vq-start", "0", "--eval-every", "3",
            "--checkpoint-every", "3",
            "--no-progress"]

@@ -98,7 +98,10 @@ def test_stage_mean_loss_is_zero_when_means_track_the_pooled_input():
     pooled = [torch.nn.functional.avg_pool1d(x, f) for f in (6, 2, 1)]
     stages = [p.expand(2, 3, p.shape[2]).clone() for p in pooled]
     assert float(stage_mean_loss(stages, x, hop)) == pytest.approx(0.0, abs=1e-7)
-    assert float(stage_mean_loss([s + 1 for s in stages], x, hop)) == pytest.approx(1.0)
+    assert float(stage_mean_loss([s + 1 for s in stages], x, hop)) == pytest.approx(1.0 / float(x.abs().mean()))
+    # Relative to the input's level: the same mismatch on a 10x louder signal scores the same.
+    assert float(stage_mean_loss([10 * s + 1 for s in stages], 10 * x, hop)) == pytest.approx(
+        float(stage_mean_loss([s + 0.1 for s in stages], x, hop)), rel=1e-5)
 
 
 def test_demo_clips_are_deterministic_and_audible():

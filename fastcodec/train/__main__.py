@@ -14,7 +14,7 @@ from .data import DataError
 from .loop import Trainer, TrainingError
 
 # Flags whose value may differ from the saved run when resuming (they change how, not what, is trained).
-_RESUMABLE = {"steps", "num_workers", "backend", "compile", "out"}
+_RESUMABLE = {"steps", "num_workers", "backend", "compile", "out", "device"}
 
 
 def parser():
@@ -41,6 +41,8 @@ def parser():
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("--backend", default=d.backend, choices=("auto", "torch", "cpp", "cuda", "triton"))
     p.add_argument("--compile", action="store_true", help="torch.compile the codec")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default=d.device,
+                   help="auto: CUDA when a GPU is visible (under torchrun, the rank's LOCAL_RANK GPU)")
     p.add_argument("--amp", choices=("none", "bf16"), default=d.amp)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--num-workers", type=int, default=d.num_workers, help="data loading processes")

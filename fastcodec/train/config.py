@@ -13,7 +13,9 @@ import math
 def _default_weights():
     return {
         "mel": 1.0,
-        "wave": 1.0,
+        # The mel loss is blind to phase; at 1.0 the tiny model's waveform stayed uncorrelated with
+        # its input for 600 steps (SI-SDR -28 dB), at 5.0 it reached -13 dB with the same mel distance.
+        "wave": 5.0,
         "commit": 1.0,
         # The coarse target first: the stage-mean loss leads early and fades to a small share.
         "aux": [[0.0, 1.0], [0.3, 0.1]],
@@ -56,6 +58,7 @@ class TrainConfig:
     stft_disc_windows: tuple = (512, 1024)
     weights: dict = dataclasses.field(default_factory=_default_weights)
     amp: str = "none"                 # 'none' | 'bf16'
+    device: str = "auto"              # 'auto' (CUDA when present) | 'cuda' | 'cpu'
     backend: str = "auto"
     compile: bool = False
     seed: int = 0
@@ -99,6 +102,8 @@ class TrainConfig:
                 problems.append(f"{name} must be a positive number, got {v!r}")
         if not 0.0 <= self.holdout_fraction < 1.0:
             problems.append(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+        if self.device not in ("auto", "cuda", "cpu"):
+            problems.append(f"device must be 'auto', 'cuda' or 'cpu', got {self.device!r}")
         if self.amp not in ("none", "bf16"):
             problems.append(f"amp must be 'none' or 'bf16', got {self.amp!r}")
         for name, spec in self.weights.items():

@@ -61,11 +61,14 @@ def _seed_for(*parts) -> int:
 class _Dist:
     """Rank, world size and device from torchrun's environment (a single process without it)."""
 
-    def __init__(self):
+    def __init__(self, device="auto"):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = torch.device(f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise TrainingError("--device cuda: no GPU visible")
+        use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        self.device = torch.device(f"cuda:{self.local_rank}" if use_cuda else "cpu")
         self.active = self.world > 1
         if self.active and not torch.distributed.is_initialized():
             if self.device.type == "cuda":
@@ -121,7 +124,7 @@ def prepare_out_dir(out: Path, resume: bool):
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, log=print, progress: bool = True):
         self.cfg, self.log, self.progress = cfg, log, progress
-        self.dist = _Dist()
+        self.dist = _Dist(cfg.device)
         self.out = Path(cfg.out)
         resume_from = prepare_out_dir(self.out, resume)
         self.codec_cfg = preset(cfg.preset)

@@ -46,21 +46,24 @@ def waveform_loss(estimate, reference, eps=1e-8):
         return (estimate.float() - ref).abs().mean() / (ref.abs().mean() + eps)
 
 
-def stage_mean_loss(stages, audio, hop):
+def stage_mean_loss(stages, audio, hop, eps=1e-8):
     """The original design's auxiliary loss: each decoder stage's channel mean should match the input
     average-pooled to that stage's rate (a coarse target that is learnable early in training).
 
     stages: decoder activations [B, C_i, F * r_i] (r_i = 1 after the input conv, hop after the last
-    block); audio: [B, 1, T] with T <= F * hop (zero-padded to it). Mean over stages of the L1 distance.
+    block); audio: [B, 1, T] with T <= F * hop (zero-padded to it). Mean over stages of the L1
+    distance, relative to the input's mean magnitude (like waveform_loss, so its weight does not
+    depend on how loud the data is).
     """
     frames = stages[0].shape[2]
     with _fp32():
         x = F.pad(audio.float(), (0, frames * hop - audio.shape[2]))
+        scale = audio.float().abs().mean() + eps
         terms = []
         for h in stages:
             factor = frames * hop // h.shape[2]
             target = F.avg_pool1d(x, factor) if factor > 1 else x
-            terms.append((h.float().mean(1, keepdim=True) - target).abs().mean())
+            terms.append((h.float().mean(1, keepdim=True) - target).abs().mean() / scale)
     return sum(terms) / len(terms)
 
 
