@@ -149,6 +149,8 @@ def test_cli_reports_bad_data_in_one_line(tmp_path):
     assert r.returncode == 1 and "no audio files" in r.stderr
     r = _cli(["--steps", "0", "--out", str(tmp_path / "run")])
     assert r.returncode == 1 and "steps must be a positive int" in r.stderr
+    r = _cli(["--backend", "cuda", "--device", "cpu", "--out", str(tmp_path / "run")])
+    assert r.returncode == 1 and "--backend cuda" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_cli_trains_on_a_folder_and_resume_refuses_changed_settings(tmp_path):

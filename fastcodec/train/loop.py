@@ -129,7 +129,10 @@ class Trainer:
         resume_from = prepare_out_dir(self.out, resume)
         self.codec_cfg = preset(cfg.preset)
         dev = self.dist.device
-        ops.resolve_backend(cfg.backend, torch.empty(0, device=dev))  # a bad --backend fails before any work
+        try:  # a backend that cannot run here fails before any work
+            ops.resolve_backend(cfg.backend, torch.empty(0, device=dev))
+        except ops.BackendUnavailable as exc:
+            raise TrainingError(f"--backend {cfg.backend}: {exc}") from None
 
         # Data first: a missing or empty folder is reported before a model is built.
         if self.dist.main:
