@@ -199,3 +199,51 @@ def test_whole_model_matches_torch_backend(backend):
     assert_close_to_reference(out.audio.detach(), ref32.audio.detach(), ref64.audio.detach(), name="audio")
     for name in g64:
         assert_close_to_reference(g[name], g32[name], g64[name], factor=4.0, atol_eps=64.0, name=f"grad {name}")
+
+
+def _chunked(fn, x, generator, most):
+    """fn applied to random-sized chunks of x along time (zero-length ones included), concatenated."""
+    outs, pos = [], 0
+    while pos < x.shape[2]:
+        n = int(torch.randint(0, most, (1,), generator=generator))
+        outs.append(fn(x[..., pos:pos + n]))
+        pos += n
+    return outs
+
+
+@pytest.mark.parametrize("T", [1, 5, 6, 37, 400])
+def test_streaming_encoder_and_decoder_equal_offline(T):
+    """Audio in chunks of any size gives exactly the offline codes (float64: the latent matches to
+    the last bit, so no near-tie can flip a code) and, decoded in chunks, the offline audio."""
+    torch.manual_seed(5)
+    m = SoundStream(SMALL).double().eval()
+    with torch.no_grad():
+        m.quantizer.codebooks.normal_()
+    x = torch.randn(2, 1, T, dtype=torch.float64)
+    g = torch.Generator().manual_seed(T)
+    for _ in range(3):  # three random chunkings
+        enc = m.encoder.stream()
+        z = torch.cat(_chunked(enc, x, g, 20) + [enc.flush()], dim=2)
+        assert torch.equal(z, m.encoder(x))
+        codes = m.quantizer.encode(z)
+        assert torch.equal(codes, m.encode(x))
+        dec = m.decoder.stream()
+        q = m.quantizer.decode(codes)
+        y = torch.cat(_chunked(dec, q, g, 4), dim=2)
+        torch.testing.assert_close(y, m.decoder(q), rtol=0, atol=1e-12)
+    with pytest.raises(RuntimeError, match="flushed"):
+        enc(x)
+    with pytest.raises(RuntimeError, match="before any audio"):
+        m.encoder.stream().flush()
+
+
+def test_streaming_in_fp32_stays_within_float_tolerance():
+    torch.manual_seed(6)
+    m = SoundStream(preset("tiny")).eval()
+    x = torch.randn(1, 1, 2000)
+    enc = m.encoder.stream()
+    z = torch.cat(_chunked(enc, x, torch.Generator().manual_seed(0), 700) + [enc.flush()], dim=2)
+    torch.testing.assert_close(z, m.encoder(x), rtol=1e-4, atol=1e-5)
+    dec = m.decoder.stream()
+    y = torch.cat(_chunked(dec, z, torch.Generator().manual_seed(1), 3), dim=2)
+    torch.testing.assert_close(y, m.decoder(z), rtol=1e-4, atol=1e-5)

@@ -37,6 +37,13 @@ class ResidualUnit(nn.Module):
     def forward(self, x):
         return self.proj(self.conv(x), residual=x)
 
+    def stream(self, x, state=None):
+        """One chunk: (y, state); stride 1, so y has x's length and the skip lines up with it."""
+        s_conv, s_proj = state if state is not None else (None, None)
+        h, s_conv = self.conv.stream(x, s_conv)
+        y, s_proj = self.proj.stream(h, s_proj, residual=x)
+        return y, (s_conv, s_proj)
+
 
 class EncoderBlock(nn.Module):
     """Residual units at `channels`, then act(strided conv) to 2*channels: [B, C, T] -> [B, 2C, ceil(T/s)]."""
@@ -77,6 +84,10 @@ class Encoder(nn.Module):
         self.output = CausalConv1d(c, cfg.code_dim, 3)
         self.hop = cfg.hop
 
+    def stream(self) -> "EncoderStream":
+        """A chunked encoder holding its own state (see EncoderStream)."""
+        return EncoderStream(self)
+
     def forward(self, x):
         # The causal ops put output m's last tap at input m*stride, so frame k would see x up to
         # k*hop only, and the decoder would have to guess the hop - 1 samples after it. One zero in
@@ -104,6 +115,10 @@ class Decoder(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.output = CausalConv1d(c, 1, 7)
 
+    def stream(self) -> "DecoderStream":
+        """A chunked decoder holding its own state (see DecoderStream)."""
+        return DecoderStream(self)
+
     def forward(self, z, return_stages=False):
         h = self.input(z)
         stages = [h]
@@ -112,3 +127,71 @@ class Decoder(nn.Module):
             stages.append(h)
         y = self.output(h)
         return (y, stages) if return_stages else y
+
+
+def _stream_layers(layers, x, states):
+    """Run x through `layers` (each with .stream) chunk-wise; states: list, updated in place."""
+    for i, layer in enumerate(layers):
+        x, states[i] = layer.stream(x, states[i])
+    return x
+
+
+def _flatten(module):
+    """The layers of an encoder or decoder in order, residual units kept whole."""
+    out = []
+    for m in module.children():
+        if isinstance(m, (CausalConv1d, CausalConvTranspose1d, ResidualUnit)):
+            out.append(m)
+        else:
+            out.extend(_flatten(m))
+    return out
+
+
+class EncoderStream:
+    """Chunked encoding: feed audio [B, 1, T] in chunks of any size (0 included) and get the code
+    frames [B, D, n] that became complete; `flush()` ends the stream and returns the last, partial
+    frame. The concatenated frames equal `Encoder(x)` for the whole signal."""
+
+    def __init__(self, encoder: "Encoder"):
+        self.layers, self.hop = _flatten(encoder), encoder.hop
+        self.states = [None] * len(self.layers)
+        self.samples = 0  # real samples fed so far
+        self.padded = self.dropped = self.finished = False
+
+    def __call__(self, x):
+        if self.finished:
+            raise RuntimeError("this stream was flushed; start a new one")
+        if x.dim() != 3 or x.shape[1] != 1:
+            raise ValueError(f"audio chunks must be [B, 1, T], got {list(x.shape)}")
+        self.samples += x.shape[2]
+        if not self.padded:  # the encoder's one leading zero; its frame is dropped (Encoder.forward)
+            x = F.pad(x, (1, 0))
+            self.padded = True
+        y = _stream_layers(self.layers, x, self.states)
+        if not self.dropped and y.shape[2]:
+            self.dropped = True
+            y = y[..., 1:]
+        return y
+
+    def flush(self):
+        """The frame still open at the end of the signal (zero-padded, as offline), then no more."""
+        if not self.samples:
+            raise RuntimeError("flush() before any audio: an empty signal has no frames")
+        B = self.states[0].shape[0]
+        ref = self.layers[0].weight
+        y = self(torch.zeros(B, 1, self.hop - 1, dtype=ref.dtype, device=ref.device))
+        self.samples -= self.hop - 1
+        self.finished = True
+        return y
+
+
+class DecoderStream:
+    """Chunked decoding: latent frames [B, D, n] in, audio [B, 1, n * hop] out, equal to
+    `Decoder(z)` for the whole latent."""
+
+    def __init__(self, decoder: "Decoder"):
+        self.layers = _flatten(decoder)
+        self.states = [None] * len(self.layers)
+
+    def __call__(self, z):
+        return _stream_layers(self.layers, z, self.states)
