@@ -1,0 +1,145 @@
+"""The codec in use: load a trained model, encode audio to codes, decode codes to audio.
+
+    codec = fastcodec.Codec.load("runs/speech/codec.pt")
+    enc = codec.encode(audio, sample_rate=44100, n_q=4)     # audio: [T], [C, T] or [B, C, T]
+    audio = codec.decode(enc)                               # [B, C, T'] at codec.sample_rate
+
+Audio at another rate is resampled to the model's with soxr (a polyphase resampler) and coded
+mono per channel (stereo = two streams). Batches of different lengths pass `lengths`; each item is
+coded to its own frame count and decoded back to its own length.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+
+import numpy as np
+import torch
+
+from ..nn import CodecConfig, SoundStream, set_backend
+
+
+@dataclasses.dataclass
+class EncodedAudio:
+    codes: torch.Tensor      # [B, C, n_q, F] int64; frames past an item's own count are padding
+    frames: torch.Tensor     # [B] frames that belong to each item
+    lengths: torch.Tensor    # [B] samples of each item at the codec's rate (what decode returns)
+    channels: int
+    n_q: int
+    fingerprint: str         # of the model that made them; decoding with another model is refused
+
+
+def model_fingerprint(model: SoundStream) -> str:
+    """sha256 of the codec's config and every weight and codebook: 16 hex digits name a model."""
+    h = hashlib.sha256(repr(sorted(model.cfg.to_dict().items())).encode())
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        if t.numel():
+            h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _resample(x: torch.Tensor, rate_in: int, rate_out: int) -> torch.Tensor:
+    """x [N, T] -> [N, round(T * rate_out / rate_in)] with soxr, per row."""
+    if rate_in == rate_out:
+        return x
+    import soxr
+
+    rows = [soxr.resample(r.double().cpu().numpy(), rate_in, rate_out) for r in x]
+    return torch.from_numpy(np.stack(rows)).to(x.dtype).to(x.device)
+
+
+class Codec:
+    """A trained SoundStream ready for inference (eval mode, no gradients)."""
+
+    def __init__(self, model: SoundStream):
+        self.model = model.eval()
+        self.cfg: CodecConfig = model.cfg
+        self.fingerprint = model_fingerprint(model)
+
+    @classmethod
+    def load(cls, path, *, device="cpu", backend="auto") -> "Codec":
+        """From a training run's `codec.pt` or any of its checkpoints (read without unpickling)."""
+        from ..train.checkpoint import CheckpointError, load
+
+        state = load(path)
+        if "codec_config" not in state or "model" not in state:
+            raise CheckpointError(f"{path}: holds no codec (expected codec_config and model)")
+        model = SoundStream(CodecConfig.from_dict(state["codec_config"]))
+        model.load_state_dict(state["model"])
+        if not bool(model.quantizer.initialized):
+            raise CheckpointError(f"{path}: its codebooks were never trained (saved before quantization began)")
+        set_backend(model, backend)
+        return cls(model.to(device))
+
+    @property
+    def sample_rate(self) -> int:
+        return self.cfg.sample_rate
+
+    def _n_q(self, n_q):
+        if n_q is None:
+            return self.cfg.n_q
+        if isinstance(n_q, bool) or not isinstance(n_q, int) or not 1 <= n_q <= self.cfg.n_q:
+            raise ValueError(f"n_q must be an int in 1..{self.cfg.n_q}, got {n_q!r}")
+        return n_q
+
+    @torch.no_grad()
+    def encode(self, audio, sample_rate: int, n_q: int | None = None, lengths=None) -> EncodedAudio:
+        """audio: tensor or numpy array [T], [C, T] or [B, C, T] (float); lengths: [B] valid samples
+        per item when a batch is padded to a common T. Returns EncodedAudio."""
+        n_q = self._n_q(n_q)
+        x = torch.as_tensor(audio) if not isinstance(audio, torch.Tensor) else audio
+        if not x.is_floating_point():
+            raise TypeError(f"audio must be floating point, got {x.dtype}")
+        if x.dim() not in (1, 2, 3):
+            raise ValueError(f"audio must be [T], [C, T] or [B, C, T], got shape {list(x.shape)}")
+        x = x.reshape((1,) * (3 - x.dim()) + tuple(x.shape))
+        B, C, T = x.shape
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 1:
+            raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
+        if T == 0 or C == 0 or B == 0:
+            raise ValueError(f"audio is empty (shape {list(x.shape)})")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("audio contains NaN or Inf samples")
+        if lengths is None:
+            lengths_in = torch.full((B,), T, dtype=torch.long)
+        else:
+            lengths_in = torch.as_tensor(lengths, dtype=torch.long).reshape(-1)
+            if lengths_in.shape[0] != B or bool((lengths_in < 1).any()) or bool((lengths_in > T).any()):
+                raise ValueError(f"lengths must be {B} values in 1..{T}, got {lengths_in.tolist()}")
+        dev = self.model.quantizer.codebooks.device
+        x = _resample(x.reshape(B * C, T).float(), sample_rate, self.sample_rate).to(dev)
+        out_len = torch.tensor([max(1, round(int(n) * self.sample_rate / sample_rate)) for n in lengths_in])
+        hop = self.cfg.hop
+        frames = (out_len + hop - 1) // hop
+        codes = torch.zeros(B, C, n_q, int(frames.max()), dtype=torch.long, device=dev)
+        for b in range(B):  # items of different lengths: each coded alone, so padding never leaks in
+            L = int(out_len[b])
+            codes[b, :, :, : int(frames[b])] = self.model.encode(x[b * C:(b + 1) * C, None, :L], n_q)
+        return EncodedAudio(codes, frames, out_len, C, n_q, self.fingerprint)
+
+    @torch.no_grad()
+    def decode(self, encoded: EncodedAudio) -> torch.Tensor:
+        """-> audio [B, C, max length] at the codec's rate; item b is exact up to lengths[b], zeros after."""
+        if not isinstance(encoded, EncodedAudio):
+            raise TypeError(f"decode takes what encode returned (EncodedAudio), got {type(encoded).__name__}")
+        if encoded.fingerprint != self.fingerprint:
+            raise ValueError(f"these codes were made by model {encoded.fingerprint}; this codec is model "
+                             f"{self.fingerprint}")
+        codes = encoded.codes
+        B, C, n_q, F = codes.shape
+        self._n_q(n_q)
+        dev = self.model.quantizer.codebooks.device
+        out = torch.zeros(B, C, int(encoded.lengths.max()), device=dev)
+        for b in range(B):
+            f, L = int(encoded.frames[b]), int(encoded.lengths[b])
+            out[b, :, :L] = self.model.decode(codes[b, :, :, :f].to(dev), length=L)[:, 0]
+        return out
+
+    def bitrate(self, n_q: int | None = None) -> float:
+        """Bits per second per channel at n_q stages."""
+        return self.cfg.bitrate(self._n_q(n_q))
+
+    def frames_for(self, samples: int) -> int:
+        return math.ceil(samples / self.cfg.hop)

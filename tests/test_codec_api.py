@@ -1,0 +1,121 @@
+"""fastcodec.Codec: load, encode and decode tensors and arrays of any layout, batches of mixed
+lengths, other sample rates, stereo, and clear errors for bad input or another model's codes."""
+import numpy as np
+import pytest
+import torch
+
+from fastcodec import Codec, EncodedAudio
+from fastcodec.nn import CodecConfig, SoundStream
+from fastcodec.train import checkpoint as ckpt
+from fastcodec.train.checkpoint import CheckpointError
+
+CFG = CodecConfig(sample_rate=8000, channels=4, strides=(2, 3), code_dim=8, n_q=3, codebook_size=16)
+
+
+def _saved_model(path, seed=0, initialized=True):
+    torch.manual_seed(seed)
+    m = SoundStream(CFG)
+    with torch.no_grad():
+        m.quantizer.codebooks.normal_().mul_(0.3)
+        m.quantizer.initialized.fill_(initialized)
+    ckpt.save(path, {"codec_config": CFG.to_dict(), "model": m.state_dict()})
+    return m
+
+
+@pytest.fixture
+def codec(tmp_path):
+    _saved_model(tmp_path / "codec.pt")
+    return Codec.load(tmp_path / "codec.pt")
+
+
+def test_round_trip_matches_the_model(codec):
+    x = 0.3 * torch.randn(1, 1, 101)
+    enc = codec.encode(x, 8000)
+    assert enc.codes.shape == (1, 1, 3, 17) and enc.codes.dtype == torch.int64
+    assert enc.frames.tolist() == [17] and enc.lengths.tolist() == [101]
+    y = codec.decode(enc)
+    expect = codec.model.decode(codec.model.encode(x), length=101)
+    assert y.shape == (1, 1, 101) and torch.equal(y, expect)
+    assert torch.equal(codec.encode(x, 8000, n_q=2).codes, enc.codes[:, :, :2])
+
+
+def test_layouts_numpy_and_stereo(codec):
+    mono = 0.3 * np.random.default_rng(0).standard_normal(60).astype(np.float32)
+    a = codec.encode(mono, 8000)
+    b = codec.encode(torch.from_numpy(mono)[None], 8000)
+    c = codec.encode(torch.from_numpy(mono)[None, None], 8000)
+    assert torch.equal(a.codes, b.codes) and torch.equal(a.codes, c.codes)
+    stereo = 0.3 * torch.randn(2, 60)
+    enc = codec.encode(stereo, 8000)
+    assert enc.channels == 2 and enc.codes.shape[:2] == (1, 2)
+    for ch in range(2):  # each channel is coded as its own mono stream
+        assert torch.equal(enc.codes[0, ch], codec.encode(stereo[ch], 8000).codes[0, 0])
+    assert codec.decode(enc).shape == (1, 2, 60)
+
+
+def test_batches_of_different_lengths(codec):
+    x = 0.3 * torch.randn(3, 1, 50)
+    enc = codec.encode(x, 8000, lengths=[50, 7, 31])
+    assert enc.frames.tolist() == [9, 2, 6]
+    y = codec.decode(enc)
+    for b, n in enumerate([50, 7, 31]):
+        alone = codec.decode(codec.encode(x[b, :, :n], 8000))
+        assert torch.equal(y[b, :, :n], alone[0])
+        assert bool((y[b, :, n:] == 0).all())
+
+
+def test_other_sample_rates_are_resampled(codec):
+    t = np.arange(16000) / 16000
+    tone = torch.from_numpy(0.5 * np.sin(2 * np.pi * 300 * t)).float()
+    enc = codec.encode(tone, 16000)
+    assert enc.lengths.tolist() == [8000]  # one second at the codec's 8 kHz
+    assert codec.decode(enc).shape == (1, 1, 8000)
+
+
+def test_bad_input_is_refused_clearly(codec, tmp_path):
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        codec.encode(torch.tensor([0.1, float("nan"), 0.2]), 8000)
+    with pytest.raises(ValueError, match="empty"):
+        codec.encode(torch.zeros(1, 0), 8000)
+    with pytest.raises(ValueError, match=r"\[T\], \[C, T\] or \[B, C, T\]"):
+        codec.encode(torch.zeros(1, 1, 1, 5), 8000)
+    with pytest.raises(TypeError, match="floating point"):
+        codec.encode(torch.zeros(5, dtype=torch.int16), 8000)
+    with pytest.raises(ValueError, match="n_q"):
+        codec.encode(torch.randn(10), 8000, n_q=4)
+    with pytest.raises(ValueError, match="sample_rate"):
+        codec.encode(torch.randn(10), 0)
+    with pytest.raises(ValueError, match="lengths"):
+        codec.encode(torch.randn(2, 1, 10), 8000, lengths=[10, 11])
+    with pytest.raises(TypeError, match="EncodedAudio"):
+        codec.decode(torch.zeros(1, 1, 3, 2, dtype=torch.long))
+    _saved_model(tmp_path / "other.pt", seed=1)
+    other = Codec.load(tmp_path / "other.pt")
+    enc = codec.encode(torch.randn(20), 8000)
+    with pytest.raises(ValueError, match=f"made by model {codec.fingerprint}.*this codec is model {other.fingerprint}"):
+        other.decode(enc)
+    assert codec.fingerprint != other.fingerprint and len(codec.fingerprint) == 16
+
+
+def test_load_refuses_what_is_not_a_trained_codec(tmp_path):
+    _saved_model(tmp_path / "fresh.pt", initialized=False)
+    with pytest.raises(CheckpointError, match="never trained"):
+        Codec.load(tmp_path / "fresh.pt")
+    ckpt.save(tmp_path / "x.pt", {"step": 1})
+    with pytest.raises(CheckpointError, match="holds no codec"):
+        Codec.load(tmp_path / "x.pt")
+    with pytest.raises(CheckpointError, match="no such"):
+        Codec.load(tmp_path / "missing.pt")
+
+
+def test_loads_a_training_run(tmp_path):
+    from fastcodec.train import TrainConfig, train
+
+    cfg = TrainConfig(out=str(tmp_path / "run"), steps=2, batch_size=2, segment_seconds=0.25, eval_every=2,
+                      checkpoint_every=2, disc_start=10, vq_start=0, demo_clips=4, eval_clips=1, eval_seconds=0.25,
+                      device="cpu")
+    train(cfg, progress=False, log=lambda *_: None)
+    for path in (tmp_path / "run" / "codec.pt", tmp_path / "run" / "checkpoints" / "step0000002.pt"):
+        codec = Codec.load(path)
+        enc = codec.encode(0.1 * torch.randn(3000), 16000)
+        assert isinstance(enc, EncodedAudio) and codec.decode(enc).shape == (1, 1, 3000)
