@@ -11,7 +11,6 @@ coded to its own frame count and decoded back to its own length.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 
 import numpy as np
@@ -31,13 +30,10 @@ class EncodedAudio:
 
 
 def model_fingerprint(model: SoundStream) -> str:
-    """sha256 of the codec's config and every weight and codebook: 16 hex digits name a model."""
-    h = hashlib.sha256(repr(sorted(model.cfg.to_dict().items())).encode())
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        if t.numel():
-            h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+    """16 hex digits of a sha256 over the codec's config and every weight and codebook: names a model."""
+    from ..train.checkpoint import state_sha256
+
+    return state_sha256(model, extra=repr(sorted(model.cfg.to_dict().items())).encode())[:16]
 
 
 def _resample(x: torch.Tensor, rate_in: int, rate_out: int) -> torch.Tensor:
@@ -78,11 +74,7 @@ class Codec:
         return self.cfg.sample_rate
 
     def _n_q(self, n_q):
-        if n_q is None:
-            return self.cfg.n_q
-        if isinstance(n_q, bool) or not isinstance(n_q, int) or not 1 <= n_q <= self.cfg.n_q:
-            raise ValueError(f"n_q must be an int in 1..{self.cfg.n_q}, got {n_q!r}")
-        return n_q
+        return self.model.quantizer.check_n_q(n_q)
 
     @torch.no_grad()
     def encode(self, audio, sample_rate: int, n_q: int | None = None, lengths=None) -> EncodedAudio:

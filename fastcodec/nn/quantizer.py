@@ -49,7 +49,8 @@ class ResidualVQ(nn.Module):
         self.register_buffer("last_used", torch.zeros(Q, K, dtype=torch.long))  # update count when last chosen
         self._pending = None  # (residuals [N, Q, D], codes [N, Q], active [N, Q]) of the last training forward
 
-    def _check_n_q(self, n_q):
+    def check_n_q(self, n_q):
+        """n_q, or all Q when None; a clear error unless 1 <= n_q <= Q."""
         if n_q is None:
             return self.cfg.n_q
         if isinstance(n_q, bool) or not isinstance(n_q, int) or not 1 <= n_q <= self.cfg.n_q:
@@ -63,7 +64,7 @@ class ResidualVQ(nn.Module):
 
     def encode(self, z, n_q=None):
         """z [B, D, F] -> codes [B, n_q, F] int64."""
-        n_q = self._check_n_q(n_q)
+        n_q = self.check_n_q(n_q)
         B, _, F = z.shape
         with vqt._fp32():
             codes, _ = ops.rvq_encode(self._rows(z), self.codebooks, n_q, backend=self.backend)
@@ -74,7 +75,7 @@ class ResidualVQ(nn.Module):
         if codes.dim() != 3:
             raise ValueError(f"codes must be [B, n_q, F], got shape {list(codes.shape)}")
         B, n_q, F = codes.shape
-        self._check_n_q(n_q)
+        self.check_n_q(n_q)
         with vqt._fp32():
             rows = ops.rvq_decode(codes.transpose(1, 2).reshape(B * F, n_q), self.codebooks, backend=self.backend)
         return rows.view(B, F, -1).transpose(1, 2)

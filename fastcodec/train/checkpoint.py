@@ -7,6 +7,7 @@ leaves the previous checkpoint intact.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -62,3 +63,15 @@ def load(path) -> dict:
         raise CheckpointError(f"{path}: checkpoint version {state['version']} is newer than this fastcodec "
                               f"reads ({VERSION}); upgrade fastcodec")
     return state
+
+
+def state_sha256(*modules, extra: bytes = b"") -> str:
+    """sha256 (hex) over `extra` and every parameter and buffer of `modules`, by name: equal exactly
+    when the states are bit-identical (replica checks, model fingerprints)."""
+    h = hashlib.sha256(extra)
+    for m in modules:
+        for name, t in sorted(m.state_dict().items()):
+            h.update(name.encode())
+            if t.numel():
+                h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

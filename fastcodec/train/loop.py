@@ -92,17 +92,6 @@ class _Dist:
             torch.distributed.barrier()
 
 
-def _fingerprint(*modules) -> str:
-    """sha256 over every parameter and buffer, to prove that replicas are identical."""
-    h = hashlib.sha256()
-    for m in modules:
-        for name, t in sorted(m.state_dict().items()):
-            h.update(name.encode())
-            if t.numel():
-                h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def _checkpoints(out: Path):
     return sorted((out / "checkpoints").glob("step*.pt"))
 
@@ -206,7 +195,7 @@ class Trainer:
         return path
 
     def _check_replicas(self):
-        fp = _fingerprint(self.model, self.critics)
+        fp = ckpt.state_sha256(self.model, self.critics)
         prints = [None] * self.dist.world
         torch.distributed.all_gather_object(prints, fp)
         if self.dist.main:
