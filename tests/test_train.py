@@ -219,3 +219,12 @@ def test_ddp_two_cpu_processes_stay_identical(tmp_path):
     assert "x2" in r.stdout  # it said it trained on two processes
     state = ckpt.load(run / "checkpoints" / "step0000003.pt")
     assert bool(state["model"]["quantizer.initialized"]) and state["model"]["quantizer.updates"] == 3
+
+
+def test_ddp_with_bad_data_ends_every_rank_with_the_reason(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "fastcodec.train", "--out", str(tmp_path / "run"), "--device", "cpu",
+           "--data", str(tmp_path / "nowhere"), "--no-progress"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert r.returncode != 0 and "no such folder" in r.stderr

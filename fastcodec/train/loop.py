@@ -87,10 +87,6 @@ class _Dist:
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
         return bool(t.item())
 
-    def barrier(self):
-        if self.active:
-            torch.distributed.barrier()
-
 
 def _checkpoints(out: Path):
     return sorted((out / "checkpoints").glob("step*.pt"))
@@ -123,11 +119,20 @@ class Trainer:
         except ops.BackendUnavailable as exc:
             raise TrainingError(f"--backend {cfg.backend}: {exc}") from None
 
-        # Data first: a missing or empty folder is reported before a model is built.
+        # Data first: a missing or empty folder is reported before a model is built. Rank 0 scans
+        # (and caches the scan); the others wait for its verdict, so a bad folder ends every rank
+        # instead of leaving them at a barrier.
+        failure = None
         if self.dist.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            self.train_src, self.held_src = build_sources(cfg, self.codec_cfg.sample_rate, self.out, self._say)
-        self.dist.barrier()
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+                self.train_src, self.held_src = build_sources(cfg, self.codec_cfg.sample_rate, self.out, self._say)
+            except Exception as exc:
+                failure = exc
+        if not self.dist.all_true(failure is None):
+            if failure is not None:
+                raise failure
+            raise TrainingError("rank 0 could not load the training data (its message says why)")
         if not self.dist.main:  # the scan is cached by now
             self.train_src, self.held_src = build_sources(cfg, self.codec_cfg.sample_rate, self.out, lambda *_: None)
 
