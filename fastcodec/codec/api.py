@@ -11,7 +11,6 @@ coded to its own frame count and decoded back to its own length.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import torch
@@ -132,6 +131,3 @@ class Codec:
     def bitrate(self, n_q: int | None = None) -> float:
         """Bits per second per channel at n_q stages."""
         return self.cfg.bitrate(self._n_q(n_q))
-
-    def frames_for(self, samples: int) -> int:
-        return math.ceil(samples / self.cfg.hop)

@@ -64,11 +64,15 @@ class ResidualVQ(nn.Module):
 
     def encode(self, z, n_q=None):
         """z [B, D, F] -> codes [B, n_q, F] int64."""
+        return self._encode(z, n_q)[0]
+
+    def _encode(self, z, n_q):
+        """(codes [B, n_q, F], quantized [B, D, F] in the codebooks' dtype) from one fused search."""
         n_q = self.check_n_q(n_q)
-        B, _, F = z.shape
+        B, D, F = z.shape
         with vqt._fp32():
-            codes, _ = ops.rvq_encode(self._rows(z), self.codebooks, n_q, backend=self.backend)
-        return codes.view(B, F, n_q).transpose(1, 2)
+            codes, q = ops.rvq_encode(self._rows(z), self.codebooks, n_q, backend=self.backend)
+        return codes.view(B, F, n_q).transpose(1, 2), q.view(B, F, D).transpose(1, 2)
 
     def decode(self, codes):
         """codes [B, n_q, F] -> z [B, D, F] fp32."""
@@ -84,8 +88,8 @@ class ResidualVQ(nn.Module):
         """Quantize z [B, D, F]. In training: quantizer dropout, straight-through, commitment loss, and
         the statistics `update_codebooks()` will apply. In eval: every example with n_q stages."""
         if not self.training:
-            codes = self.encode(z, n_q)
-            q = self.decode(codes).to(z.dtype)
+            codes, q = self._encode(z, n_q)  # rvq_encode's quantized is rvq_decode(codes), bit for bit
+            q = q.to(z.dtype)
             n = torch.full((z.shape[0],), codes.shape[1], dtype=torch.long, device=z.device)
             return QuantizerOutput(q, codes, n, z.new_zeros((), dtype=torch.float32), None)
         return self._train_forward(z, generator)

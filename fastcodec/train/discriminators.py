@@ -17,6 +17,16 @@ from torch.nn.utils.parametrizations import weight_norm
 from ..ops.vq_training import _fp32
 
 
+def _features(layers, logits, x):
+    """Every layer's LeakyReLU(0.2) output, then the logits: what the losses read of a critic."""
+    feats = []
+    for layer in layers:
+        x = F.leaky_relu(layer(x), 0.2)
+        feats.append(x)
+    feats.append(logits(x))
+    return feats
+
+
 class _WaveCritic(nn.Module):
     def __init__(self, width: int, depth: int = 4):
         super().__init__()
@@ -31,12 +41,7 @@ class _WaveCritic(nn.Module):
         self.logits = weight_norm(nn.Conv1d(c, 1, 3, padding=1))
 
     def forward(self, x):
-        feats = []
-        for layer in self.layers:
-            x = F.leaky_relu(layer(x), 0.2)
-            feats.append(x)
-        feats.append(self.logits(x))
-        return feats
+        return _features(self.layers, self.logits, x)
 
 
 class WaveDiscriminator(nn.Module):
@@ -73,12 +78,7 @@ class _STFTCritic(nn.Module):
             spec = torch.stft(audio.float().squeeze(1), self.win, self.hop, window=self.window, center=True,
                               return_complex=True)                                  # [B, freq, frames]
         x = torch.stack([spec.real, spec.imag], dim=1).transpose(2, 3).to(audio.dtype)  # [B, 2, frames, freq]
-        feats = []
-        for layer in self.layers:
-            x = F.leaky_relu(layer(x), 0.2)
-            feats.append(x)
-        feats.append(self.logits(x))
-        return feats
+        return _features(self.layers, self.logits, x)
 
 
 class STFTDiscriminator(nn.Module):
