@@ -6,4 +6,4 @@ C++/CUDA/Triton backends; `python -m fastcodec info` says which backends work he
 __version__ = "0.1.0"
 
 from . import ops  # noqa: E402,F401
-from .codec import Codec, EncodedAudio  # noqa: E402,F401
+from .codec import AudioError, Codec, EncodedAudio, FormatError  # noqa: E402,F401

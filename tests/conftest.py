@@ -91,3 +91,31 @@ def noncontiguous(t):
     view.copy_(t)
     assert not view.is_contiguous() or t.shape[-1] <= 1
     return view
+
+
+# A codec small enough that its tests run in milliseconds: 8 kHz, hop 6, 3 stages of 16 codes.
+SMALL_CODEC = dict(sample_rate=8000, channels=4, strides=(2, 3), code_dim=8, n_q=3, codebook_size=16)
+
+
+def save_codec(path, seed=0, initialized=True, **overrides):
+    """Save a checkpoint of a randomly initialised codec (codebooks at the latent's scale) at path;
+    returns the model."""
+    from fastcodec.nn import CodecConfig, SoundStream
+    from fastcodec.train import checkpoint as ckpt
+
+    cfg = CodecConfig(**{**SMALL_CODEC, **overrides})
+    torch.manual_seed(seed)
+    m = SoundStream(cfg)
+    with torch.no_grad():
+        m.quantizer.codebooks.normal_().mul_(0.3)
+        m.quantizer.initialized.fill_(initialized)
+    ckpt.save(path, {"codec_config": cfg.to_dict(), "model": m.state_dict()})
+    return m
+
+
+@pytest.fixture
+def codec_path(tmp_path, monkeypatch):
+    """A saved small codec; the CLI's known-models registry kept inside tmp_path."""
+    monkeypatch.setenv("FASTCODEC_CACHE_DIR", str(tmp_path / "cache"))
+    save_codec(tmp_path / "codec.pt")
+    return tmp_path / "codec.pt"

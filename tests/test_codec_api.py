@@ -3,29 +3,16 @@ lengths, other sample rates, stereo, and clear errors for bad input or another m
 import numpy as np
 import pytest
 import torch
+from conftest import save_codec as _saved_model
 
 from fastcodec import Codec, EncodedAudio
-from fastcodec.nn import CodecConfig, SoundStream
 from fastcodec.train import checkpoint as ckpt
 from fastcodec.train.checkpoint import CheckpointError
 
-CFG = CodecConfig(sample_rate=8000, channels=4, strides=(2, 3), code_dim=8, n_q=3, codebook_size=16)
-
-
-def _saved_model(path, seed=0, initialized=True):
-    torch.manual_seed(seed)
-    m = SoundStream(CFG)
-    with torch.no_grad():
-        m.quantizer.codebooks.normal_().mul_(0.3)
-        m.quantizer.initialized.fill_(initialized)
-    ckpt.save(path, {"codec_config": CFG.to_dict(), "model": m.state_dict()})
-    return m
-
 
 @pytest.fixture
-def codec(tmp_path):
-    _saved_model(tmp_path / "codec.pt")
-    return Codec.load(tmp_path / "codec.pt")
+def codec(codec_path):
+    return Codec.load(codec_path)
 
 
 def test_round_trip_matches_the_model(codec):

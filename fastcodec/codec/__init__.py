@@ -1,4 +1,7 @@
-"""The codec in use: `Codec` (load, encode, decode). The bitstream format and CLI build on it."""
+"""The codec in use: `Codec` (load, encode, decode, stream, files), the .fcdc format, the CLI."""
 from .api import Codec, EncodedAudio, model_fingerprint
+from .errors import AudioError, FormatError
+from .streaming import StreamingDecoder, StreamingEncoder
 
-__all__ = ["Codec", "EncodedAudio", "model_fingerprint"]
+__all__ = ["AudioError", "Codec", "EncodedAudio", "FormatError", "StreamingDecoder", "StreamingEncoder",
+           "model_fingerprint"]

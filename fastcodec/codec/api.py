@@ -16,6 +16,8 @@ import numpy as np
 import torch
 
 from ..nn import CodecConfig, SoundStream, set_backend
+from . import files
+from .streaming import StreamingDecoder, StreamingEncoder
 
 
 @dataclasses.dataclass
@@ -131,3 +133,28 @@ class Codec:
     def bitrate(self, n_q: int | None = None) -> float:
         """Bits per second per channel at n_q stages."""
         return self.cfg.bitrate(self._n_q(n_q))
+
+    def n_q_for_bitrate(self, kbps: float) -> int:
+        """The most stages whose bitrate (per channel) is at most `kbps` kbit/s."""
+        per_stage = self.cfg.bitrate(1) / 1000
+        n = int(kbps / per_stage + 1e-9) if kbps == kbps else 0
+        if n < 1:
+            raise ValueError(f"{kbps} kbps is below this codec's lowest bitrate, {per_stage:g} kbps (one stage); "
+                             f"it offers {', '.join(f'{per_stage * i:g}' for i in range(1, self.cfg.n_q + 1))} kbps")
+        return min(n, self.cfg.n_q)
+
+    def streaming_encoder(self, n_q: int | None = None, channels: int = 1, sample_rate: int | None = None):
+        """A StreamingEncoder: audio chunks [C, T] in, codes [C, n_q, n] out (see codec.streaming)."""
+        return StreamingEncoder(self, n_q, channels, sample_rate)
+
+    def streaming_decoder(self, channels: int = 1):
+        """A StreamingDecoder: codes [C, n_q, n] in, audio [C, n * hop] out."""
+        return StreamingDecoder(self, channels)
+
+    def encode_file(self, src, dst, n_q: int | None = None, **kwargs):
+        """Audio file -> .fcdc file, in bounded memory; returns the written header (codec.files)."""
+        return files.encode_file(self, src, dst, n_q, **kwargs)
+
+    def decode_file(self, src, dst, **kwargs):
+        """.fcdc file -> audio file (start=, duration=, sample_rate=); returns (samples, rate)."""
+        return files.decode_file(self, src, dst, **kwargs)

@@ -119,6 +119,21 @@ class Decoder(nn.Module):
         """A chunked decoder holding its own state (see DecoderStream)."""
         return DecoderStream(self)
 
+    def history_frames(self) -> int:
+        """How many frames before its own an output sample can depend on (an upper bound): decoding
+        that many frames early with a fresh state gives the following audio as decoding from the
+        start does, since every layer is a finite causal filter (what seeking in a file relies on)."""
+        h = 0  # history in steps of the current layer's output, walking back from the audio
+        for layer in reversed(_flatten(self)):
+            if isinstance(layer, ResidualUnit):
+                h += (layer.conv.weight.shape[2] - 1) * layer.conv.dilation
+            elif isinstance(layer, CausalConvTranspose1d):
+                # Output m sums inputs j with j*s <= m <= j*s + K - 1.
+                h = -(-(h + layer.weight.shape[2] - 1) // layer.stride)
+            else:
+                h += (layer.weight.shape[2] - 1) * layer.dilation
+        return h
+
     def forward(self, z, return_stages=False):
         h = self.input(z)
         stages = [h]

@@ -1,0 +1,184 @@
+"""Audio files <-> .fcdc files in bounded memory, and atomic output.
+
+Both directions stream: audio is read in blocks, resampled with soxr's streaming resampler, coded
+by the streaming encoder and written chunk by chunk (decoding likewise). What is held at once is
+one block of audio plus the layers' small states, whatever the file's length: memory is
+O(block_seconds), not O(duration) (measured in tests/test_codec_files.py on a one-hour file).
+
+Output is written to a hidden `.NAME.partial` file beside the target and renamed over it only
+when everything succeeded, so a failure or Ctrl-C never leaves a half-written file under the
+target's name (and never touches a file already there).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import format as fcdc
+from .errors import AudioError, FormatError
+from .streaming import StreamingDecoder, StreamingEncoder
+
+AUDIO_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
+
+
+def soundfile():
+    """The soundfile module, imported when first needed (it needs the libsndfile library)."""
+    try:
+        import soundfile as sf
+    except Exception as exc:  # an OSError when libsndfile is missing
+        raise AudioError(f"reading and writing audio files needs the soundfile package "
+                         f"({type(exc).__name__}: {exc})") from None
+    return sf
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yields a binary file object (w+b) that becomes `path` only if the block finishes."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory; give an output file name")
+    if not path.parent.is_dir():
+        raise ValueError(f"{path}: its folder {path.parent} does not exist")
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        with open(tmp, "w+b") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _open_audio(sf, path):
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: no such audio file")
+    try:
+        f = sf.SoundFile(str(path))
+    except Exception as exc:
+        raise AudioError(f"{path}: not a readable audio file ({str(exc)[:160]})") from None
+    if f.frames == 0:
+        f.close()
+        raise AudioError(f"{path}: holds no audio (0 samples)")
+    return f
+
+
+def encode_file(codec, src, dst, n_q=None, *, block_seconds=1.0, chunk_seconds=1.0, npy=None):
+    """Encode audio file `src` (any rate, any channel count) to the .fcdc file `dst`; returns its
+    header. npy: also write the codes as a .npy array [C, n_q, F] (int16) at that path."""
+    sf = soundfile()
+    n_q = codec._n_q(n_q)
+    with _open_audio(sf, src) as f:
+        rate, channels = int(f.samplerate), int(f.channels)
+        enc = StreamingEncoder(codec, n_q, channels, rate)
+        with atomic_output(dst) as out:
+            writer = fcdc.Writer(out, sample_rate=codec.sample_rate, hop=codec.cfg.hop,
+                                 codebook_size=codec.cfg.codebook_size, channels=channels, n_q=n_q,
+                                 fingerprint=codec.fingerprint, source_rate=rate,
+                                 chunk_frames=max(1, round(chunk_seconds * codec.cfg.frame_rate)))
+            block = max(1, round(block_seconds * rate))
+            try:
+                while True:
+                    x = f.read(block, dtype="float32", always_2d=True)  # [T, C]
+                    if not len(x):
+                        break
+                    if not np.isfinite(x).all():
+                        t = (enc.samples_in + int(np.argmin(np.isfinite(x).all(1)))) / rate
+                        raise AudioError(f"{src}: NaN or Inf samples (first at {t:.3f} s)")
+                    writer.write(enc(torch.from_numpy(x.T)).numpy())
+            except AudioError:
+                raise
+            except Exception as exc:  # libsndfile on a file damaged past its header
+                if isinstance(exc, (KeyboardInterrupt, MemoryError)):
+                    raise
+                raise AudioError(f"{src}: reading failed at {enc.samples_in / rate:.3f} s "
+                                 f"({type(exc).__name__}: {str(exc)[:160]})") from None
+            if enc.samples_in == 0:
+                raise AudioError(f"{src}: holds no audio (0 samples)")
+            writer.write(enc.flush().numpy())
+            header = writer.finish(enc.samples, enc.samples_in)
+            if npy is not None:
+                out.seek(0)
+                codes = fcdc.Reader(out, dst).codes()
+                dtype = np.int16 if codec.cfg.codebook_size <= 1 << 15 else np.int32
+                with atomic_output(npy) as g:
+                    np.save(g, codes.astype(dtype))
+    return header
+
+
+def check_model(codec, header: fcdc.Header, name):
+    """FormatError unless `header` was written by this codec's model."""
+    if header.fingerprint != codec.fingerprint:
+        raise FormatError(f"{name}: made by model {header.fingerprint}, but this codec is model "
+                          f"{codec.fingerprint}; decode it with the checkpoint that encoded it")
+    cfg = codec.cfg
+    if (header.sample_rate, header.hop, header.codebook_size) != (cfg.sample_rate, cfg.hop, cfg.codebook_size) \
+            or header.n_q > cfg.n_q:
+        raise FormatError(f"{name}: its header ({header.sample_rate} Hz, hop {header.hop}, {header.n_q} x "
+                          f"{header.codebook_size} codes) does not fit this model")
+
+
+def decode_file(codec, src, dst, *, start=0.0, duration=None, sample_rate=None, subtype=None):
+    """Decode the .fcdc file `src` to the audio file `dst` (.wav, .flac or .ogg).
+
+    sample_rate: of the output; by default the rate of the audio that was encoded (resampled back
+    with soxr), `codec.sample_rate` skips resampling. start, duration: seconds to decode; decoding
+    starts at the chunk holding `start`, `Decoder.history_frames()` frames early so the output is
+    the one a decode from the beginning gives. Returns (samples written, output rate)."""
+    sf = soundfile()
+    fmt = AUDIO_FORMATS.get(Path(dst).suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{dst}: cannot tell the audio format; use a name ending in {', '.join(AUDIO_FORMATS)}")
+    with fcdc._open(src) as f:
+        reader = fcdc.Reader(f, src)
+        h = reader.header
+        check_model(codec, h, src)
+        rate = h.source_rate if sample_rate is None else sample_rate
+        if isinstance(rate, bool) or not isinstance(rate, int) or rate < 1:
+            raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
+        if not 0 <= start < h.duration:
+            raise ValueError(f"start must be in [0, {h.duration:.3f}) seconds (the recording's length), got {start}")
+        if duration is not None and not duration > 0:
+            raise ValueError(f"duration must be positive, got {duration}")
+        first = round(start * h.sample_rate)
+        last = h.samples if duration is None else min(h.samples, first + round(duration * h.sample_rate))
+        whole = first == 0 and last == h.samples
+        want = h.source_samples if whole and rate == h.source_rate else round((last - first) * rate / h.sample_rate)
+        chunk = reader.chunk_of_frame(first // h.hop - codec.model.decoder.history_frames() - 1)
+        pos = chunk * h.chunk_frames * h.hop  # the codec-rate sample the next decoded chunk starts at
+        dec = StreamingDecoder(codec, h.channels)
+        resampler = None
+        if rate != h.sample_rate:
+            import soxr
+
+            resampler = soxr.ResampleStream(h.sample_rate, rate, h.channels, dtype="float32")
+        written = 0
+        with atomic_output(dst) as out:
+            with sf.SoundFile(out, "w", samplerate=rate, channels=h.channels, format=fmt, subtype=subtype) as w:
+                def emit(y, final=False):  # y [C, n] at the codec's rate -> the file, at most `want` samples
+                    nonlocal written
+                    y = y.T.numpy()
+                    if resampler is not None:
+                        y = resampler.resample_chunk(np.ascontiguousarray(y), last=final)
+                    y = y[: want - written]
+                    w.write(y)
+                    written += len(y)
+
+                while pos < last and chunk < h.n_chunks:
+                    y = dec(reader.chunk(chunk))
+                    lo, hi = max(first - pos, 0), min(last - pos, y.shape[1])
+                    pos += y.shape[1]
+                    chunk += 1
+                    if hi > lo:
+                        emit(y[:, lo:hi])
+                emit(torch.zeros(h.channels, 0), final=True)
+                if written < want:  # the resampler's rounding can leave a sample or two short
+                    w.write(np.zeros((want - written, h.channels), dtype=np.float32))
+                    written = want
+    return written, rate

@@ -1,0 +1,134 @@
+"""Streaming encoding and decoding with a `Codec`: audio in chunks of any size, codes out as frames
+complete, and back. Built on the model's stateful causal layers (`Encoder.stream`,
+`Decoder.stream`), so a stream gives the offline codes and, decoded, the offline audio.
+
+    enc = codec.streaming_encoder(n_q=4, channels=2)         # at codec.sample_rate unless told
+    for chunk in chunks:                                     # [C, T] (or [T] for mono), any T
+        send(enc(chunk))                                     # codes [C, n_q, n], n >= 0
+    send(enc.flush())                                        # the last, zero-padded frame
+
+    dec = codec.streaming_decoder(channels=2)
+    for codes in received:                                   # [C, n_q, n]
+        play(dec(codes))                                     # audio [C, n * hop]
+
+Latency: a frame's codes are out as soon as its hop samples are in (the codec's algorithmic
+latency is one hop, 13.3 ms for the 24 kHz preset); its audio is out when its codes are in.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _as_channels(audio, channels, what="audio"):
+    """audio [C, T] or [T] (tensor or array) -> float32 tensor [C, T]."""
+    x = audio if isinstance(audio, torch.Tensor) else torch.as_tensor(np.asarray(audio))
+    if x.dim() == 1 and channels == 1:
+        x = x[None]
+    if x.dim() != 2 or x.shape[0] != channels:
+        raise ValueError(f"{what} chunks must be [{channels}, T]" + (" or [T]" if channels == 1 else "") +
+                         f", got {list(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{what} must be floating point, got {x.dtype}")
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{what} contains NaN or Inf samples")
+    return x.float()
+
+
+class StreamingEncoder:
+    """Audio chunks -> codes of the frames they complete. See the module docstring.
+
+    sample_rate: the rate of the audio fed in; other than the codec's, it is resampled on the fly
+    with soxr's streaming resampler (which holds back a few ms of audio until flush()).
+    """
+
+    def __init__(self, codec, n_q=None, channels=1, sample_rate=None):
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels must be a positive int, got {channels!r}")
+        self.codec, self.n_q, self.channels = codec, codec._n_q(n_q), channels
+        self.sample_rate = codec.sample_rate if sample_rate is None else sample_rate
+        if isinstance(self.sample_rate, bool) or not isinstance(self.sample_rate, int) or self.sample_rate < 1:
+            raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
+        self._resampler = None
+        if self.sample_rate != codec.sample_rate:
+            import soxr
+
+            self._resampler = soxr.ResampleStream(self.sample_rate, codec.sample_rate, channels, dtype="float32")
+        self._stream = codec.model.encoder.stream()
+        self.samples_in = 0   # fed so far, at sample_rate
+        self.samples = 0      # at the codec's rate (what decoding gives back)
+        self.finished = False
+
+    def _codes(self, z):
+        q = self.codec.model.quantizer
+        if z.shape[2] == 0:
+            return torch.zeros(self.channels, self.n_q, 0, dtype=torch.long)
+        return q.encode(z, self.n_q).cpu()
+
+    def _resample(self, x, last):
+        y = self._resampler.resample_chunk(np.ascontiguousarray(x.T.numpy()), last=last)
+        return torch.from_numpy(np.ascontiguousarray(y.T)).float()
+
+    @torch.no_grad()
+    def __call__(self, audio) -> torch.Tensor:
+        """audio [C, T] (or [T]) -> codes int64 [C, n_q, n] of the frames now complete."""
+        if self.finished:
+            raise RuntimeError("this stream was flushed; start a new one")
+        x = _as_channels(audio, self.channels)
+        self.samples_in += x.shape[1]
+        if self._resampler is not None:
+            x = self._resample(x, last=False)
+        self.samples += x.shape[1]
+        dev = self.codec.model.quantizer.codebooks.device
+        return self._codes(self._stream(x[:, None, :].to(dev)))
+
+    @torch.no_grad()
+    def flush(self) -> torch.Tensor:
+        """End the stream: codes [C, n_q, n] of what is left, the last frame zero-padded as offline."""
+        if self.finished:
+            raise RuntimeError("this stream was flushed already")
+        if self.samples_in == 0:
+            raise ValueError("nothing was encoded: an empty stream has no frames")
+        parts = []
+        if self._resampler is not None:
+            tail = self._resample(torch.zeros(self.channels, 0), last=True)
+            self.samples += tail.shape[1]
+            dev = self.codec.model.quantizer.codebooks.device
+            parts.append(self._codes(self._stream(tail[:, None, :].to(dev))))
+        self.finished = True
+        if self._stream.samples == 0:  # resampled to nothing (a few input samples): one silent sample
+            self._stream(torch.zeros(self.channels, 1, 1, device=self.codec.model.quantizer.codebooks.device))
+            self.samples = 1
+        parts.append(self._codes(self._stream.flush()))
+        return torch.cat(parts, dim=2)
+
+
+class StreamingDecoder:
+    """Codes [C, n_q, n] -> audio [C, n * hop] at the codec's rate, equal (within float rounding)
+    to decoding all the codes at once."""
+
+    def __init__(self, codec, channels=1):
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels must be a positive int, got {channels!r}")
+        self.codec, self.channels = codec, channels
+        self._stream = codec.model.decoder.stream()
+        self.frames = 0
+
+    @torch.no_grad()
+    def __call__(self, codes) -> torch.Tensor:
+        c = codes if isinstance(codes, torch.Tensor) else torch.as_tensor(np.asarray(codes))
+        if c.dim() != 3 or c.shape[0] != self.channels:
+            raise ValueError(f"codes must be [{self.channels}, n_q, n], got {list(c.shape)}")
+        if c.dtype.is_floating_point or c.dtype == torch.bool:
+            raise TypeError(f"codes must be integers, got {c.dtype}")
+        K = self.codec.cfg.codebook_size
+        if c.numel() and (int(c.min()) < 0 or int(c.max()) >= K):
+            raise ValueError(f"codes must be in 0..{K - 1}")
+        q = self.codec.model.quantizer
+        dev = q.codebooks.device
+        if c.shape[2] == 0:
+            q.check_n_q(c.shape[1])
+            return torch.zeros(self.channels, 0)
+        self.frames += c.shape[2]
+        z = q.decode(c.long().to(dev))
+        return self._stream(z)[:, 0].cpu()
