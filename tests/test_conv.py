@@ -18,6 +18,10 @@ CONV_SHAPES = [
     (3, 17, 13, 129, 7, 1, 3),
     (1, 32, 33, 151, 4, 2, 1),
     (2, 9, 16, 1134, 16, 8, 1),
+    # <= 8 outputs: the CPU's skinny-sgemm path (a stream's low-rate layers); 9 is the engine again.
+    (3, 40, 24, 8, 7, 1, 3),
+    (2, 16, 12, 20, 10, 5, 1),
+    (1, 24, 8, 9, 3, 1, 1),
 ]
 # (B, Cin, Cout, T, K, stride): K < stride, K == stride, K = 2*stride, stride 1.
 CONVT_SHAPES = [
@@ -28,6 +32,9 @@ CONVT_SHAPES = [
     (1, 5, 6, 13, 10, 5),
     (2, 3, 3, 20, 5, 1),
     (2, 8, 4, 17, 16, 8),
+    # <= 16 input frames: the CPU's sgemm + overlap-add path; 17 above is the phase engine.
+    (2, 40, 24, 16, 10, 5),
+    (3, 6, 7, 2, 16, 8),
 ]
 SMALL = 200  # largest T the Triton interpreter gets
 

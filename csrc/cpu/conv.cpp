@@ -14,6 +14,7 @@
 #include "../checks.h"
 #include "../epilogue.h"
 #include "conv_gemm.h"
+#include "weight_cache.h"
 
 namespace fastcodec {
 namespace {
@@ -32,6 +33,65 @@ at::Tensor pack_weights(const at::Tensor& w) {
   return padded.reshape({-1, cpu::kMR, w.size(1) * w.size(2)}).transpose(1, 2).contiguous();
 }
 
+// Few outputs per call - a stream at the codec's low rates emits 1-8 samples per layer and frame -
+// make a conv a skinny product in which each weight is used a few times at most and reading the
+// weights is the cost. Packing them for the tiled engine would read and write them again, and its
+// micro-tiles would idle, so gather the input windows as rows (B*Tout x Cin*K, zero outside [0, T))
+// and let ATen's sgemm stream the weights in their own layout: windows x W^T. (W x windows, with
+// the skinny matrix second, runs 10-20x slower in MKL at 2-8 columns.) Then the usual epilogue.
+constexpr int64_t kFewOutputs = 8;
+
+void conv_few_outputs(const at::Tensor& x, const at::Tensor& w, const float* bias, const float* alpha,
+                      const float* residual, Activation act, float slope, int64_t stride, int64_t dilation,
+                      int64_t pad, at::Tensor& y) {
+  const int64_t B = x.size(0), Cin = x.size(1), T = x.size(2), Cout = w.size(0), K = w.size(2), Tout = y.size(2);
+  at::Tensor rows = at::zeros({B * Tout, Cin * K}, x.options());
+  float* rp = rows.data_ptr<float>();
+  const float* xp = x.data_ptr<float>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < Tout; ++t) {
+      float* row = rp + (b * Tout + t) * Cin * K;
+      for (int64_t ci = 0; ci < Cin; ++ci) {
+        const float* xrow = xp + (b * Cin + ci) * T;
+        for (int64_t k = 0; k < K; ++k) {
+          const int64_t src = t * stride - pad + k * dilation;
+          if (src >= 0 && src < T) row[ci * K + k] = xrow[src];
+        }
+      }
+    }
+  y.copy_(at::mm(rows, w.view({Cout, Cin * K}).t()).view({B, Tout, Cout}).permute({0, 2, 1}));
+  float* yp = y.data_ptr<float>();
+  for (int64_t b = 0; b < B; ++b)
+    cpu::epilogue_rows(yp + b * Cout * Tout, Cout, Tout, Tout, bias, alpha,
+                       residual ? residual + b * Cout * Tout : nullptr, Tout, act, slope);
+}
+
+// The transposed conv of few input frames likewise: each frame's [Cout, K] contribution is one row
+// of x^T W (sgemm on the weights as they are), added at t*stride; past Tout is the trimmed tail.
+constexpr int64_t kFewInputs = 16;
+
+void conv_transpose_few_inputs(const at::Tensor& x, const at::Tensor& w, const float* bias, const float* alpha,
+                               Activation act, float slope, int64_t stride, at::Tensor& y) {
+  const int64_t B = x.size(0), Cin = x.size(1), T = x.size(2), Cout = w.size(1), K = w.size(2), Tout = y.size(2);
+  const at::Tensor w2 = w.view({Cin, Cout * K});
+  y.zero_();
+  float* yp = y.data_ptr<float>();
+  for (int64_t b = 0; b < B; ++b) {
+    const at::Tensor z = at::mm(x[b].t(), w2).contiguous();  // [T, Cout*K]
+    const float* zp = z.data_ptr<float>();
+    float* yb = yp + b * Cout * Tout;
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t co = 0; co < Cout; ++co)
+        for (int64_t k = 0; k < K && t * stride + k < Tout; ++k) yb[co * Tout + t * stride + k] += zp[(t * Cout + co) * K + k];
+    cpu::epilogue_rows(yb, Cout, Tout, Tout, bias, alpha, nullptr, 0, act, slope);
+  }
+}
+
+// pack_weights(w), kept between calls inside an ops.weight_cache() scope.
+at::Tensor packed_conv_weights(const at::Tensor& w) {
+  return *cpu::cached<at::Tensor>(w, cpu::kConvTag, [&] { return std::make_shared<at::Tensor>(pack_weights(w)); });
+}
+
 // fp32 transposed conv as `stride` causal convs: output t' = q*stride + p (phase p) receives taps
 // k = p + j*stride from input q - j, i.e. a stride-1 causal conv with J = ceil((K - p)/stride) taps
 // (reversed) whose outputs land every stride-th sample.
@@ -41,7 +101,23 @@ void conv_transpose1d_phases(const at::Tensor& x, const at::Tensor& w, const c10
   const int64_t B = x.size(0), Cin = x.size(1), T = x.size(2), Cout = w.size(1), K = w.size(2);
   const float* bp = ptr_or_null<float>(bias);
   const float* ap = ptr_or_null<float>(alpha);
+  if (T <= kFewInputs) return conv_transpose_few_inputs(x, w, bp, ap, act, negative_slope, stride, y);
   float* yp = y.data_ptr<float>();
+  const auto wpacks_ptr = cpu::cached<std::vector<at::Tensor>>(w, stride, [&] {
+    auto packs = std::make_shared<std::vector<at::Tensor>>();
+    for (int64_t p = 0; p < stride; ++p) {
+      const int64_t J = p < K ? (K - p + stride - 1) / stride : 0;
+      if (J == 0) {
+        packs->emplace_back();
+        continue;
+      }
+      // Tap kk of this phase's causal conv is k = p + (J - 1 - kk) * stride of the transposed one.
+      const at::Tensor taps = at::arange(p + (J - 1) * stride, p - 1, -stride, w.options().dtype(at::kLong));
+      packs->push_back(pack_weights(w.index_select(2, taps).permute({1, 0, 2})));
+    }
+    return packs;
+  });
+  const std::vector<at::Tensor>& wpacks = *wpacks_ptr;
   for (int64_t p = 0; p < stride; ++p) {
     const int64_t J = p < K ? (K - p + stride - 1) / stride : 0;
     if (J == 0) {  // K < stride: this phase sees no tap, only the bias
@@ -53,10 +129,7 @@ void conv_transpose1d_phases(const at::Tensor& x, const at::Tensor& w, const c10
         }
       continue;
     }
-    // Tap kk of this phase's causal conv is k = p + (J - 1 - kk) * stride of the transposed one.
-    const at::Tensor taps = at::arange(p + (J - 1) * stride, p - 1, -stride, w.options().dtype(at::kLong));
-    const at::Tensor wpack = pack_weights(w.index_select(2, taps).permute({1, 0, 2}));
-    cpu::ConvPlan plan{B, Cin, Cout, T, T, J, 1, 1, J - 1, x.data_ptr<float>(), wpack.data_ptr<float>(), bp, ap,
+    cpu::ConvPlan plan{B, Cin, Cout, T, T, J, 1, 1, J - 1, x.data_ptr<float>(), wpacks[p].data_ptr<float>(), bp, ap,
                        nullptr, act,
                        negative_slope, yp + p, Cout * T * stride, T * stride, stride};
     cpu::run_conv(plan);
@@ -80,8 +153,13 @@ at::Tensor causal_conv1d_cpu(const at::Tensor& x_in, const at::Tensor& w_in, con
   if (y.numel() == 0) return y;
   const int64_t pad = (K - 1) * dilation;
 
+  if (x.scalar_type() == at::kFloat && Tout <= kFewOutputs) {
+    conv_few_outputs(x, w, ptr_or_null<float>(bias), ptr_or_null<float>(alpha), ptr_or_null<float>(residual), act,
+                     static_cast<float>(negative_slope), stride, dilation, pad, y);
+    return y;
+  }
   if (x.scalar_type() == at::kFloat) {
-    const at::Tensor wpack = pack_weights(w);
+    const at::Tensor wpack = packed_conv_weights(w);
     cpu::ConvPlan plan{B, Cin, Cout, T, Tout, K, stride, dilation, pad, x.data_ptr<float>(), wpack.data_ptr<float>(),
                        ptr_or_null<float>(bias), ptr_or_null<float>(alpha), ptr_or_null<float>(residual), act,
                        static_cast<float>(negative_slope), y.data_ptr<float>(), Cout * Tout, Tout, 1};
@@ -185,9 +263,49 @@ at::Tensor causal_conv_transpose1d_cpu(const at::Tensor& x_in, const at::Tensor&
   return y;
 }
 
+// y[b, co, t] = act(bias + sum_{ci, k} w[co, ci, k] * x[b, ci, t*stride - pad + k*dilation]) + residual,
+// x read as zero outside [0, T), for t < out_len. causal_conv1d is pad = (K-1)*dilation with
+// out_len = ceil(T/stride); a stream passes its chunk with the previous samples in front and
+// pad = (K-1)*dilation - (samples in front), so only the outputs it emits are computed (the causal
+// op would also compute one output per sample in front, and discard it).
+at::Tensor conv1d_window_cpu(const at::Tensor& x_in, const at::Tensor& w_in, const c10::optional<at::Tensor>& bias_in,
+                             int64_t stride, int64_t dilation, int64_t pad, int64_t out_len,
+                             c10::string_view activation, double negative_slope,
+                             const c10::optional<at::Tensor>& alpha_in, const c10::optional<at::Tensor>& residual_in) {
+  check_conv1d(x_in, w_in, bias_in, alpha_in, c10::nullopt, activation, stride, dilation);
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat, "fastcodec: conv1d_window is fp32 only, got ", x_in.scalar_type());
+  TORCH_CHECK(out_len >= 0, "fastcodec: out_len must be >= 0, got ", out_len);
+  const int64_t B = x_in.size(0), Cin = x_in.size(1), T = x_in.size(2), Cout = w_in.size(0), K = w_in.size(2);
+  if (residual_in.has_value()) {
+    check_same(x_in, residual_in, "residual");
+    TORCH_CHECK(residual_in->sizes() == at::IntArrayRef({B, Cout, out_len}), "fastcodec: residual must be [", B,
+                ", ", Cout, ", ", out_len, "], got ", residual_in->sizes());
+  }
+  const at::Tensor x = x_in.contiguous(), w = w_in.contiguous();
+  const c10::optional<at::Tensor> bias = bias_in ? c10::optional<at::Tensor>(bias_in->contiguous()) : c10::nullopt;
+  const c10::optional<at::Tensor> alpha = alpha_in ? c10::optional<at::Tensor>(alpha_in->contiguous()) : c10::nullopt;
+  const c10::optional<at::Tensor> residual =
+      residual_in ? c10::optional<at::Tensor>(residual_in->contiguous()) : c10::nullopt;
+  at::Tensor y = at::empty({B, Cout, out_len}, x.options());
+  if (y.numel() == 0) return y;
+  if (out_len <= kFewOutputs) {
+    conv_few_outputs(x, w, ptr_or_null<float>(bias), ptr_or_null<float>(alpha), ptr_or_null<float>(residual),
+                     parse_activation(activation), static_cast<float>(negative_slope), stride, dilation, pad, y);
+    return y;
+  }
+  const at::Tensor wpack = packed_conv_weights(w);
+  cpu::ConvPlan plan{B, Cin, Cout, T, out_len, K, stride, dilation, pad, x.data_ptr<float>(), wpack.data_ptr<float>(),
+                     ptr_or_null<float>(bias), ptr_or_null<float>(alpha), ptr_or_null<float>(residual),
+                     parse_activation(activation), static_cast<float>(negative_slope), y.data_ptr<float>(),
+                     Cout * out_len, out_len, 1};
+  cpu::run_conv(plan);
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastcodec, CPU, m) {
+  m.impl("conv1d_window", &conv1d_window_cpu);
   m.impl("causal_conv1d", &causal_conv1d_cpu);
   m.impl("causal_conv_transpose1d", &causal_conv_transpose1d_cpu);
 }

@@ -74,21 +74,22 @@ void pack_window(const ConvPlan& p, const Window& w, const float* xb, int64_t ci
 
 // c[i][0..NR) += sum over (ci, k) of wp[(ci*K + k)*MR + i] * window(ci, k)[0..NR).
 // wp: this block's packed weights; xw: the window at this micro-tile's first column.
+template <int64_t NR>
 void ukernel_generic(const float* wp, const float* xw, const int64_t* tap_off, int64_t nci, int64_t K,
                      int64_t ci_stride, float* c, int64_t ldc, bool first) {
-  float acc[kMR][kNR];
+  float acc[kMR][NR];
   for (int64_t i = 0; i < kMR; ++i)
-    for (int64_t j = 0; j < kNR; ++j) acc[i][j] = first ? 0.0f : c[i * ldc + j];
+    for (int64_t j = 0; j < NR; ++j) acc[i][j] = first ? 0.0f : c[i * ldc + j];
   for (int64_t ci = 0; ci < nci; ++ci) {
     const float* xb = xw + ci * ci_stride;
     for (int64_t k = 0; k < K; ++k, wp += kMR) {
       const float* xr = xb + tap_off[k];
       for (int64_t i = 0; i < kMR; ++i)
-        for (int64_t j = 0; j < kNR; ++j) acc[i][j] += wp[i] * xr[j];
+        for (int64_t j = 0; j < NR; ++j) acc[i][j] += wp[i] * xr[j];
     }
   }
   for (int64_t i = 0; i < kMR; ++i)
-    for (int64_t j = 0; j < kNR; ++j) c[i * ldc + j] = acc[i][j];
+    for (int64_t j = 0; j < NR; ++j) c[i * ldc + j] = acc[i][j];
 }
 
 #ifdef FASTCODEC_X86_SIMD
@@ -134,6 +135,32 @@ __attribute__((target("avx2,fma"))) void ukernel_avx2(const float* wp, const flo
   _mm256_storeu_ps(c + 2 * ldc + 16, c22);
   _mm256_storeu_ps(c + 3 * ldc, c30), _mm256_storeu_ps(c + 3 * ldc + 8, c31);
   _mm256_storeu_ps(c + 3 * ldc + 16, c32);
+}
+
+// The same for 8 columns: streaming calls produce 1-16 outputs per layer at the codec's low rates,
+// where a 24-column tile would be mostly wasted work.
+__attribute__((target("avx2,fma"))) void ukernel_avx2_narrow(const float* wp, const float* xw,
+                                                             const int64_t* tap_off, int64_t nci, int64_t K,
+                                                             int64_t ci_stride, float* c, int64_t ldc, bool first) {
+  __m256 c0, c1, c2, c3;
+  if (first) {
+    c0 = c1 = c2 = c3 = _mm256_setzero_ps();
+  } else {
+    c0 = _mm256_loadu_ps(c), c1 = _mm256_loadu_ps(c + ldc);
+    c2 = _mm256_loadu_ps(c + 2 * ldc), c3 = _mm256_loadu_ps(c + 3 * ldc);
+  }
+  for (int64_t ci = 0; ci < nci; ++ci) {
+    const float* xb = xw + ci * ci_stride;
+    for (int64_t k = 0; k < K; ++k, wp += kMR) {
+      const __m256 x = _mm256_loadu_ps(xb + tap_off[k]);
+      c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(wp), x, c0);
+      c1 = _mm256_fmadd_ps(_mm256_broadcast_ss(wp + 1), x, c1);
+      c2 = _mm256_fmadd_ps(_mm256_broadcast_ss(wp + 2), x, c2);
+      c3 = _mm256_fmadd_ps(_mm256_broadcast_ss(wp + 3), x, c3);
+    }
+  }
+  _mm256_storeu_ps(c, c0), _mm256_storeu_ps(c + ldc, c1);
+  _mm256_storeu_ps(c + 2 * ldc, c2), _mm256_storeu_ps(c + 3 * ldc, c3);
 }
 #endif
 
@@ -226,11 +253,20 @@ using ActivateRow = void (*)(float*, int64_t, float, Activation, float, float);
 using UKernel = void (*)(const float*, const float*, const int64_t*, int64_t, int64_t, int64_t, float*, int64_t,
                         bool);
 
+constexpr int64_t kNarrow = 8;  // columns of the narrow micro-kernel
+
 UKernel pick_ukernel() {
 #ifdef FASTCODEC_X86_SIMD
   if (has_avx2_fma()) return ukernel_avx2;
 #endif
-  return ukernel_generic;
+  return ukernel_generic<kNR>;
+}
+
+UKernel pick_ukernel_narrow() {
+#ifdef FASTCODEC_X86_SIMD
+  if (has_avx2_fma()) return ukernel_avx2_narrow;
+#endif
+  return ukernel_generic<kNarrow>;
 }
 
 ActivateRow pick_activate_row() {
@@ -242,8 +278,20 @@ ActivateRow pick_activate_row() {
 
 }  // namespace
 
+void epilogue_rows(float* y, int64_t rows, int64_t n, int64_t ldy, const float* bias, const float* alpha,
+                   const float* residual, int64_t ldr, Activation act, float negative_slope) {
+  static const ActivateRow activate_row = pick_activate_row();
+  for (int64_t co = 0; co < rows; ++co) {
+    float* v = y + co * ldy;
+    activate_row(v, n, bias ? bias[co] : 0.0f, act, negative_slope, alpha ? alpha[co] : 0.0f);
+    if (residual)
+      for (int64_t j = 0; j < n; ++j) v[j] += residual[co * ldr + j];
+  }
+}
+
 void run_conv(const ConvPlan& p) {
   static const UKernel ukernel = pick_ukernel();
+  static const UKernel ukernel_narrow = pick_ukernel_narrow();
   static const ActivateRow activate_row = pick_activate_row();
   const Window win = make_window(p);
   const int64_t ntiles = (p.Tout + kNT - 1) / kNT;
@@ -276,8 +324,13 @@ void run_conv(const ConvPlan& p) {
         for (int64_t cb = 0; cb < cblocks; ++cb) {
           const float* wp = p.wpack + (cb * p.Cin + ci0) * p.K * kMR;
           float* c = tile.data() + cb * kMR * kNT;
-          for (int64_t j0 = 0; j0 < ncols; j0 += kNR)
+          // Full-width micro-tiles, then at most 16 leftover columns in narrow ones. Columns past
+          // ncols are computed from in-bounds window data and never stored.
+          int64_t j0 = 0;
+          for (; ncols - j0 > 2 * kNarrow; j0 += kNR)
             ukernel(wp, src + j0, win.tap_off.data(), nci, p.K, src_ci_stride, c + j0, kNT, ci0 == 0);
+          for (; j0 < ncols; j0 += kNarrow)
+            ukernel_narrow(wp, src + j0, win.tap_off.data(), nci, p.K, src_ci_stride, c + j0, kNT, ci0 == 0);
         }
       }
       // Epilogue on the tile while it is in cache: bias, activation, residual, one store.

@@ -40,5 +40,10 @@ struct ConvPlan {
 // Runs the conv described by plan (parallel over batch items x column tiles).
 void run_conv(const ConvPlan& plan);
 
+// The same epilogue on rows already summed elsewhere (the few-output paths of conv.cpp): row co
+// (n values, rows ldy apart) becomes act(row + bias[co]) + residual row co (rows ldr apart).
+void epilogue_rows(float* y, int64_t rows, int64_t n, int64_t ldy, const float* bias, const float* alpha,
+                   const float* residual, int64_t ldr, Activation act, float negative_slope);
+
 }  // namespace cpu
 }  // namespace fastcodec

@@ -13,6 +13,7 @@
 
 #include "../checks.h"
 #include "vq_search.h"
+#include "weight_cache.h"
 
 namespace fastcodec {
 namespace {
@@ -84,10 +85,17 @@ void rvq_encode_f32(const at::Tensor& x, const at::Tensor& cbs, int64_t n_q, at:
   const float* cp = cbs.data_ptr<float>();
   int64_t* codep = codes.data_ptr<int64_t>();
   float* qp = q.data_ptr<float>();
-  std::vector<cpu::PackedCodebook> packed(n_q);
-  at::parallel_for(0, n_q, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) cpu::pack_codebook(cp + i * K * D, K, D, packed[i]);
+  // Every stage is packed (not only the first n_q) so one cached form serves any n_q; a stream
+  // coding a frame at a time would otherwise spend most of its time here.
+  const int64_t Q = cbs.size(0);
+  const auto packed_ptr = cpu::cached<std::vector<cpu::PackedCodebook>>(cbs, cpu::kCodebookTag, [&] {
+    auto packs = std::make_shared<std::vector<cpu::PackedCodebook>>(Q);
+    at::parallel_for(0, Q, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) cpu::pack_codebook(cp + i * K * D, K, D, (*packs)[i]);
+    });
+    return packs;
   });
+  const std::vector<cpu::PackedCodebook>& packed = *packed_ptr;
   at::parallel_for(0, (N + cpu::kRows - 1) / cpu::kRows, kBlockGrain, [&](int64_t begin, int64_t end) {
     std::vector<float> r(cpu::kRows * D), block(D * cpu::kRows);
     int64_t ks[cpu::kRows];

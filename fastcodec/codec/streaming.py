@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import ops
+
 
 def _as_channels(audio, channels, what="audio"):
     """audio [C, T] or [T] (tensor or array) -> float32 tensor [C, T]."""
@@ -63,7 +65,8 @@ class StreamingEncoder:
         q = self.codec.model.quantizer
         if z.shape[2] == 0:
             return torch.zeros(self.channels, self.n_q, 0, dtype=torch.long)
-        return q.encode(z, self.n_q).cpu()
+        with ops.weight_cache():  # a frame's search would otherwise mostly pack the codebooks
+            return q.encode(z, self.n_q).cpu()
 
     def _resample(self, x, last):
         y = self._resampler.resample_chunk(np.ascontiguousarray(x.T.numpy()), last=last)

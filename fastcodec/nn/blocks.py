@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import ops
 from .config import CodecConfig
 from .layers import CausalConv1d, CausalConvTranspose1d
 
@@ -145,9 +146,11 @@ class Decoder(nn.Module):
 
 
 def _stream_layers(layers, x, states):
-    """Run x through `layers` (each with .stream) chunk-wise; states: list, updated in place."""
-    for i, layer in enumerate(layers):
-        x, states[i] = layer.stream(x, states[i])
+    """Run x through `layers` (each with .stream) chunk-wise; states: list, updated in place.
+    A chunk can be a single frame, so packed weights are kept between calls (ops.weight_cache)."""
+    with ops.weight_cache():
+        for i, layer in enumerate(layers):
+            x, states[i] = layer.stream(x, states[i])
     return x
 
 

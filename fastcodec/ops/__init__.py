@@ -148,5 +148,10 @@ from .streaming import causal_conv1d_stream, causal_conv_transpose1d_stream  # n
 
 __all__ += ["causal_conv1d_stream", "causal_conv_transpose1d_stream"]
 
+# Inference: keep packed conv weights between calls (streaming); see weight_cache.py.
+from .weight_cache import weight_cache  # noqa: E402
+
+__all__ += ["weight_cache"]
+
 # Training support for the quantizer (straight-through, commitment, EMA codebooks, k-means init).
 from . import vq_training  # noqa: E402,F401

@@ -69,6 +69,8 @@ def register():
     from fastcodec.ops import _autograd, _fake
 
     _fake.register("fastcodec")
+    if hasattr(torch.ops.fastcodec, "conv1d_window"):  # a build older than the op lacks it
+        torch.library.register_fake("fastcodec::conv1d_window")(_fake.conv1d_window)
     _autograd.register("fastcodec")
 
 

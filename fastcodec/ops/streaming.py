@@ -17,8 +17,19 @@ from __future__ import annotations
 
 import torch
 
-from . import _checks, causal_conv1d, causal_conv_transpose1d
+from . import _backend, _checks, causal_conv1d, causal_conv_transpose1d
 from .reference import DEFAULT_NEGATIVE_SLOPE, activation_ref
+
+
+def _window_kernel(backend, x, weight, *others):
+    """Whether the C++ window kernel can run this chunk: the cpp backend, fp32 throughout, and no
+    gradient wanted (the window op has no backward; streams are for inference)."""
+    if _backend.resolve(backend, x.device, x.dtype) != "cpp" or not hasattr(torch.ops.fastcodec, "conv1d_window"):
+        return False
+    tensors = [t for t in (x, weight) + others if t is not None]
+    if any(t.dtype != torch.float32 for t in tensors):
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
 def _check_state(state, want_shape, x, what):
@@ -53,6 +64,15 @@ def causal_conv1d_stream(x, weight, bias=None, *, state=None, stride=1, dilation
         state = x.new_zeros(B, Cin, P)  # the causal zero padding before the first sample
     xx = torch.cat([state, x], dim=2)
     n = (xx.shape[2] - 1 - P) // stride + 1 if xx.shape[2] > P else 0
+    if residual is not None and list(residual.shape) != [B, weight.shape[0], n]:
+        raise ValueError(f"residual must be [{B}, {weight.shape[0]}, {n}] for this chunk, got {list(residual.shape)}")
+    if _window_kernel(backend, xx, weight, bias, alpha, residual):
+        # Only the n outputs this chunk completes: output j's last tap is xx[j*stride + P], its
+        # first xx[j*stride + P - (K-1)*dilation], i.e. the window conv with that (<= 0) padding.
+        pad = (weight.shape[2] - 1) * dilation - P
+        y = torch.ops.fastcodec.conv1d_window(xx, weight, bias, stride, dilation, pad, n, activation or "none",
+                                              float(negative_slope), alpha, residual)
+        return y, xx[:, :, n * stride:]
     # Output j of this chunk has its last tap at xx[j*stride + P]. The causal op puts output m's
     # last tap at m*stride, so shift xx right by z = (-P) mod stride zeros and skip the first
     # (P + z) / stride outputs, which would read the op's own zero padding.
@@ -63,8 +83,6 @@ def causal_conv1d_stream(x, weight, bias=None, *, state=None, stride=1, dilation
                       stride=stride, dilation=dilation, activation=activation, backend=backend,
                       negative_slope=negative_slope, alpha=alpha)[:, :, first:first + n]
     if residual is not None:
-        if list(residual.shape) != [B, weight.shape[0], n]:
-            raise ValueError(f"residual must be [{B}, {weight.shape[0]}, {n}] for this chunk, got {list(residual.shape)}")
         y = y + residual
     return y, xx[:, :, n * stride:]
 

@@ -1,0 +1,29 @@
+"""`weight_cache()`: a scope in which the C++ CPU kernels keep conv weights packed between calls.
+
+The CPU conv engine packs its weights into a tile layout on every call. When a call's work is
+small - streaming one 13 ms frame, where the low-rate layers produce a handful of outputs - that
+packing costs more than the arithmetic. Inside this scope a packed form is reused for as long as
+the weight tensor is alive and unchanged (its version counter, address and shape are checked), so
+in-place updates, an optimizer step or load_state_dict are all seen. What is not seen is a change
+made through `.data` mid-scope, which bypasses the version counter: hence a scope the inference
+paths (streams, Codec) enter, and training never does. Packed copies live until their weight is
+freed (one per weight). Other backends ignore the scope.
+"""
+from __future__ import annotations
+
+import contextlib
+
+from . import _extension
+
+
+@contextlib.contextmanager
+def weight_cache(enabled: bool = True):
+    lib = _extension._C
+    if lib is None or not hasattr(lib, "set_weight_cache"):
+        yield
+        return
+    previous = lib.set_weight_cache(enabled)
+    try:
+        yield
+    finally:
+        lib.set_weight_cache(previous)

@@ -1,0 +1,66 @@
+"""conv1d_window, the C++ CPU kernel behind fast streaming: explicit padding, so a stream computes
+only the outputs its chunk completes."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import assert_close_to_reference, require_backend
+
+from fastcodec import ops
+
+
+@pytest.fixture(autouse=True)
+def _cpp():
+    require_backend("cpp", "cpu")
+
+
+def _window_ref(x, w, b, stride, dilation, pad, out_len, activation, alpha, residual):
+    """y[t] = act(b + sum w[k] x[t*stride - pad + k*dilation]) + residual, x zero outside [0, T)."""
+    K = w.shape[2]
+    need = (out_len - 1) * stride - pad + (K - 1) * dilation + 1  # x index past the last tap, +1
+    left = max(pad, 0)
+    xx = F.pad(x, (left, max(need - x.shape[2], 0)))[:, :, max(-pad, 0):]
+    y = F.conv1d(xx, w, b, stride=stride, dilation=dilation)[:, :, :out_len]
+    y = ops.reference.activation_ref(y, activation, alpha=alpha)
+    return y if residual is None else y + residual
+
+
+# (B, Cin, Cout, T, K, stride, dilation, pad, out_len): a stream's calls (pad <= 0), the causal
+# case, reads past the right end, and out_len around the few-outputs threshold (8).
+CASES = [
+    (1, 3, 5, 13, 7, 1, 1, 0, 7),
+    (2, 8, 6, 62, 7, 1, 9, 0, 8),
+    (1, 4, 7, 23, 16, 8, 1, -7, 1),
+    (2, 5, 3, 40, 4, 2, 1, -1, 19),
+    (1, 6, 9, 30, 7, 1, 3, 18, 30),
+    (3, 7, 11, 10, 3, 2, 2, 4, 12),
+    (1, 33, 20, 140, 7, 1, 1, 0, 134),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("activation", ["elu", "snake", None])
+def test_conv1d_window_matches_reference(case, activation):
+    B, Cin, Cout, T, K, stride, dilation, pad, out_len = case
+    x = torch.randn(B, Cin, T, dtype=torch.float64)
+    w = torch.randn(Cout, Cin, K, dtype=torch.float64) / math.sqrt(Cin * K)
+    b = 0.1 * torch.randn(Cout, dtype=torch.float64)
+    alpha = torch.rand(Cout, dtype=torch.float64) + 0.5 if activation == "snake" else None
+    res = torch.randn(B, Cout, out_len, dtype=torch.float64)
+    ref64 = _window_ref(x, w, b, stride, dilation, pad, out_len, activation, alpha, res)
+    f32 = [t.float() if t is not None else None for t in (x, w, b, alpha, res)]
+    ref32 = _window_ref(*f32[:3], stride, dilation, pad, out_len, activation, f32[3], f32[4])
+    out = torch.ops.fastcodec.conv1d_window(f32[0], f32[1], f32[2], stride, dilation, pad, out_len,
+                                            activation or "none", 0.3, f32[3], f32[4])
+    assert_close_to_reference(out, ref32, ref64)
+
+
+def test_conv1d_window_refuses_bad_arguments():
+    x, w = torch.randn(1, 3, 10), torch.randn(4, 3, 3)
+    with pytest.raises(RuntimeError, match="fp32 only"):
+        torch.ops.fastcodec.conv1d_window(x.double(), w.double(), None, 1, 1, 0, 5, "none", 0.3, None, None)
+    with pytest.raises(RuntimeError, match="residual must be"):
+        torch.ops.fastcodec.conv1d_window(x, w, None, 1, 1, 0, 5, "none", 0.3, None, torch.randn(1, 4, 6))
+    with pytest.raises(RuntimeError, match="out_len"):
+        torch.ops.fastcodec.conv1d_window(x, w, None, 1, 1, 0, -1, "none", 0.3, None, None)
