@@ -101,3 +101,44 @@ def test_stream_rejects_a_foreign_state():
     assert tail.shape == (1, 5, 4)
     with pytest.raises(ValueError, match="state"):
         ops.causal_conv_transpose1d_stream(torch.randn(1, 3, 4), wt, stride=2, state=tail)
+
+
+@pytest.mark.parametrize("K,stride,dilation", [(7, 1, 9), (16, 8, 1), (2, 5, 1), (4, 2, 1), (1, 1, 1)])
+def test_prepared_conv1d_stream_matches_offline(stream_target, K, stride, dilation):
+    # The prepared form (the C++ window kernel on cpp, the functional stream elsewhere), with the
+    # residual fused as ResidualUnit uses it, on chunks of every size from 0 up.
+    backend, device = stream_target
+    gen = torch.Generator().manual_seed(K + 100 * stride + dilation)
+    B, Cin, Cout, T = 2, 6, 5, 143
+    x = torch.randn(B, Cin, T, device=device)
+    w = torch.randn(Cout, Cin, K, device=device) / math.sqrt(Cin * K)
+    b = torch.randn(Cout, device=device)
+    res = torch.randn(B, Cout, -(-T // stride), device=device)
+    kw = dict(stride=stride, dilation=dilation, activation="elu", backend=backend)
+    offline = ops.causal_conv1d(x, w, b, residual=res, **kw)
+    s = ops.CausalConv1dStream(w, b, **kw)
+    outs, pos, done = [], 0, 0
+    for n in _chunks(T, gen):
+        n_out = -(-(pos + n) // stride) - done
+        outs.append(s(x[:, :, pos:pos + n], residual=res[:, :, done:done + n_out]))
+        pos, done = pos + n, done + n_out
+    torch.testing.assert_close(torch.cat(outs, dim=2), offline, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="batch|state"):  # a chunk of another batch size
+        s(torch.randn(1, Cin, 3, device=device))
+
+
+@pytest.mark.parametrize("K,stride", [(16, 8), (3, 5), (5, 1)])
+def test_prepared_conv_transpose1d_stream_matches_offline(stream_target, K, stride):
+    backend, device = stream_target
+    gen = torch.Generator().manual_seed(K * 7 + stride)
+    x = torch.randn(2, 4, 37, device=device)
+    w = torch.randn(4, 3, K, device=device) / math.sqrt(4 * K)
+    b = torch.randn(3, device=device)
+    kw = dict(stride=stride, activation="elu", backend=backend)
+    offline = ops.causal_conv_transpose1d(x, w, b, **kw)
+    s = ops.CausalConvTranspose1dStream(w, b, **kw)
+    outs, pos = [], 0
+    for n in _chunks(37, gen):
+        outs.append(s(x[:, :, pos:pos + n]))
+        pos += n
+    torch.testing.assert_close(torch.cat(outs, dim=2), offline, rtol=1e-5, atol=1e-5)

@@ -38,6 +38,11 @@ class ResidualUnit(nn.Module):
     def forward(self, x):
         return self.proj(self.conv(x), residual=x)
 
+    def streamer(self):
+        """A prepared stream of this unit: call it on chunks [B, C, T] -> [B, C, T]."""
+        conv, proj = self.conv.streamer(), self.proj.streamer()
+        return lambda x: proj(conv(x), residual=x)
+
     def stream(self, x, state=None):
         """One chunk: (y, state); stride 1, so y has x's length and the skip lines up with it."""
         s_conv, s_proj = state if state is not None else (None, None)
@@ -145,12 +150,12 @@ class Decoder(nn.Module):
         return (y, stages) if return_stages else y
 
 
-def _stream_layers(layers, x, states):
-    """Run x through `layers` (each with .stream) chunk-wise; states: list, updated in place.
-    A chunk can be a single frame, so packed weights are kept between calls (ops.weight_cache)."""
+def _run_streams(streams, x):
+    """x through the layers' prepared streams in order. A chunk can be a single frame, so packed
+    weights are kept between calls (ops.weight_cache)."""
     with ops.weight_cache():
-        for i, layer in enumerate(layers):
-            x, states[i] = layer.stream(x, states[i])
+        for stream in streams:
+            x = stream(x)
     return x
 
 
@@ -172,7 +177,8 @@ class EncoderStream:
 
     def __init__(self, encoder: "Encoder"):
         self.layers, self.hop = _flatten(encoder), encoder.hop
-        self.states = [None] * len(self.layers)
+        self.streams = [layer.streamer() for layer in self.layers]
+        self.batch = None
         self.samples = 0  # real samples fed so far
         self.padded = self.dropped = self.finished = False
 
@@ -181,11 +187,14 @@ class EncoderStream:
             raise RuntimeError("this stream was flushed; start a new one")
         if x.dim() != 3 or x.shape[1] != 1:
             raise ValueError(f"audio chunks must be [B, 1, T], got {list(x.shape)}")
+        if self.batch is not None and x.shape[0] != self.batch:
+            raise ValueError(f"this stream has batch {self.batch}, the chunk {x.shape[0]}")
+        self.batch = x.shape[0]
         self.samples += x.shape[2]
         if not self.padded:  # the encoder's one leading zero; its frame is dropped (Encoder.forward)
             x = F.pad(x, (1, 0))
             self.padded = True
-        y = _stream_layers(self.layers, x, self.states)
+        y = _run_streams(self.streams, x)
         if not self.dropped and y.shape[2]:
             self.dropped = True
             y = y[..., 1:]
@@ -195,9 +204,8 @@ class EncoderStream:
         """The frame still open at the end of the signal (zero-padded, as offline), then no more."""
         if not self.samples:
             raise RuntimeError("flush() before any audio: an empty signal has no frames")
-        B = self.states[0].shape[0]
         ref = self.layers[0].weight
-        y = self(torch.zeros(B, 1, self.hop - 1, dtype=ref.dtype, device=ref.device))
+        y = self(torch.zeros(self.batch, 1, self.hop - 1, dtype=ref.dtype, device=ref.device))
         self.samples -= self.hop - 1
         self.finished = True
         return y
@@ -209,7 +217,7 @@ class DecoderStream:
 
     def __init__(self, decoder: "Decoder"):
         self.layers = _flatten(decoder)
-        self.states = [None] * len(self.layers)
+        self.streams = [layer.streamer() for layer in self.layers]
 
     def __call__(self, z):
-        return _stream_layers(self.layers, z, self.states)
+        return _run_streams(self.streams, z)

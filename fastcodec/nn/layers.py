@@ -84,6 +84,12 @@ class CausalConv1d(nn.Module):
                                         activation=self.activation, residual=residual,
                                         negative_slope=self.negative_slope, alpha=alpha, backend=self.backend)
 
+    def streamer(self) -> ops.CausalConv1dStream:
+        """A prepared stream of this layer holding its own state (in the parameters' dtype)."""
+        return ops.CausalConv1dStream(self.weight, self.bias, stride=self.stride, dilation=self.dilation,
+                                      activation=self.activation, backend=self.backend,
+                                      negative_slope=self.negative_slope, alpha=self.alpha)
+
     def extra_repr(self):
         cout, cin, k = self.weight.shape
         return (f"{cin}, {cout}, kernel_size={k}, stride={self.stride}, dilation={self.dilation}, "
@@ -117,6 +123,12 @@ class CausalConvTranspose1d(nn.Module):
         return ops.causal_conv_transpose1d_stream(x, w, b, state=state, stride=self.stride,
                                                   activation=self.activation, negative_slope=self.negative_slope,
                                                   alpha=alpha, backend=self.backend)
+
+    def streamer(self) -> ops.CausalConvTranspose1dStream:
+        """A prepared stream of this layer holding its own state (in the parameters' dtype)."""
+        return ops.CausalConvTranspose1dStream(self.weight, self.bias, stride=self.stride, activation=self.activation,
+                                               backend=self.backend, negative_slope=self.negative_slope,
+                                               alpha=self.alpha)
 
     def extra_repr(self):
         cin, cout, k = self.weight.shape

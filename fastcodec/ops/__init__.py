@@ -144,9 +144,15 @@ def rvq_decode(codes, codebooks, *, backend="auto"):
 
 
 # Streaming forms (chunked input, state in and out); defined on top of the ops above.
-from .streaming import causal_conv1d_stream, causal_conv_transpose1d_stream  # noqa: E402
+from .streaming import (  # noqa: E402
+    CausalConv1dStream,
+    CausalConvTranspose1dStream,
+    causal_conv1d_stream,
+    causal_conv_transpose1d_stream,
+)
 
-__all__ += ["causal_conv1d_stream", "causal_conv_transpose1d_stream"]
+__all__ += ["causal_conv1d_stream", "causal_conv_transpose1d_stream", "CausalConv1dStream",
+            "CausalConvTranspose1dStream"]
 
 # Inference: keep packed conv weights between calls (streaming); see weight_cache.py.
 from .weight_cache import weight_cache  # noqa: E402
