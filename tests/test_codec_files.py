@@ -87,6 +87,13 @@ def test_bad_audio_gets_errors_naming_the_file(codec, tmp_path):
     sf.write(str(tmp_path / "nan.wav"), x, 8000, subtype="FLOAT")
     with pytest.raises(AudioError, match=r"nan.wav: NaN or Inf samples \(first at 1.543 s\)"):
         codec.encode_file(tmp_path / "nan.wav", tmp_path / "o.fcdc")
+    # A FLAC damaged after its header opens fine and fails mid-stream: named, with the time.
+    sf.write(str(tmp_path / "ok.flac"), (0.3 * np.random.default_rng(0).standard_normal(80000)).astype(np.float32),
+             16000)
+    data = (tmp_path / "ok.flac").read_bytes()
+    (tmp_path / "cut.flac").write_bytes(data[: len(data) // 2])
+    with pytest.raises(AudioError, match=r"cut.flac: reading failed at \d+\.\d+ s"):
+        codec.encode_file(tmp_path / "cut.flac", tmp_path / "o.fcdc", block_seconds=0.25)
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".fcdc" or "partial" in p.name) == []
 
 

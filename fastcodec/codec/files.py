@@ -69,6 +69,14 @@ def _open_audio(sf, path):
     return f
 
 
+def _read_block(f, frames, src, at_seconds):
+    try:
+        return f.read(frames, dtype="float32", always_2d=True)
+    except Exception as exc:  # libsndfile on a file damaged past its header
+        raise AudioError(f"{src}: reading failed at {at_seconds:.3f} s ({type(exc).__name__}: "
+                         f"{str(exc)[:160]})") from None
+
+
 def encode_file(codec, src, dst, n_q=None, *, block_seconds=1.0, chunk_seconds=1.0, npy=None):
     """Encode audio file `src` (any rate, any channel count) to the .fcdc file `dst`; returns its
     header. npy: also write the codes as a .npy array [C, n_q, F] (int16) at that path."""
@@ -83,22 +91,14 @@ def encode_file(codec, src, dst, n_q=None, *, block_seconds=1.0, chunk_seconds=1
                                  fingerprint=codec.fingerprint, source_rate=rate,
                                  chunk_frames=max(1, round(chunk_seconds * codec.cfg.frame_rate)))
             block = max(1, round(block_seconds * rate))
-            try:
-                while True:
-                    x = f.read(block, dtype="float32", always_2d=True)  # [T, C]
-                    if not len(x):
-                        break
-                    if not np.isfinite(x).all():
-                        t = (enc.samples_in + int(np.argmin(np.isfinite(x).all(1)))) / rate
-                        raise AudioError(f"{src}: NaN or Inf samples (first at {t:.3f} s)")
-                    writer.write(enc(torch.from_numpy(x.T)).numpy())
-            except AudioError:
-                raise
-            except Exception as exc:  # libsndfile on a file damaged past its header
-                if isinstance(exc, (KeyboardInterrupt, MemoryError)):
-                    raise
-                raise AudioError(f"{src}: reading failed at {enc.samples_in / rate:.3f} s "
-                                 f"({type(exc).__name__}: {str(exc)[:160]})") from None
+            while True:
+                x = _read_block(f, block, src, enc.samples_in / rate)  # [T, C]
+                if not len(x):
+                    break
+                if not np.isfinite(x).all():
+                    t = (enc.samples_in + int(np.argmin(np.isfinite(x).all(1)))) / rate
+                    raise AudioError(f"{src}: NaN or Inf samples (first at {t:.3f} s)")
+                writer.write(enc(torch.from_numpy(x.T)).numpy())
             if enc.samples_in == 0:
                 raise AudioError(f"{src}: holds no audio (0 samples)")
             writer.write(enc.flush().numpy())
