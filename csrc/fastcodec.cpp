@@ -19,6 +19,9 @@ TORCH_LIBRARY(fastcodec, m) {
   m.def(
       "conv1d_window(Tensor x, Tensor weight, Tensor? bias, int stride, int dilation, int pad, int out_len, "
       "str activation, float negative_slope, Tensor? alpha, Tensor? residual) -> Tensor");
+  m.def(
+      "conv_transpose1d_stream(Tensor x, Tensor weight, Tensor? bias, Tensor? tail, int stride, str activation, "
+      "float negative_slope, Tensor? alpha) -> (Tensor y, Tensor tail)");
   m.def("vq_nearest(Tensor x, Tensor codebook) -> (Tensor index, Tensor sqdist)");
   m.def("rvq_encode(Tensor x, Tensor codebooks, int n_q) -> (Tensor codes, Tensor quantized)");
   m.def("rvq_decode(Tensor codes, Tensor codebooks) -> Tensor");

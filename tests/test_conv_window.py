@@ -1,5 +1,6 @@
-"""conv1d_window, the C++ CPU kernel behind fast streaming: explicit padding, so a stream computes
-only the outputs its chunk completes."""
+"""The C++ CPU kernels behind fast streaming: conv1d_window (explicit padding, so a stream computes
+only the outputs its chunk completes) and conv_transpose1d_stream (one chunk with its carried tail;
+its results are checked through ops.CausalConvTranspose1dStream in test_streaming.py)."""
 import math
 
 import pytest
@@ -64,3 +65,16 @@ def test_conv1d_window_refuses_bad_arguments():
         torch.ops.fastcodec.conv1d_window(x, w, None, 1, 1, 0, 5, "none", 0.3, None, torch.randn(1, 4, 6))
     with pytest.raises(RuntimeError, match="out_len"):
         torch.ops.fastcodec.conv1d_window(x, w, None, 1, 1, 0, -1, "none", 0.3, None, None)
+
+
+def test_conv_transpose1d_stream_kernel_refuses_bad_arguments():
+    x, w = torch.randn(1, 3, 4), torch.randn(3, 5, 8)
+    y, tail = torch.ops.fastcodec.conv_transpose1d_stream(x, w, None, None, 4, "none", 0.3, None)
+    assert y.shape == (1, 5, 16) and tail.shape == (1, 5, 4)
+    with pytest.raises(RuntimeError, match="tail must be"):
+        torch.ops.fastcodec.conv_transpose1d_stream(x, w, None, tail[:, :, :3], 4, "none", 0.3, None)
+    with pytest.raises(RuntimeError, match="fp32 only"):
+        torch.ops.fastcodec.conv_transpose1d_stream(x.double(), w.double(), None, None, 4, "none", 0.3, None)
+    # An empty chunk emits nothing and carries the tail over unchanged.
+    y0, tail0 = torch.ops.fastcodec.conv_transpose1d_stream(x[:, :, :0], w, None, tail, 4, "none", 0.3, None)
+    assert y0.shape == (1, 5, 0) and torch.equal(tail0, tail)

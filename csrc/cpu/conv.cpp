@@ -3,6 +3,7 @@
 // fp64 (used by gradcheck) runs a simple loop nest: one output row (b, co) per task, the tap loop
 // over a contiguous time range.
 #include <algorithm>
+#include <tuple>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -302,9 +303,58 @@ at::Tensor conv1d_window_cpu(const at::Tensor& x_in, const at::Tensor& w_in, con
   return y;
 }
 
+// One chunk of a streamed transposed conv, fp32: the full transposed conv of x (T*stride + tail
+// samples, tail = max(K - stride, 0)), the previous chunk's tail added to its first samples, then
+// bias and activation on the T*stride samples that are final. Returns (y [B, Cout, T*stride], the
+// next tail [B, Cout, tail], pre-bias and pre-activation). x^T W by sgemm on the weights as they are
+// and an overlap-add: no zero frames appended and no separate bias/activation passes, as the
+// composed stream (ops/streaming.py) needs.
+std::tuple<at::Tensor, at::Tensor> conv_transpose1d_stream_cpu(const at::Tensor& x_in, const at::Tensor& w_in,
+                                                              const c10::optional<at::Tensor>& bias_in,
+                                                              const c10::optional<at::Tensor>& tail_in, int64_t stride,
+                                                              c10::string_view activation, double negative_slope,
+                                                              const c10::optional<at::Tensor>& alpha_in) {
+  check_conv_common(x_in, w_in, bias_in, alpha_in, /*cin_dim_of_weight=*/0, activation, stride);
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat, "fastcodec: conv_transpose1d_stream is fp32 only, got ",
+              x_in.scalar_type());
+  const int64_t B = x_in.size(0), Cin = x_in.size(1), T = x_in.size(2), Cout = w_in.size(1), K = w_in.size(2);
+  const int64_t L = std::max<int64_t>(K - stride, 0), Ty = T * stride;
+  if (tail_in.has_value()) {
+    check_same(x_in, tail_in, "tail");
+    TORCH_CHECK(tail_in->sizes() == at::IntArrayRef({B, Cout, L}), "fastcodec: tail must be [", B, ", ", Cout, ", ",
+                L, "], got ", tail_in->sizes());
+  }
+  const at::Tensor x = x_in.contiguous(), w2 = w_in.contiguous().view({Cin, Cout * K});
+  at::Tensor buf = at::zeros({B, Cout, Ty + L}, x.options());
+  float* bp = buf.data_ptr<float>();
+  const int64_t len = Ty + L;
+  for (int64_t b = 0; b < B && T > 0; ++b) {
+    const at::Tensor z = at::mm(x[b].t(), w2).contiguous();  // [T, Cout*K]
+    const float* zp = z.data_ptr<float>();
+    float* bb = bp + b * Cout * len;
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t co = 0; co < Cout; ++co) {
+        float* dst = bb + co * len + t * stride;
+        const float* src = zp + (t * Cout + co) * K;
+        for (int64_t k = 0; k < K; ++k) dst[k] += src[k];
+      }
+  }
+  if (tail_in.has_value() && L > 0) buf.narrow(2, 0, L).add_(*tail_in);
+  at::Tensor y = buf.narrow(2, 0, Ty).contiguous();
+  at::Tensor tail = buf.narrow(2, Ty, L).contiguous();
+  const c10::optional<at::Tensor> bias = bias_in ? c10::optional<at::Tensor>(bias_in->contiguous()) : c10::nullopt;
+  const c10::optional<at::Tensor> alpha = alpha_in ? c10::optional<at::Tensor>(alpha_in->contiguous()) : c10::nullopt;
+  float* yp = y.data_ptr<float>();
+  for (int64_t b = 0; b < B && Ty > 0; ++b)
+    cpu::epilogue_rows(yp + b * Cout * Ty, Cout, Ty, Ty, ptr_or_null<float>(bias), ptr_or_null<float>(alpha), nullptr,
+                       0, parse_activation(activation), static_cast<float>(negative_slope));
+  return {y, tail};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastcodec, CPU, m) {
+  m.impl("conv_transpose1d_stream", &conv_transpose1d_stream_cpu);
   m.impl("conv1d_window", &conv1d_window_cpu);
   m.impl("causal_conv1d", &causal_conv1d_cpu);
   m.impl("causal_conv_transpose1d", &causal_conv_transpose1d_cpu);

@@ -69,8 +69,9 @@ def register():
     from fastcodec.ops import _autograd, _fake
 
     _fake.register("fastcodec")
-    if hasattr(torch.ops.fastcodec, "conv1d_window"):  # a build older than the op lacks it
-        torch.library.register_fake("fastcodec::conv1d_window")(_fake.conv1d_window)
+    for name in ("conv1d_window", "conv_transpose1d_stream"):  # CPU-only streaming kernels
+        if hasattr(torch.ops.fastcodec, name):  # (a build older than them lacks them)
+            torch.library.register_fake(f"fastcodec::{name}")(getattr(_fake, name))
     _autograd.register("fastcodec")
 
 

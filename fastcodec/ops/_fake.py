@@ -40,6 +40,12 @@ def conv1d_window(x, weight, bias, stride, dilation, pad, out_len, activation, n
     return x.new_empty(x.shape[0], weight.shape[0], out_len)
 
 
+def conv_transpose1d_stream(x, weight, bias, tail, stride, activation, negative_slope, alpha):
+    """The C++ library's CPU-only streaming step of a transposed conv (not in FAKES either)."""
+    B, Cout, K = x.shape[0], weight.shape[1], weight.shape[2]
+    return x.new_empty(B, Cout, x.shape[2] * stride), x.new_empty(B, Cout, max(K - stride, 0))
+
+
 def register(namespace: str, ops=None):
     for name, fn in FAKES.items():
         if ops is None or name in ops:

@@ -21,10 +21,10 @@ from . import _backend, _checks, causal_conv1d, causal_conv_transpose1d
 from .reference import DEFAULT_NEGATIVE_SLOPE, activation_ref
 
 
-def _window_kernel(backend, x, weight, *others):
-    """Whether the C++ window kernel can run this chunk: the cpp backend, fp32 throughout, and no
-    gradient wanted (the window op has no backward; streams are for inference)."""
-    if _backend.resolve(backend, x.device, x.dtype) != "cpp" or not hasattr(torch.ops.fastcodec, "conv1d_window"):
+def _window_kernel(backend, x, weight, *others, op="conv1d_window"):
+    """Whether a C++ streaming kernel (`op`) can run this chunk: the cpp backend, fp32 throughout,
+    and no gradient wanted (these ops have no backward; streams are for inference)."""
+    if _backend.resolve(backend, x.device, x.dtype) != "cpp" or not hasattr(torch.ops.fastcodec, op):
         return False
     tensors = [t for t in (x, weight) + others if t is not None]
     if any(t.dtype != torch.float32 for t in tensors):
@@ -166,18 +166,24 @@ class CausalConvTranspose1dStream:
         self.tail = max(weight.shape[2] - stride, 0)
         self.extra = -(-self.tail // stride)  # zero frames that make the op's output cover the tail
         self.state = None
-        self._checked = False
+        self._fast = None  # decided at the first chunk
 
     def __call__(self, x):
-        if not self._checked:
+        if self._fast is None:
             _checks.conv_transpose1d(x, self.weight, self.bias, self.stride, self.activation, self.negative_slope,
                                      self.alpha)
-            self._checked = True
+            self._fast = _window_kernel(self.backend, x, self.weight, self.bias, self.alpha,
+                                        op="conv_transpose1d_stream")
         if x.dim() != 3 or x.shape[1] != self.weight.shape[0]:
             raise ValueError(f"x must be [B, {self.weight.shape[0]}, T], got {list(x.shape)}")
         B, _, T = x.shape
         if self.state is not None and self.state.shape[0] != B:
             raise ValueError(f"this stream has batch {self.state.shape[0]}, the chunk {B}")
+        if self._fast:
+            y, self.state = torch.ops.fastcodec.conv_transpose1d_stream(
+                x, self.weight, self.bias, self.state, self.stride, self.activation or "none",
+                float(self.negative_slope), self.alpha)
+            return y
         x_ext = torch.cat([x, x.new_zeros(B, x.shape[1], self.extra)], dim=2) if self.extra else x
         z = causal_conv_transpose1d(x_ext, self.weight, None, stride=self.stride, backend=self.backend)
         if self.state is not None and self.tail:
