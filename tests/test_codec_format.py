@@ -1,5 +1,6 @@
 """The .fcdc bitstream: bit packing, writer/reader round trips at any chunking, and a FormatError
-(never another exception, never a large allocation) for every kind of bad file, fuzzed."""
+(never another exception, never a large allocation) for every kind of bad file. Fuzzed in
+test_codec_format_fuzz.py."""
 import io
 import math
 import struct
@@ -8,8 +9,6 @@ import zlib
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from fastcodec import FormatError
 from fastcodec.codec import format as fcdc
@@ -159,35 +158,3 @@ def test_missing_and_directory_paths(tmp_path):
         fcdc.read_header(tmp_path / "nope.fcdc")
     with pytest.raises(FormatError, match="directory"):
         fcdc.read_header(tmp_path)
-
-
-def _outcome(data):
-    """Reading must either give codes consistent with the header or raise FormatError."""
-    try:
-        h, codes = _read(data)
-    except FormatError:
-        return None
-    assert codes.shape == (h.channels, h.n_q, h.frames)
-    assert codes.min(initial=0) >= 0 and codes.max(initial=0) < h.codebook_size
-    return codes
-
-
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.binary(max_size=400))
-def test_fuzz_random_bytes(data):
-    _outcome(data)
-    _outcome(fcdc.MAGIC + data)
-    _outcome(GOOD[:68] + data)
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, len(GOOD) - 1), st.integers(0, 255)), min_size=1, max_size=8),
-       st.integers(0, len(GOOD)), st.binary(max_size=8))
-def test_fuzz_mutated_files(edits, cut, insert):
-    data = bytearray(GOOD)
-    for pos, val in edits:
-        data[pos] = val
-    codes = _outcome(bytes(data))
-    if codes is not None:  # only a no-op mutation may read back, and then as the original
-        assert bytes(data) == GOOD
-    assert _outcome(bytes(data[:cut]) + insert + bytes(data[cut:])) is None or not insert
