@@ -142,3 +142,25 @@ def test_prepared_conv_transpose1d_stream_matches_offline(stream_target, K, stri
         outs.append(s(x[:, :, pos:pos + n]))
         pos += n
     torch.testing.assert_close(torch.cat(outs, dim=2), offline, rtol=1e-5, atol=1e-5)
+
+
+def test_prepared_streams_keep_gradients(stream_target):
+    # The C++ stream kernels have no backward: with a gradient wanted, chunks take the composed
+    # path, so training through a stream gets the offline gradients rather than none.
+    backend, device = stream_target
+    x = torch.randn(1, 3, 40, device=device)
+    w = (torch.randn(4, 3, 5, device=device) / 4).requires_grad_()
+    wt = (torch.randn(4, 2, 6, device=device) / 4).requires_grad_()
+    s, st = ops.CausalConv1dStream(w, stride=2, backend=backend), ops.CausalConvTranspose1dStream(wt, stride=3,
+                                                                                                 backend=backend)
+    with torch.no_grad():
+        s(x[:, :, :7])  # a first chunk without gradients must not pin the stream to the kernel path
+        st(torch.zeros(1, 4, 0, device=device))
+    s.state = None
+    streamed = torch.cat([st(s(x[:, :, a:a + 9])) for a in range(0, 40, 9)], dim=2)
+    offline = ops.causal_conv_transpose1d(ops.causal_conv1d(x, w, stride=2, backend=backend), wt, stride=3,
+                                          backend=backend)
+    g_stream = torch.autograd.grad(streamed.pow(2).sum(), (w, wt))
+    g_off = torch.autograd.grad(offline.pow(2).sum(), (w, wt))
+    for a, b in zip(g_stream, g_off):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

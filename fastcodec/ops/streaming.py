@@ -21,15 +21,22 @@ from . import _backend, _checks, causal_conv1d, causal_conv_transpose1d
 from .reference import DEFAULT_NEGATIVE_SLOPE, activation_ref
 
 
-def _window_kernel(backend, x, weight, *others, op="conv1d_window"):
-    """Whether a C++ streaming kernel (`op`) can run this chunk: the cpp backend, fp32 throughout,
-    and no gradient wanted (these ops have no backward; streams are for inference)."""
+def _stream_kernel_fits(backend, x, tensors, op):
+    """Whether the C++ streaming kernel `op` can run on these tensors: the cpp backend, fp32."""
     if _backend.resolve(backend, x.device, x.dtype) != "cpp" or not hasattr(torch.ops.fastcodec, op):
         return False
-    tensors = [t for t in (x, weight) + others if t is not None]
-    if any(t.dtype != torch.float32 for t in tensors):
-        return False
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    return all(t.dtype == torch.float32 for t in tensors if t is not None)
+
+
+def _wants_grad(tensors):
+    """The C++ streaming kernels have no backward (streams are for inference): with a gradient
+    wanted, a chunk takes the composed path, which autograd follows."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _window_kernel(backend, x, weight, *others):
+    return _stream_kernel_fits(backend, x, (x, weight) + others, "conv1d_window") and not _wants_grad(
+        (x, weight) + others)
 
 
 def _check_state(state, want_shape, x, what):
@@ -125,14 +132,15 @@ class CausalConv1dStream:
         self.P = max((weight.shape[2] - 1) * dilation, stride - 1)
         self.pad = (weight.shape[2] - 1) * dilation - self.P
         self.state = None
-        self._fast = None  # decided at the first chunk, when x's device and dtype are known
+        self._fits = None  # whether the C++ window kernel fits, decided at the first chunk
 
     def __call__(self, x, residual=None):
-        if self._fast is None:
+        params = (self.weight, self.bias, self.alpha)
+        if self._fits is None:
             _checks.conv1d(x, self.weight, self.bias, self.stride, self.dilation, self.activation, None,
                            self.negative_slope, self.alpha)
-            self._fast = _window_kernel(self.backend, x, self.weight, self.bias, self.alpha)
-        if not self._fast or residual is not None and residual.requires_grad:
+            self._fits = _stream_kernel_fits(self.backend, x, (x,) + params, "conv1d_window")
+        if not self._fits or _wants_grad((x, residual) + params):
             y, self.state = causal_conv1d_stream(
                 x, self.weight, self.bias, state=self.state, stride=self.stride, dilation=self.dilation,
                 activation=self.activation, residual=residual, backend=self.backend,
@@ -163,33 +171,25 @@ class CausalConvTranspose1dStream:
         _checks.positive_int("stride", stride)
         self.weight, self.bias, self.alpha = weight, bias, alpha
         self.stride, self.activation, self.negative_slope, self.backend = stride, activation, negative_slope, backend
-        self.tail = max(weight.shape[2] - stride, 0)
-        self.extra = -(-self.tail // stride)  # zero frames that make the op's output cover the tail
         self.state = None
-        self._fast = None  # decided at the first chunk
+        self._fits = None  # whether the C++ stream kernel fits, decided at the first chunk
 
     def __call__(self, x):
-        if self._fast is None:
+        params = (self.weight, self.bias, self.alpha)
+        if self._fits is None:
             _checks.conv_transpose1d(x, self.weight, self.bias, self.stride, self.activation, self.negative_slope,
                                      self.alpha)
-            self._fast = _window_kernel(self.backend, x, self.weight, self.bias, self.alpha,
-                                        op="conv_transpose1d_stream")
+            self._fits = _stream_kernel_fits(self.backend, x, (x,) + params, "conv_transpose1d_stream")
+        if not self._fits or _wants_grad((x,) + params):
+            y, self.state = causal_conv_transpose1d_stream(
+                x, self.weight, self.bias, state=self.state, stride=self.stride, activation=self.activation,
+                backend=self.backend, negative_slope=self.negative_slope, alpha=self.alpha)
+            return y
         if x.dim() != 3 or x.shape[1] != self.weight.shape[0]:
             raise ValueError(f"x must be [B, {self.weight.shape[0]}, T], got {list(x.shape)}")
-        B, _, T = x.shape
-        if self.state is not None and self.state.shape[0] != B:
-            raise ValueError(f"this stream has batch {self.state.shape[0]}, the chunk {B}")
-        if self._fast:
-            y, self.state = torch.ops.fastcodec.conv_transpose1d_stream(
-                x, self.weight, self.bias, self.state, self.stride, self.activation or "none",
-                float(self.negative_slope), self.alpha)
-            return y
-        x_ext = torch.cat([x, x.new_zeros(B, x.shape[1], self.extra)], dim=2) if self.extra else x
-        z = causal_conv_transpose1d(x_ext, self.weight, None, stride=self.stride, backend=self.backend)
-        if self.state is not None and self.tail:
-            z[:, :, : self.tail] += self.state
-        out = z[:, :, : T * self.stride]
-        if self.bias is not None:
-            out = out + self.bias.view(1, -1, 1)
-        self.state = z[:, :, T * self.stride: T * self.stride + self.tail]
-        return activation_ref(out, self.activation, negative_slope=self.negative_slope, alpha=self.alpha)
+        if self.state is not None and self.state.shape[0] != x.shape[0]:
+            raise ValueError(f"this stream has batch {self.state.shape[0]}, the chunk {x.shape[0]}")
+        y, self.state = torch.ops.fastcodec.conv_transpose1d_stream(
+            x, self.weight, self.bias, self.state, self.stride, self.activation or "none", float(self.negative_slope),
+            self.alpha)
+        return y
