@@ -83,7 +83,8 @@ void conv_transpose_few_inputs(const at::Tensor& x, const at::Tensor& w, const f
     float* yb = yp + b * Cout * Tout;
     for (int64_t t = 0; t < T; ++t)
       for (int64_t co = 0; co < Cout; ++co)
-        for (int64_t k = 0; k < K && t * stride + k < Tout; ++k) yb[co * Tout + t * stride + k] += zp[(t * Cout + co) * K + k];
+        for (int64_t k = 0; k < K && t * stride + k < Tout; ++k)
+          yb[co * Tout + t * stride + k] += zp[(t * Cout + co) * K + k];
     cpu::epilogue_rows(yb, Cout, Tout, Tout, bias, alpha, nullptr, 0, act, slope);
   }
 }

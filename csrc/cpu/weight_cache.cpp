@@ -41,8 +41,8 @@ bool set_weight_cache(bool enabled) {
   t_enabled = enabled;
   if (!enabled && previous) {  // leaving a scope: forget the forms of weights that no longer exist
     std::lock_guard<std::mutex> lock(g_mutex);
-    g_entries.erase(std::remove_if(g_entries.begin(), g_entries.end(), [](const Entry& e) { return e.owner.expired(); }),
-                    g_entries.end());
+    const auto dead = [](const Entry& e) { return e.owner.expired(); };
+    g_entries.erase(std::remove_if(g_entries.begin(), g_entries.end(), dead), g_entries.end());
   }
   return previous;
 }
