@@ -65,6 +65,7 @@ def test_errors_are_one_line(codec_path, tmp_path, capsys, monkeypatch):
     _one_line_error(*_run(capsys, "decode", tmp_path / "cut.fcdc", tmp_path / "o.wav")[::2], "cut.fcdc", "truncated")
     _one_line_error(*_run(capsys, "decode", tmp_path / "in.wav", tmp_path / "o.wav")[::2], "not a .fcdc file")
     _one_line_error(*_run(capsys, "decode", tmp_path / "nope.fcdc", tmp_path / "o.wav")[::2], "no such file")
+    _one_line_error(*_run(capsys, "info", tmp_path / "in.wav")[::2], "neither a .fcdc file nor a codec checkpoint")
     _one_line_error(*_run(capsys, "encode", tmp_path / "in.fcdc", tmp_path / "x.fcdc", "--checkpoint",
                           codec_path)[::2], "in.fcdc: not a readable audio file")
     _one_line_error(*_run(capsys, "encode", tmp_path / "in.wav", tmp_path / "x.fcdc", "--checkpoint", codec_path,

@@ -235,7 +235,10 @@ def cmd_info(args):
                   f"{h.chunk_frames} frames; source {h.source_rate} Hz, {h.source_samples} samples; model "
                   f"{h.fingerprint}" + (f" ({known})" if known else ""))
         else:
-            codec = _load_codec(path, "auto")
+            try:
+                codec = _load_codec(path, "auto")
+            except CLIError as exc:
+                raise CLIError(f"{path}: neither a .fcdc file nor a codec checkpoint ({exc})") from None
             c = codec.cfg
             params = sum(p.numel() for p in codec.model.parameters())
             rates = ", ".join(f"{codec.bitrate(i) / 1000:g}" for i in range(1, c.n_q + 1))
