@@ -5,19 +5,18 @@ by the streaming encoder and written chunk by chunk (decoding likewise). What is
 one block of audio plus the layers' small states, whatever the file's length: memory is
 O(block_seconds), not O(duration) (measured in tests/test_codec_files.py on a one-hour file).
 
-Output is written to a hidden `.NAME.partial` file beside the target and renamed over it only
-when everything succeeded, so a failure or Ctrl-C never leaves a half-written file under the
-target's name (and never touches a file already there).
+Output is written atomically (fastcodec.atomic: a hidden `.NAME.partial` beside the target,
+renamed over it only when everything succeeded), so a failure or Ctrl-C never leaves a
+half-written file under the target's name and never touches a file already there.
 """
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..atomic import atomic_output
 from . import format as fcdc
 from .errors import AudioError, FormatError
 from .streaming import StreamingDecoder, StreamingEncoder
@@ -33,26 +32,6 @@ def soundfile():
         raise AudioError(f"reading and writing audio files needs the soundfile package "
                          f"({type(exc).__name__}: {exc})") from None
     return sf
-
-
-@contextlib.contextmanager
-def atomic_output(path):
-    """Yields a binary file object (w+b) that becomes `path` only if the block finishes."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path}: is a directory; give an output file name")
-    if not path.parent.is_dir():
-        raise ValueError(f"{path}: its folder {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        with open(tmp, "w+b") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _open_audio(sf, path):

@@ -1,17 +1,17 @@
 """Checkpoints: written atomically, read without unpickling arbitrary objects.
 
 A checkpoint is a dict of tensors, numbers, strings, lists and dicts saved with torch.save and read
-with torch.load(weights_only=True), which refuses anything else. It is written to a temporary file
-in the same folder, flushed to disk, then renamed over the target, so a crash or Ctrl-C mid-write
-leaves the previous checkpoint intact.
+with torch.load(weights_only=True), which refuses anything else. It is written atomically
+(fastcodec.atomic), so a crash or Ctrl-C mid-write leaves the previous checkpoint intact.
 """
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch
+
+from ..atomic import atomic_output
 
 FORMAT = "fastcodec-checkpoint"
 VERSION = 1
@@ -23,25 +23,8 @@ class CheckpointError(ValueError):
 
 def atomic_write(path, write):
     """Call write(file_object) on a temporary file beside `path`, then rename it into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    with atomic_output(path) as f:
+        write(f)
 
 
 def save(path, state: dict):
