@@ -49,6 +49,13 @@ def test_batches_of_different_lengths(codec):
         alone = codec.decode(codec.encode(x[b, :, :n], 8000))
         assert torch.equal(y[b, :, :n], alone[0])
         assert bool((y[b, :, n:] == 0).all())
+    # At another rate too: each item is resampled on its own, so the padding after it cannot reach
+    # its last samples through the resampler's filter.
+    x = 0.3 * torch.randn(3, 2, 700)
+    enc = codec.encode(x, 11025, lengths=[700, 333, 517])
+    for b, n in enumerate([700, 333, 517]):
+        alone = codec.encode(x[b, :, :n], 11025)
+        assert torch.equal(enc.codes[b, :, :, : int(enc.frames[b])], alone.codes[0])
 
 
 def test_other_sample_rates_are_resampled(codec):
@@ -107,3 +114,25 @@ def test_loads_a_training_run(tmp_path):
         codec = Codec.load(path)
         enc = codec.encode(0.1 * torch.randn(3000), 16000)
         assert isinstance(enc, EncodedAudio) and codec.decode(enc).shape == (1, 1, 3000)
+
+
+def test_save_and_load_codes(codec, tmp_path):
+    x = 0.3 * torch.randn(2, 2, 700)
+    enc = codec.encode(x, 11025, n_q=2, lengths=[700, 333])
+    h = codec.save(enc, tmp_path / "b1.fcdc", item=1)
+    assert (h.channels, h.n_q, h.source_rate, h.source_samples, h.samples) == (2, 2, 11025, 333, int(enc.lengths[1]))
+    back = codec.load_codes(tmp_path / "b1.fcdc")
+    F = int(enc.frames[1])
+    assert torch.equal(back.codes[0], enc.codes[1, :, :, :F]) and back.source_lengths.tolist() == [333]
+    alone = codec.encode(x[1, :, :333], 11025, n_q=2)
+    assert torch.equal(codec.decode(back), codec.decode(alone))
+    with pytest.raises(ValueError, match="item"):
+        codec.save(enc, tmp_path / "x.fcdc", item=2)
+    _saved_model(tmp_path / "other.pt", seed=2)
+    other = Codec.load(tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="made by model"):
+        other.save(enc, tmp_path / "x.fcdc")
+    from fastcodec import FormatError
+    with pytest.raises(FormatError, match=f"made by model {codec.fingerprint}"):
+        other.load_codes(tmp_path / "b1.fcdc")
+    assert not (tmp_path / "x.fcdc").exists()

@@ -15,8 +15,10 @@ import dataclasses
 import numpy as np
 import torch
 
+from ..atomic import atomic_output
 from ..nn import CodecConfig, SoundStream, set_backend
 from . import files
+from . import format as fcdc
 from .streaming import StreamingDecoder, StreamingEncoder
 
 
@@ -28,6 +30,8 @@ class EncodedAudio:
     channels: int
     n_q: int
     fingerprint: str         # of the model that made them; decoding with another model is refused
+    source_rate: int | None = None             # the rate the audio came in at (kept in .fcdc files)
+    source_lengths: torch.Tensor | None = None  # [B] samples of each item at source_rate
 
 
 def model_fingerprint(model: SoundStream) -> str:
@@ -38,7 +42,7 @@ def model_fingerprint(model: SoundStream) -> str:
 
 
 def _resample(x: torch.Tensor, rate_in: int, rate_out: int) -> torch.Tensor:
-    """x [N, T] -> [N, round(T * rate_out / rate_in)] with soxr, per row."""
+    """x [N, T] -> [N, ~T * rate_out / rate_in] with soxr (its length rounding), per row."""
     if rate_in == rate_out:
         return x
     import soxr
@@ -102,24 +106,28 @@ class Codec:
             if lengths_in.shape[0] != B or bool((lengths_in < 1).any()) or bool((lengths_in > T).any()):
                 raise ValueError(f"lengths must be {B} values in 1..{T}, got {lengths_in.tolist()}")
         dev = self.model.quantizer.codebooks.device
-        x = _resample(x.reshape(B * C, T).float(), sample_rate, self.sample_rate).to(dev)
-        out_len = torch.tensor([max(1, round(int(n) * self.sample_rate / sample_rate)) for n in lengths_in])
-        hop = self.cfg.hop
-        frames = (out_len + hop - 1) // hop
+        items = []
+        for b in range(B):  # each item resampled and coded alone, so its padding never leaks in
+            xb = _resample(x[b, :, : int(lengths_in[b])].float(), sample_rate, self.sample_rate)
+            items.append((xb if xb.shape[1] else xb.new_zeros(C, 1)).to(dev))  # never less than a sample
+        out_len = torch.tensor([xb.shape[1] for xb in items])
+        frames = (out_len + self.cfg.hop - 1) // self.cfg.hop
         codes = torch.zeros(B, C, n_q, int(frames.max()), dtype=torch.long, device=dev)
-        for b in range(B):  # items of different lengths: each coded alone, so padding never leaks in
-            L = int(out_len[b])
-            codes[b, :, :, : int(frames[b])] = self.model.encode(x[b * C:(b + 1) * C, None, :L], n_q)
-        return EncodedAudio(codes, frames, out_len, C, n_q, self.fingerprint)
+        for b, xb in enumerate(items):
+            codes[b, :, :, : int(frames[b])] = self.model.encode(xb[:, None, :], n_q)
+        return EncodedAudio(codes, frames, out_len, C, n_q, self.fingerprint, sample_rate, lengths_in.clone())
+
+    def _check_encoded(self, encoded):
+        if not isinstance(encoded, EncodedAudio):
+            raise TypeError(f"expected what encode returned (EncodedAudio), got {type(encoded).__name__}")
+        if encoded.fingerprint != self.fingerprint:
+            raise ValueError(f"these codes were made by model {encoded.fingerprint}; this codec is model "
+                             f"{self.fingerprint}")
 
     @torch.no_grad()
     def decode(self, encoded: EncodedAudio) -> torch.Tensor:
         """-> audio [B, C, max length] at the codec's rate; item b is exact up to lengths[b], zeros after."""
-        if not isinstance(encoded, EncodedAudio):
-            raise TypeError(f"decode takes what encode returned (EncodedAudio), got {type(encoded).__name__}")
-        if encoded.fingerprint != self.fingerprint:
-            raise ValueError(f"these codes were made by model {encoded.fingerprint}; this codec is model "
-                             f"{self.fingerprint}")
+        self._check_encoded(encoded)
         codes = encoded.codes
         B, C, n_q, F = codes.shape
         self._n_q(n_q)
@@ -129,6 +137,34 @@ class Codec:
             f, L = int(encoded.frames[b]), int(encoded.lengths[b])
             out[b, :, :L] = self.model.decode(codes[b, :, :, :f].to(dev), length=L)[:, 0]
         return out
+
+    def save(self, encoded: EncodedAudio, path, item: int = 0):
+        """Write item `item` of what encode() returned to the .fcdc file `path` (atomically);
+        returns its header. load_codes() reads it back."""
+        self._check_encoded(encoded)
+        B = encoded.codes.shape[0]
+        if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item < B:
+            raise ValueError(f"item must be an int in 0..{B - 1}, got {item!r}")
+        F, L = int(encoded.frames[item]), int(encoded.lengths[item])
+        rate = encoded.source_rate or self.sample_rate
+        source = L if encoded.source_lengths is None else int(encoded.source_lengths[item])
+        with atomic_output(path) as f:
+            w = fcdc.Writer(f, sample_rate=self.sample_rate, hop=self.cfg.hop, codebook_size=self.cfg.codebook_size,
+                            channels=encoded.channels, n_q=encoded.n_q, fingerprint=self.fingerprint,
+                            source_rate=rate, chunk_frames=max(1, round(self.cfg.frame_rate)))
+            w.write(encoded.codes[item, :, :, :F].cpu().numpy())
+            return w.finish(L, source)
+
+    def load_codes(self, path) -> EncodedAudio:
+        """The codes of a .fcdc file as an EncodedAudio of one item, ready for decode(); FormatError
+        for a bad file or one made by another model."""
+        with fcdc._open(path) as f:
+            reader = fcdc.Reader(f, path)
+            h = reader.header
+            files.check_model(self, h, path)
+            codes = torch.from_numpy(reader.codes())[None]
+        return EncodedAudio(codes, torch.tensor([h.frames]), torch.tensor([h.samples]), h.channels, h.n_q,
+                            h.fingerprint, h.source_rate, torch.tensor([h.source_samples]))
 
     def bitrate(self, n_q: int | None = None) -> float:
         """Bits per second per channel at n_q stages."""
