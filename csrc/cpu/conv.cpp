@@ -25,6 +25,10 @@ const scalar_t* ptr_or_null(const c10::optional<at::Tensor>& t) {
   return t.has_value() ? t->data_ptr<scalar_t>() : nullptr;
 }
 
+c10::optional<at::Tensor> contiguous(const c10::optional<at::Tensor>& t) {
+  return t.has_value() ? c10::optional<at::Tensor>(t->contiguous()) : c10::nullopt;
+}
+
 // w: [Cout, Cin, K] fp32 -> the engine's [ceil(Cout/MR)][Cin][K][MR] layout with zero rows past
 // Cout. That is a padded transposing copy, which ATen does in parallel and vectorized (a scalar
 // pack loop cost as much as the conv itself on wide layers with few output samples).
@@ -89,6 +93,24 @@ void conv_transpose_few_inputs(const at::Tensor& x, const at::Tensor& w, const f
   }
 }
 
+at::Tensor packed_conv_weights(const at::Tensor& w);
+
+// fp32 conv with explicit padding: output t reads x[t*stride - pad + k*dilation], zero outside
+// [0, T), for t < y's length. The few-outputs path or the tiled engine; inputs contiguous.
+void conv1d_f32(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias,
+                const c10::optional<at::Tensor>& alpha, const c10::optional<at::Tensor>& residual, Activation act,
+                float slope, int64_t stride, int64_t dilation, int64_t pad, at::Tensor& y) {
+  const int64_t B = x.size(0), Cin = x.size(1), T = x.size(2), Cout = w.size(0), K = w.size(2), Tout = y.size(2);
+  if (Tout <= kFewOutputs)
+    return conv_few_outputs(x, w, ptr_or_null<float>(bias), ptr_or_null<float>(alpha), ptr_or_null<float>(residual),
+                            act, slope, stride, dilation, pad, y);
+  const at::Tensor wpack = packed_conv_weights(w);
+  cpu::ConvPlan plan{B, Cin, Cout, T, Tout, K, stride, dilation, pad, x.data_ptr<float>(), wpack.data_ptr<float>(),
+                     ptr_or_null<float>(bias), ptr_or_null<float>(alpha), ptr_or_null<float>(residual), act, slope,
+                     y.data_ptr<float>(), Cout * Tout, Tout, 1};
+  cpu::run_conv(plan);
+}
+
 // pack_weights(w), kept between calls inside an ops.weight_cache() scope.
 at::Tensor packed_conv_weights(const at::Tensor& w) {
   return *cpu::cached<at::Tensor>(w, cpu::kConvTag, [&] { return std::make_shared<at::Tensor>(pack_weights(w)); });
@@ -147,25 +169,15 @@ at::Tensor causal_conv1d_cpu(const at::Tensor& x_in, const at::Tensor& w_in, con
   const int64_t Cout = w_in.size(0), K = w_in.size(2);
   const int64_t Tout = conv1d_out_len(T, stride);
   const at::Tensor x = x_in.contiguous(), w = w_in.contiguous();
-  const c10::optional<at::Tensor> bias = bias_in ? c10::optional<at::Tensor>(bias_in->contiguous()) : c10::nullopt;
-  const c10::optional<at::Tensor> alpha = alpha_in ? c10::optional<at::Tensor>(alpha_in->contiguous()) : c10::nullopt;
-  const c10::optional<at::Tensor> residual =
-      residual_in ? c10::optional<at::Tensor>(residual_in->contiguous()) : c10::nullopt;
+  const c10::optional<at::Tensor> bias = contiguous(bias_in);
+  const c10::optional<at::Tensor> alpha = contiguous(alpha_in);
+  const c10::optional<at::Tensor> residual = contiguous(residual_in);
   at::Tensor y = at::empty({B, Cout, Tout}, x.options());
   if (y.numel() == 0) return y;
   const int64_t pad = (K - 1) * dilation;
 
-  if (x.scalar_type() == at::kFloat && Tout <= kFewOutputs) {
-    conv_few_outputs(x, w, ptr_or_null<float>(bias), ptr_or_null<float>(alpha), ptr_or_null<float>(residual), act,
-                     static_cast<float>(negative_slope), stride, dilation, pad, y);
-    return y;
-  }
   if (x.scalar_type() == at::kFloat) {
-    const at::Tensor wpack = packed_conv_weights(w);
-    cpu::ConvPlan plan{B, Cin, Cout, T, Tout, K, stride, dilation, pad, x.data_ptr<float>(), wpack.data_ptr<float>(),
-                       ptr_or_null<float>(bias), ptr_or_null<float>(alpha), ptr_or_null<float>(residual), act,
-                       static_cast<float>(negative_slope), y.data_ptr<float>(), Cout * Tout, Tout, 1};
-    cpu::run_conv(plan);
+    conv1d_f32(x, w, bias, alpha, residual, act, static_cast<float>(negative_slope), stride, dilation, pad, y);
     return y;
   }
 
@@ -223,8 +235,8 @@ at::Tensor causal_conv_transpose1d_cpu(const at::Tensor& x_in, const at::Tensor&
   const int64_t Cout = w_in.size(1), K = w_in.size(2);
   const int64_t Tout = T * stride;
   const at::Tensor x = x_in.contiguous(), w = w_in.contiguous();
-  const c10::optional<at::Tensor> bias = bias_in ? c10::optional<at::Tensor>(bias_in->contiguous()) : c10::nullopt;
-  const c10::optional<at::Tensor> alpha = alpha_in ? c10::optional<at::Tensor>(alpha_in->contiguous()) : c10::nullopt;
+  const c10::optional<at::Tensor> bias = contiguous(bias_in);
+  const c10::optional<at::Tensor> alpha = contiguous(alpha_in);
   at::Tensor y = at::empty({B, Cout, Tout}, x.options());
   if (y.numel() == 0) return y;
 
@@ -277,30 +289,20 @@ at::Tensor conv1d_window_cpu(const at::Tensor& x_in, const at::Tensor& w_in, con
   check_conv1d(x_in, w_in, bias_in, alpha_in, c10::nullopt, activation, stride, dilation);
   TORCH_CHECK(x_in.scalar_type() == at::kFloat, "fastcodec: conv1d_window is fp32 only, got ", x_in.scalar_type());
   TORCH_CHECK(out_len >= 0, "fastcodec: out_len must be >= 0, got ", out_len);
-  const int64_t B = x_in.size(0), Cin = x_in.size(1), T = x_in.size(2), Cout = w_in.size(0), K = w_in.size(2);
+  const int64_t B = x_in.size(0), Cout = w_in.size(0);
   if (residual_in.has_value()) {
     check_same(x_in, residual_in, "residual");
     TORCH_CHECK(residual_in->sizes() == at::IntArrayRef({B, Cout, out_len}), "fastcodec: residual must be [", B,
                 ", ", Cout, ", ", out_len, "], got ", residual_in->sizes());
   }
   const at::Tensor x = x_in.contiguous(), w = w_in.contiguous();
-  const c10::optional<at::Tensor> bias = bias_in ? c10::optional<at::Tensor>(bias_in->contiguous()) : c10::nullopt;
-  const c10::optional<at::Tensor> alpha = alpha_in ? c10::optional<at::Tensor>(alpha_in->contiguous()) : c10::nullopt;
-  const c10::optional<at::Tensor> residual =
-      residual_in ? c10::optional<at::Tensor>(residual_in->contiguous()) : c10::nullopt;
+  const c10::optional<at::Tensor> bias = contiguous(bias_in);
+  const c10::optional<at::Tensor> alpha = contiguous(alpha_in);
+  const c10::optional<at::Tensor> residual = contiguous(residual_in);
   at::Tensor y = at::empty({B, Cout, out_len}, x.options());
   if (y.numel() == 0) return y;
-  if (out_len <= kFewOutputs) {
-    conv_few_outputs(x, w, ptr_or_null<float>(bias), ptr_or_null<float>(alpha), ptr_or_null<float>(residual),
-                     parse_activation(activation), static_cast<float>(negative_slope), stride, dilation, pad, y);
-    return y;
-  }
-  const at::Tensor wpack = packed_conv_weights(w);
-  cpu::ConvPlan plan{B, Cin, Cout, T, out_len, K, stride, dilation, pad, x.data_ptr<float>(), wpack.data_ptr<float>(),
-                     ptr_or_null<float>(bias), ptr_or_null<float>(alpha), ptr_or_null<float>(residual),
-                     parse_activation(activation), static_cast<float>(negative_slope), y.data_ptr<float>(),
-                     Cout * out_len, out_len, 1};
-  cpu::run_conv(plan);
+  conv1d_f32(x, w, bias, alpha, residual, parse_activation(activation), static_cast<float>(negative_slope), stride,
+             dilation, pad, y);
   return y;
 }
 
@@ -343,8 +345,8 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose1d_stream_cpu(const at::Tensor&
   if (tail_in.has_value() && L > 0) buf.narrow(2, 0, L).add_(*tail_in);
   at::Tensor y = buf.narrow(2, 0, Ty).contiguous();
   at::Tensor tail = buf.narrow(2, Ty, L).contiguous();
-  const c10::optional<at::Tensor> bias = bias_in ? c10::optional<at::Tensor>(bias_in->contiguous()) : c10::nullopt;
-  const c10::optional<at::Tensor> alpha = alpha_in ? c10::optional<at::Tensor>(alpha_in->contiguous()) : c10::nullopt;
+  const c10::optional<at::Tensor> bias = contiguous(bias_in);
+  const c10::optional<at::Tensor> alpha = contiguous(alpha_in);
   float* yp = y.data_ptr<float>();
   for (int64_t b = 0; b < B && Ty > 0; ++b)
     cpu::epilogue_rows(yp + b * Cout * Ty, Cout, Ty, Ty, ptr_or_null<float>(bias), ptr_or_null<float>(alpha), nullptr,
