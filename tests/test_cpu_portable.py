@@ -30,6 +30,16 @@ CHECK = textwrap.dedent("""
         kwt32 = dict(kwt, alpha=f(kwt["alpha"]))
         out = ops.causal_conv_transpose1d(x.float(), wt.float(), backend="cpp", **kwt32)
         assert_close_to_reference(out, ops.causal_conv_transpose1d_ref(x.float(), wt.float(), **kwt32), ref64)
+    with torch.no_grad(), ops.weight_cache():  # the skinny product's portable micro-kernels
+        for T in (5, 50):
+            x, w = torch.randn(1, 4, T, dtype=torch.float64), torch.randn(43, 4, 3, dtype=torch.float64) / 4
+            out = ops.causal_conv1d(x.float(), w.float(), dilation=2, backend="cpp")
+            assert_close_to_reference(out, ops.causal_conv1d_ref(x.float(), w.float(), dilation=2),
+                                      ops.causal_conv1d_ref(x, w, dilation=2))
+            wt = torch.randn(4, 5, 9, dtype=torch.float64) / 4
+            out = ops.causal_conv_transpose1d(x[..., :7].float(), wt.float(), stride=4, backend="cpp")
+            assert_close_to_reference(out, ops.causal_conv_transpose1d_ref(x[..., :7].float(), wt.float(), stride=4),
+                                      ops.causal_conv_transpose1d_ref(x[..., :7], wt, stride=4))
     xv, cbs = torch.randn(301, 20), torch.randn(3, 50, 20)
     codes, q = ops.rvq_encode(xv, cbs, backend="cpp")
     ref_codes, ref_q = ops.rvq_encode_ref(xv, cbs)

@@ -164,3 +164,107 @@ def test_prepared_streams_keep_gradients(stream_target):
     g_off = torch.autograd.grad(offline.pow(2).sum(), (w, wt))
     for a, b in zip(g_stream, g_off):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _chain_layers(device, requires_grad=False):
+    """A strided conv, a residual unit (k3 dilated conv, then a 1x1 conv adding the unit's input)
+    and a transposed conv: (params, offline function, prepared streams, skip flags)."""
+    g = torch.Generator().manual_seed(5)
+    p = {"w0": torch.randn(6, 3, 4, generator=g) / 4, "b0": torch.randn(6, generator=g),
+         "w1": torch.randn(6, 6, 3, generator=g) / 4, "w2": torch.randn(6, 6, 1, generator=g) / 3,
+         "b2": torch.randn(6, generator=g), "wt": torch.randn(6, 5, 7, generator=g) / 4,
+         "bt": torch.randn(5, generator=g), "at": torch.rand(5, generator=g) + 0.5}
+    p = {k: v.to(device).requires_grad_(requires_grad) for k, v in p.items()}
+
+    def offline(x, backend):
+        h = ops.causal_conv1d(x, p["w0"], p["b0"], stride=2, activation="elu", backend=backend)
+        u = ops.causal_conv1d(h, p["w1"], dilation=2, activation="leaky_relu", backend=backend)
+        h = ops.causal_conv1d(u, p["w2"], p["b2"], residual=h, backend=backend)
+        return ops.causal_conv_transpose1d(h, p["wt"], p["bt"], stride=3, activation="snake", alpha=p["at"],
+                                           backend=backend)
+
+    def streams(backend):
+        return [ops.CausalConv1dStream(p["w0"], p["b0"], stride=2, activation="elu", backend=backend),
+                ops.CausalConv1dStream(p["w1"], dilation=2, activation="leaky_relu", backend=backend),
+                ops.CausalConv1dStream(p["w2"], p["b2"], backend=backend),
+                ops.CausalConvTranspose1dStream(p["wt"], p["bt"], stride=3, activation="snake", alpha=p["at"],
+                                                backend=backend)]
+    return p, offline, streams, [False, False, True, False]
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_stream_chain_matches_offline(backend):
+    """On cpp every chunk runs in one C++ call (torch.classes.fastcodec.StreamChain); on torch from
+    Python. Random chunkings, 0 and odd sizes included, give the whole-signal output."""
+    require_backend(backend, "cpu")
+    _, offline, streams, skips = _chain_layers("cpu")
+    x = torch.randn(2, 3, 151)
+    with torch.no_grad():
+        want = offline(x, backend)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            chain, outs, pos = ops.StreamChain(streams(backend), skips), [], 0
+            for n in _chunks(151, gen):
+                outs.append(chain(x[:, :, pos:pos + n]))
+                pos += n
+            torch.testing.assert_close(torch.cat(outs, dim=2), want, rtol=1e-5, atol=1e-5)
+        assert (chain._native is not None) == (backend == "cpp")
+
+
+def test_stream_chain_moves_states_between_native_and_python():
+    """Chunks that want gradients run from Python, the others natively; the states follow, so
+    alternating still gives the offline output, and gradients reach the weights."""
+    require_backend("cpp", "cpu")
+    p, offline, streams, skips = _chain_layers("cpu", requires_grad=True)
+    x = torch.randn(1, 3, 90)
+    want = offline(x, "cpp")
+    chain, outs = ops.StreamChain(streams("cpp"), skips), []
+    for i, a in enumerate(range(0, 90, 7)):
+        with torch.set_grad_enabled(i % 3 == 1):
+            outs.append(chain(x[:, :, a:a + 7]))
+    assert chain._native is not None
+    y = torch.cat(outs, dim=2)
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+    assert y.requires_grad  # the grad chunks kept their graph
+    (g,) = torch.autograd.grad(y.pow(2).sum(), p["w1"])
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_stream_chain_refuses_bad_chunks_and_layers(backend):
+    require_backend(backend, "cpu")
+    _, _, streams, skips = _chain_layers("cpu")
+    chain = ops.StreamChain(streams(backend), skips)
+    with torch.no_grad():
+        chain(torch.randn(2, 3, 5))
+        with pytest.raises(ValueError, match="batch"):
+            chain(torch.randn(1, 3, 5))
+        with pytest.raises(ValueError, match=r"\[B, 3, T\]"):
+            chain(torch.randn(2, 4, 5))
+    with pytest.raises(ValueError, match="skip"):
+        ops.StreamChain(streams(backend), [True, False, False, False])
+    with pytest.raises(ValueError, match="skip"):
+        ops.StreamChain(streams(backend), [False, False, False, True])
+    with pytest.raises(TypeError, match="prepared streams"):
+        ops.StreamChain([lambda x: x])
+
+
+def test_native_stream_chain_checks_its_layers():
+    """The C++ class refuses what would compute garbage, whoever builds it."""
+    require_backend("cpp", "cpu")
+    from fastcodec.ops import _extension
+
+    chain = _extension.native_class("StreamChain")()
+    with pytest.raises(RuntimeError, match="no layers"):
+        chain.step(torch.randn(1, 3, 4))
+    chain.add_conv(torch.randn(4, 3, 3), None, None, 1, 1, "elu", 0.3, False)
+    with pytest.raises(RuntimeError, match="takes 5 channels"):
+        chain.add_conv(torch.randn(2, 5, 1), None, None, 1, 1, "none", 0.3, False)
+    with pytest.raises(RuntimeError, match="skip"):
+        chain.add_conv(torch.randn(4, 4, 1), None, None, 1, 1, "none", 0.3, True)  # 3 channels in, 4 out
+    with pytest.raises(RuntimeError, match="fp32"):
+        chain.add_conv(torch.randn(4, 4, 1, dtype=torch.float64), None, None, 1, 1, "none", 0.3, False)
+    with pytest.raises(RuntimeError, match="keeps"):
+        chain.set_state(0, torch.randn(1, 3, 9))  # a k3 conv keeps 2 samples
+    with pytest.raises(RuntimeError, match="out of range"):
+        chain.get_state(3)

@@ -3,6 +3,7 @@
 // fp64 (used by gradcheck) runs a simple loop nest: one output row (b, co) per task, the tap loop
 // over a contiguous time range.
 #include <algorithm>
+#include <cstring>
 #include <tuple>
 #include <vector>
 
@@ -14,7 +15,9 @@
 
 #include "../checks.h"
 #include "../epilogue.h"
+#include "conv.h"
 #include "conv_gemm.h"
+#include "skinny_gemm.h"
 #include "weight_cache.h"
 
 namespace fastcodec {
@@ -38,57 +41,116 @@ at::Tensor pack_weights(const at::Tensor& w) {
   return padded.reshape({-1, cpu::kMR, w.size(1) * w.size(2)}).transpose(1, 2).contiguous();
 }
 
-// Few outputs per call - a stream at the codec's low rates emits 1-8 samples per layer and frame -
-// make a conv a skinny product in which each weight is used a few times at most and reading the
-// weights is the cost. Packing them for the tiled engine would read and write them again, and its
-// micro-tiles would idle, so gather the input windows as rows (B*Tout x Cin*K, zero outside [0, T))
-// and let ATen's sgemm stream the weights in their own layout: windows x W^T. (W x windows, with
-// the skinny matrix second, runs 10-20x slower in MKL at 2-8 columns.) Then the usual epilogue.
-constexpr int64_t kFewOutputs = 8;
+// A stream's chunk makes few outputs per layer - streaming a 13 ms frame at a time, the codec's
+// layers emit 1 to 320 samples - and with few outputs reading the weights is the cost. Inside a
+// weight-cache scope the weights are packed once as panels and the skinny product reads them once
+// per call, with the input windows read in place (skinny_gemm.h). Without the cache, packing would
+// cost more than the product, so up to 8 outputs the windows are gathered as rows and ATen's
+// sgemm streams the weights as they are: windows x W^T (W x windows, with the skinny matrix
+// second, runs 10-20x slower in MKL at 2-8 columns); past that the conv engine. Then the usual
+// epilogue.
+constexpr int64_t kFewOutputsUncached = cpu::kSkinnyRows;
 
-void conv_few_outputs(const at::Tensor& x, const at::Tensor& w, const float* bias, const float* alpha,
-                      const float* residual, Activation act, float slope, int64_t stride, int64_t dilation,
-                      int64_t pad, at::Tensor& y) {
-  const int64_t B = x.size(0), Cin = x.size(1), T = x.size(2), Cout = w.size(0), K = w.size(2), Tout = y.size(2);
-  at::Tensor rows = at::zeros({B * Tout, Cin * K}, x.options());
-  float* rp = rows.data_ptr<float>();
+bool skinny_conv_fits(const at::Tensor& w, int64_t Tout) {
+  return Tout <= (cpu::caches(w) ? cpu::kSkinnyMaxRows : kFewOutputsUncached);
+}
+
+// z [B * Tout, Cout] rows ldz apart, with z[b*Tout + t, co] the conv's sum for output t of item b.
+at::Tensor conv_sums_skinny(const at::Tensor& x, const at::Tensor& w, int64_t stride, int64_t dilation, int64_t pad,
+                            int64_t Tout) {
+  const int64_t B = x.size(0), Cin = x.size(1), T = x.size(2), Cout = w.size(0), K = w.size(2), Kd = Cin * K;
   const float* xp = x.data_ptr<float>();
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t t = 0; t < Tout; ++t) {
-      float* row = rp + (b * Tout + t) * Cin * K;
-      for (int64_t ci = 0; ci < Cin; ++ci) {
-        const float* xrow = xp + (b * Cin + ci) * T;
-        for (int64_t k = 0; k < K; ++k) {
-          const int64_t src = t * stride - pad + k * dilation;
-          if (src >= 0 && src < T) row[ci * K + k] = xrow[src];
+  if (!cpu::caches(w)) {
+    at::Tensor rows = at::zeros({B * Tout, Kd}, x.options());
+    float* rp = rows.data_ptr<float>();
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t < Tout; ++t)
+        for (int64_t ci = 0; ci < Cin; ++ci) {
+          const float* xrow = xp + (b * Cin + ci) * T;
+          for (int64_t k = 0; k < K; ++k) {
+            const int64_t src = t * stride - pad + k * dilation;
+            if (src >= 0 && src < T) rp[(b * Tout + t) * Kd + ci * K + k] = xrow[src];
+          }
         }
-      }
+    return at::mm(rows, w.view({Cout, Kd}).t());
+  }
+  const auto panels = cpu::cached<at::Tensor>(
+      w, cpu::kPanelTag, [&] { return std::make_shared<at::Tensor>(cpu::pack_panels(w.view({Cout, Kd}))); });
+  const int64_t ldz = (Cout + cpu::kPanel - 1) / cpu::kPanel * cpu::kPanel;
+  at::Tensor z = at::empty({B * Tout, ldz}, x.options());
+  std::vector<int64_t> tap(K);
+  for (int64_t k = 0; k < K; ++k) tap[k] = k * dilation;
+  const int64_t L = (Tout - 1) * stride + (K - 1) * dilation + 1;  // the samples read, from -pad on
+  for (int64_t b = 0; b < B; ++b) {
+    const float* xb = xp + b * Cin * T;
+    cpu::SkinnyRows rows{nullptr, Tout, stride, T, tap.data(), Cin, K};
+    at::Tensor window;
+    if (pad <= 0 && L - pad <= T) {  // a stream's chunk: every sample read is in x
+      rows.x = xb - pad;
+    } else {  // the causal padding or past the end is read: a zero-padded copy of the span
+      window = at::zeros({Cin, L}, x.options());
+      const int64_t lo = std::max<int64_t>(0, pad), hi = std::min(L, T + pad);
+      float* wp = window.data_ptr<float>();
+      for (int64_t ci = 0; ci < Cin && hi > lo; ++ci)
+        std::memcpy(wp + ci * L + lo, xb + ci * T + lo - pad, sizeof(float) * (hi - lo));
+      rows.x = wp, rows.cstride = L;
     }
-  y.copy_(at::mm(rows, w.view({Cout, Cin * K}).t()).view({B, Tout, Cout}).permute({0, 2, 1}));
+    cpu::skinny_gemm(rows, *panels, Cout, z.data_ptr<float>() + b * Tout * ldz, ldz);
+  }
+  return z;
+}
+
+void conv_skinny(const at::Tensor& x, const at::Tensor& w, const float* bias, const float* alpha,
+                 const float* residual, Activation act, float slope, int64_t stride, int64_t dilation, int64_t pad,
+                 at::Tensor& y) {
+  const int64_t B = x.size(0), Cout = w.size(0), Tout = y.size(2);
+  const at::Tensor z = conv_sums_skinny(x, w, stride, dilation, pad, Tout);
+  const float* zp = z.data_ptr<float>();
+  const int64_t ldz = z.stride(0);
   float* yp = y.data_ptr<float>();
-  for (int64_t b = 0; b < B; ++b)
-    cpu::epilogue_rows(yp + b * Cout * Tout, Cout, Tout, Tout, bias, alpha,
-                       residual ? residual + b * Cout * Tout : nullptr, Tout, act, slope);
+  for (int64_t b = 0; b < B; ++b) {
+    float* yb = yp + b * Cout * Tout;
+    for (int64_t co = 0; co < Cout; ++co)
+      for (int64_t t = 0; t < Tout; ++t) yb[co * Tout + t] = zp[(b * Tout + t) * ldz + co];
+    cpu::epilogue_rows(yb, Cout, Tout, Tout, bias, alpha, residual ? residual + b * Cout * Tout : nullptr, Tout, act,
+                       slope);
+  }
+}
+
+// z[t, co*K + k] = sum_ci x[b, ci, t] * w[ci, co, k] for the frames of batch item b (xb: [Cin, T]
+// contiguous): the per-frame contributions of a transposed conv, rows z.stride(0) apart. The
+// skinny product on panels of w^T when cached, else sgemm.
+at::Tensor transposed_contributions(const at::Tensor& xb, const at::Tensor& w) {
+  const int64_t Cin = w.size(0), N = w.size(1) * w.size(2), T = xb.size(1);
+  const auto w2 = [&] { return w.view({Cin, N}); };
+  if (!cpu::caches(w) || T > cpu::kSkinnyMaxRows) return at::mm(xb.t(), w2());
+  const auto panels = cpu::cached<at::Tensor>(
+      w, cpu::kPanelTransposedTag, [&] { return std::make_shared<at::Tensor>(cpu::pack_panels(w2().t())); });
+  const int64_t ldz = (N + cpu::kPanel - 1) / cpu::kPanel * cpu::kPanel, zero_tap = 0;
+  at::Tensor z = at::empty({T, ldz}, xb.options());
+  cpu::skinny_gemm(cpu::SkinnyRows{xb.data_ptr<float>(), T, 1, T, &zero_tap, Cin, 1}, *panels, N,
+                   z.data_ptr<float>(), ldz);
+  return z;
 }
 
 // The transposed conv of few input frames likewise: each frame's [Cout, K] contribution is one row
-// of x^T W (sgemm on the weights as they are), added at t*stride; past Tout is the trimmed tail.
+// of the product, added at t*stride; past Tout is the trimmed tail.
 constexpr int64_t kFewInputs = 16;
 
 void conv_transpose_few_inputs(const at::Tensor& x, const at::Tensor& w, const float* bias, const float* alpha,
                                Activation act, float slope, int64_t stride, at::Tensor& y) {
-  const int64_t B = x.size(0), Cin = x.size(1), T = x.size(2), Cout = w.size(1), K = w.size(2), Tout = y.size(2);
-  const at::Tensor w2 = w.view({Cin, Cout * K});
+  const int64_t B = x.size(0), T = x.size(2), Cout = w.size(1), K = w.size(2), Tout = y.size(2);
   y.zero_();
   float* yp = y.data_ptr<float>();
   for (int64_t b = 0; b < B; ++b) {
-    const at::Tensor z = at::mm(x[b].t(), w2).contiguous();  // [T, Cout*K]
+    const at::Tensor z = transposed_contributions(x[b], w);
     const float* zp = z.data_ptr<float>();
+    const int64_t ldz = z.stride(0);
     float* yb = yp + b * Cout * Tout;
     for (int64_t t = 0; t < T; ++t)
       for (int64_t co = 0; co < Cout; ++co)
         for (int64_t k = 0; k < K && t * stride + k < Tout; ++k)
-          yb[co * Tout + t * stride + k] += zp[(t * Cout + co) * K + k];
+          yb[co * Tout + t * stride + k] += zp[t * ldz + co * K + k];
     cpu::epilogue_rows(yb, Cout, Tout, Tout, bias, alpha, nullptr, 0, act, slope);
   }
 }
@@ -101,9 +163,9 @@ void conv1d_f32(const at::Tensor& x, const at::Tensor& w, const c10::optional<at
                 const c10::optional<at::Tensor>& alpha, const c10::optional<at::Tensor>& residual, Activation act,
                 float slope, int64_t stride, int64_t dilation, int64_t pad, at::Tensor& y) {
   const int64_t B = x.size(0), Cin = x.size(1), T = x.size(2), Cout = w.size(0), K = w.size(2), Tout = y.size(2);
-  if (Tout <= kFewOutputs)
-    return conv_few_outputs(x, w, ptr_or_null<float>(bias), ptr_or_null<float>(alpha), ptr_or_null<float>(residual),
-                            act, slope, stride, dilation, pad, y);
+  if (skinny_conv_fits(w, Tout))
+    return conv_skinny(x, w, ptr_or_null<float>(bias), ptr_or_null<float>(alpha), ptr_or_null<float>(residual), act,
+                       slope, stride, dilation, pad, y);
   const at::Tensor wpack = packed_conv_weights(w);
   cpu::ConvPlan plan{B, Cin, Cout, T, Tout, K, stride, dilation, pad, x.data_ptr<float>(), wpack.data_ptr<float>(),
                      ptr_or_null<float>(bias), ptr_or_null<float>(alpha), ptr_or_null<float>(residual), act, slope,
@@ -295,15 +357,9 @@ at::Tensor conv1d_window_cpu(const at::Tensor& x_in, const at::Tensor& w_in, con
     TORCH_CHECK(residual_in->sizes() == at::IntArrayRef({B, Cout, out_len}), "fastcodec: residual must be [", B,
                 ", ", Cout, ", ", out_len, "], got ", residual_in->sizes());
   }
-  const at::Tensor x = x_in.contiguous(), w = w_in.contiguous();
-  const c10::optional<at::Tensor> bias = contiguous(bias_in);
-  const c10::optional<at::Tensor> alpha = contiguous(alpha_in);
-  const c10::optional<at::Tensor> residual = contiguous(residual_in);
-  at::Tensor y = at::empty({B, Cout, out_len}, x.options());
-  if (y.numel() == 0) return y;
-  conv1d_f32(x, w, bias, alpha, residual, parse_activation(activation), static_cast<float>(negative_slope), stride,
-             dilation, pad, y);
-  return y;
+  return cpu::conv1d_window_f32(x_in.contiguous(), w_in.contiguous(), contiguous(bias_in), contiguous(alpha_in),
+                                contiguous(residual_in), parse_activation(activation),
+                                static_cast<float>(negative_slope), stride, dilation, pad, out_len);
 }
 
 // One chunk of a streamed transposed conv, fp32: the full transposed conv of x (T*stride + tail
@@ -320,41 +376,65 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose1d_stream_cpu(const at::Tensor&
   check_conv_common(x_in, w_in, bias_in, alpha_in, /*cin_dim_of_weight=*/0, activation, stride);
   TORCH_CHECK(x_in.scalar_type() == at::kFloat, "fastcodec: conv_transpose1d_stream is fp32 only, got ",
               x_in.scalar_type());
-  const int64_t B = x_in.size(0), Cin = x_in.size(1), T = x_in.size(2), Cout = w_in.size(1), K = w_in.size(2);
-  const int64_t L = std::max<int64_t>(K - stride, 0), Ty = T * stride;
+  const int64_t B = x_in.size(0), Cout = w_in.size(1), L = std::max<int64_t>(w_in.size(2) - stride, 0);
   if (tail_in.has_value()) {
     check_same(x_in, tail_in, "tail");
     TORCH_CHECK(tail_in->sizes() == at::IntArrayRef({B, Cout, L}), "fastcodec: tail must be [", B, ", ", Cout, ", ",
                 L, "], got ", tail_in->sizes());
   }
-  const at::Tensor x = x_in.contiguous(), w2 = w_in.contiguous().view({Cin, Cout * K});
+  return cpu::conv_transpose1d_stream_f32(x_in.contiguous(), w_in.contiguous(), contiguous(bias_in), tail_in,
+                                          stride, parse_activation(activation), static_cast<float>(negative_slope),
+                                          contiguous(alpha_in));
+}
+
+}  // namespace
+
+namespace cpu {
+
+at::Tensor conv1d_window_f32(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias,
+                             const c10::optional<at::Tensor>& alpha, const c10::optional<at::Tensor>& residual,
+                             Activation act, float slope, int64_t stride, int64_t dilation, int64_t pad,
+                             int64_t out_len) {
+  at::Tensor y = at::empty({x.size(0), w.size(0), out_len}, x.options());
+  if (y.numel() == 0) return y;
+  conv1d_f32(x, w, bias, alpha, residual, act, slope, stride, dilation, pad, y);
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> conv_transpose1d_stream_f32(const at::Tensor& x, const at::Tensor& w,
+                                                              const c10::optional<at::Tensor>& bias,
+                                                              const c10::optional<at::Tensor>& tail, int64_t stride,
+                                                              Activation act, float slope,
+                                                              const c10::optional<at::Tensor>& alpha) {
+  const int64_t B = x.size(0), T = x.size(2), Cout = w.size(1), K = w.size(2);
+  const int64_t L = std::max<int64_t>(K - stride, 0), Ty = T * stride;
   at::Tensor buf = at::zeros({B, Cout, Ty + L}, x.options());
   float* bp = buf.data_ptr<float>();
   const int64_t len = Ty + L;
   for (int64_t b = 0; b < B && T > 0; ++b) {
-    const at::Tensor z = at::mm(x[b].t(), w2).contiguous();  // [T, Cout*K]
+    // [T, Cout*K] rows ldz apart: a frame or a few by the skinny product, a long chunk by sgemm.
+    const at::Tensor z = transposed_contributions(x[b], w);
     const float* zp = z.data_ptr<float>();
+    const int64_t ldz = z.stride(0);
     float* bb = bp + b * Cout * len;
     for (int64_t t = 0; t < T; ++t)
       for (int64_t co = 0; co < Cout; ++co) {
         float* dst = bb + co * len + t * stride;
-        const float* src = zp + (t * Cout + co) * K;
+        const float* src = zp + t * ldz + co * K;
         for (int64_t k = 0; k < K; ++k) dst[k] += src[k];
       }
   }
-  if (tail_in.has_value() && L > 0) buf.narrow(2, 0, L).add_(*tail_in);
+  if (tail.has_value() && L > 0) buf.narrow(2, 0, L).add_(*tail);
   at::Tensor y = buf.narrow(2, 0, Ty).contiguous();
-  at::Tensor tail = buf.narrow(2, Ty, L).contiguous();
-  const c10::optional<at::Tensor> bias = contiguous(bias_in);
-  const c10::optional<at::Tensor> alpha = contiguous(alpha_in);
+  at::Tensor next_tail = buf.narrow(2, Ty, L).contiguous();
   float* yp = y.data_ptr<float>();
   for (int64_t b = 0; b < B && Ty > 0; ++b)
     cpu::epilogue_rows(yp + b * Cout * Ty, Cout, Ty, Ty, ptr_or_null<float>(bias), ptr_or_null<float>(alpha), nullptr,
-                       0, parse_activation(activation), static_cast<float>(negative_slope));
-  return {y, tail};
+                       0, act, slope);
+  return {y, next_tail};
 }
 
-}  // namespace
+}  // namespace cpu
 
 TORCH_LIBRARY_IMPL(fastcodec, CPU, m) {
   m.impl("conv_transpose1d_stream", &conv_transpose1d_stream_cpu);

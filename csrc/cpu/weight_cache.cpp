@@ -47,11 +47,16 @@ bool set_weight_cache(bool enabled) {
   return previous;
 }
 
-std::shared_ptr<const void> cached_any(const at::Tensor& w, int64_t tag,
-                                       const std::function<std::shared_ptr<const void>()>& make) {
+bool caches(const at::Tensor& w) {
   c10::TensorImpl* impl = w.unsafeGetTensorImpl();
   // Inference tensors have no version counter, so a change to them could not be seen.
-  if (!t_enabled || impl->is_inference() || !impl->version_counter().enabled()) return make();
+  return t_enabled && !impl->is_inference() && impl->version_counter().enabled();
+}
+
+std::shared_ptr<const void> cached_any(const at::Tensor& w, int64_t tag,
+                                       const std::function<std::shared_ptr<const void>()>& make) {
+  if (!caches(w)) return make();
+  c10::TensorImpl* impl = w.unsafeGetTensorImpl();
   const uint32_t version = impl->version_counter().current_version();
   std::lock_guard<std::mutex> lock(g_mutex);
   for (Entry& e : g_entries) {

@@ -24,6 +24,10 @@ namespace cpu {
 // Sets this thread's scope flag; returns the previous value.
 bool set_weight_cache(bool enabled);
 
+// Whether a form derived from w would be kept (inside a scope, and w has a version counter): a
+// kernel whose packing only pays off when kept chooses by this.
+bool caches(const at::Tensor& w);
+
 // What make() derives from w under `tag` (a caller-chosen kind: conv packing, transposed conv of a
 // stride, packed codebooks...): from the cache inside a scope while still valid, else make()
 // (stored when inside a scope).
@@ -38,6 +42,8 @@ std::shared_ptr<const T> cached(const at::Tensor& w, int64_t tag, const std::fun
 // Tags in use.
 constexpr int64_t kConvTag = 0;       // a conv's packing; a transposed conv uses its stride (>= 1)
 constexpr int64_t kCodebookTag = -1;  // every stage's packed codebook
+constexpr int64_t kPanelTag = -2;     // a conv's weights as skinny-product panels
+constexpr int64_t kPanelTransposedTag = -3;  // a transposed conv's weights as skinny-product panels
 
 }  // namespace cpu
 }  // namespace fastcodec

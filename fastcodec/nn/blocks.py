@@ -38,10 +38,9 @@ class ResidualUnit(nn.Module):
     def forward(self, x):
         return self.proj(self.conv(x), residual=x)
 
-    def streamer(self):
+    def streamer(self) -> ops.StreamChain:
         """A prepared stream of this unit: call it on chunks [B, C, T] -> [B, C, T]."""
-        conv, proj = self.conv.streamer(), self.proj.streamer()
-        return lambda x: proj(conv(x), residual=x)
+        return ops.StreamChain([self.conv.streamer(), self.proj.streamer()], skips=[False, True])
 
     def stream(self, x, state=None):
         """One chunk: (y, state); stride 1, so y has x's length and the skip lines up with it."""
@@ -150,13 +149,25 @@ class Decoder(nn.Module):
         return (y, stages) if return_stages else y
 
 
-def _run_streams(streams, x):
-    """x through the layers' prepared streams in order. A chunk can be a single frame, so packed
-    weights are kept between calls (ops.weight_cache)."""
+def _stream_chain(layers) -> ops.StreamChain:
+    """One prepared stream through all the layers, residual units as a conv and a 1x1 conv that
+    adds the unit's input."""
+    streams, skips = [], []
+    for layer in layers:
+        if isinstance(layer, ResidualUnit):
+            streams += [layer.conv.streamer(), layer.proj.streamer()]
+            skips += [False, True]
+        else:
+            streams.append(layer.streamer())
+            skips.append(False)
+    return ops.StreamChain(streams, skips)
+
+
+def _run_chain(chain, x):
+    """x through the chain. A chunk can be a single frame, so packed weights are kept between
+    calls (ops.weight_cache)."""
     with ops.weight_cache():
-        for stream in streams:
-            x = stream(x)
-    return x
+        return chain(x)
 
 
 def _flatten(module):
@@ -177,7 +188,7 @@ class EncoderStream:
 
     def __init__(self, encoder: "Encoder"):
         self.layers, self.hop = _flatten(encoder), encoder.hop
-        self.streams = [layer.streamer() for layer in self.layers]
+        self.chain = _stream_chain(self.layers)
         self.batch = None
         self.samples = 0  # real samples fed so far
         self.padded = self.dropped = self.finished = False
@@ -194,7 +205,7 @@ class EncoderStream:
         if not self.padded:  # the encoder's one leading zero; its frame is dropped (Encoder.forward)
             x = F.pad(x, (1, 0))
             self.padded = True
-        y = _run_streams(self.streams, x)
+        y = _run_chain(self.chain, x)
         if not self.dropped and y.shape[2]:
             self.dropped = True
             y = y[..., 1:]
@@ -217,7 +228,7 @@ class DecoderStream:
 
     def __init__(self, decoder: "Decoder"):
         self.layers = _flatten(decoder)
-        self.streams = [layer.streamer() for layer in self.layers]
+        self.chain = _stream_chain(self.layers)
 
     def __call__(self, z):
-        return _run_streams(self.streams, z)
+        return _run_chain(self.chain, z)

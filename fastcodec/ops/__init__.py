@@ -147,12 +147,13 @@ def rvq_decode(codes, codebooks, *, backend="auto"):
 from .streaming import (  # noqa: E402
     CausalConv1dStream,
     CausalConvTranspose1dStream,
+    StreamChain,
     causal_conv1d_stream,
     causal_conv_transpose1d_stream,
 )
 
 __all__ += ["causal_conv1d_stream", "causal_conv_transpose1d_stream", "CausalConv1dStream",
-            "CausalConvTranspose1dStream"]
+            "CausalConvTranspose1dStream", "StreamChain"]
 
 # Inference: keep packed conv weights between calls (streaming); see weight_cache.py.
 from .weight_cache import weight_cache  # noqa: E402

@@ -31,6 +31,17 @@ def extension_status() -> tuple[bool, str]:
     return True, ""
 
 
+def native_class(name: str):
+    """torch.classes.fastcodec.<name> when the loaded extension registers it, else None (no
+    extension, or one built before that class existed)."""
+    if _C is None:
+        return None
+    try:
+        return getattr(torch.classes.fastcodec, name)
+    except (AttributeError, RuntimeError):  # torch raises RuntimeError for an unregistered class
+        return None
+
+
 def cuda_build_archs() -> list[str]:
     """The SM architectures the CUDA kernels were compiled for, e.g. ['80', '90']; [] if none."""
     if _C is None or not _C.with_cuda:

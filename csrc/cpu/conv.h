@@ -1,0 +1,31 @@
+// The fp32 stream steps of the CPU conv kernels (csrc/cpu/conv.cpp), for callers inside the
+// extension: the conv1d_window and conv_transpose1d_stream ops without their argument checks.
+// Inputs contiguous and already checked; shapes as in those ops' schemas.
+#pragma once
+
+#include <cstdint>
+#include <tuple>
+
+#include <ATen/ATen.h>
+
+#include "../epilogue.h"
+
+namespace fastcodec {
+namespace cpu {
+
+// y [B, Cout, out_len]: output t reads x[t*stride - pad + k*dilation] (zero outside [0, T)).
+at::Tensor conv1d_window_f32(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias,
+                             const c10::optional<at::Tensor>& alpha, const c10::optional<at::Tensor>& residual,
+                             Activation act, float slope, int64_t stride, int64_t dilation, int64_t pad,
+                             int64_t out_len);
+
+// (y [B, Cout, T*stride], next tail [B, Cout, max(K - stride, 0)]) for one chunk x [B, Cin, T]
+// after the previous chunk's tail (none at the start).
+std::tuple<at::Tensor, at::Tensor> conv_transpose1d_stream_f32(const at::Tensor& x, const at::Tensor& w,
+                                                              const c10::optional<at::Tensor>& bias,
+                                                              const c10::optional<at::Tensor>& tail, int64_t stride,
+                                                              Activation act, float slope,
+                                                              const c10::optional<at::Tensor>& alpha);
+
+}  // namespace cpu
+}  // namespace fastcodec
