@@ -5,6 +5,8 @@ float64 distance at the chosen code is within TIE_RTOL (relative) of the float64
 RVQs are compared by reconstruction error, since ties cascade into different but equally good
 codes.
 """
+import sys
+
 import pytest
 import torch
 
@@ -165,3 +167,53 @@ def test_search_results_carry_no_gradient(target):
     index, sqdist = ops.vq_nearest(x, cbs[0], backend=backend)
     codes, q = ops.rvq_encode(x, cbs, backend=backend)
     assert not sqdist.requires_grad and not q.requires_grad and not index.requires_grad
+
+
+PEAK_RSS = """
+import sys, torch
+from fastcodec import ops
+
+
+def status_kb(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+torch.set_num_threads(1)
+x, cbs = torch.randn(20000, 8), torch.randn(2, 4096, 8)
+if sys.argv[1] == "matrix":  # the control: what a search through an N x K matrix does
+    search = lambda x: torch.cdist(x, cbs[0]).argmin(1)
+else:
+    search = lambda x: ops.rvq_encode(x, cbs, backend=sys.argv[1])
+search(x[:10])  # load and warm up at a size that allocates nothing big
+before = status_kb("VmRSS")
+with open("/proc/self/clear_refs", "w") as f:  # restart the peak (VmHWM) from the current RSS
+    f.write("5")
+search(x)
+print((status_kb("VmHWM") - before) * 1024)
+"""
+
+
+def _peak_rss_growth(search):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = str(Path(ops.__file__).resolve().parent.parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    r = subprocess.run([sys.executable, "-c", PEAK_RSS, search], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return int(r.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the peak RSS from /proc/self")
+def test_fused_rvq_encode_allocates_no_distance_matrix():
+    """N x K = 20000 x 4096 fp32 is 328 MB: a search through that matrix shows in the process's
+    peak RSS (the control, so the measurement can fail); the C++ search must stay far below."""
+    from conftest import require_backend
+
+    require_backend("cpp", "cpu")
+    nk = 20000 * 4096 * 4
+    assert _peak_rss_growth("matrix") > 0.9 * nk
+    assert _peak_rss_growth("cpp") < 0.1 * nk
