@@ -24,6 +24,7 @@ TORCH_LIBRARY(fastcodec, m) {
       "float negative_slope, Tensor? alpha) -> (Tensor y, Tensor tail)");
   m.def("vq_nearest(Tensor x, Tensor codebook) -> (Tensor index, Tensor sqdist)");
   m.def("rvq_encode(Tensor x, Tensor codebooks, int n_q) -> (Tensor codes, Tensor quantized)");
+  m.def("rvq_residuals(Tensor x, Tensor codebooks, int n_q) -> (Tensor codes, Tensor residuals)");
   m.def("rvq_decode(Tensor codes, Tensor codebooks) -> Tensor");
 }
 

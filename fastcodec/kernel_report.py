@@ -151,7 +151,8 @@ def triton_launches():
         out.setdefault(("causal_conv1d", dname, tuple(sorted(ce.items()))),
                        ("causal_conv1d", conv.causal_conv1d_kernel, dname, mode, True,
                         {**ptrs, **ints, "slope": "fp32"}, ce, warps, []))
-        vq_ptrs = {"x_ptr": f"*{t}", "cb_ptr": f"*{t}", "codes_ptr": "*i64", "q_ptr": f"*{t}", "dist_ptr": f"*{t}"}
+        vq_ptrs = {"x_ptr": f"*{t}", "cb_ptr": f"*{t}", "codes_ptr": "*i64", "q_ptr": f"*{t}", "dist_ptr": f"*{t}",
+                   "res_ptr": f"*{t}"}
         vq_ints = {n: "i32" for n in ("N", "K", "D", "n_q", "sxn", "sxd", "scq", "sck", "scd")}
         rvq_shapes = {}
         for sname, N, Q, K, D in S.RVQ_SHAPES + [S.rvq_large(True)]:
@@ -159,9 +160,10 @@ def triton_launches():
         for D in (8, 32, 64, 128, 256):
             cfg = vq.rvq_config(D, dtype)
             warps = cfg.pop("num_warps")
-            for write_q, label in ((True, "rvq_encode"), (False, "vq_nearest")):
-                ce = dict(WRITE_Q=write_q, WRITE_DIST=not write_q, PRECISION=precision_for(dtype), **cfg)
-                shp = rvq_shapes.get(D, []) if write_q else []
+            for label in ("rvq_encode", "vq_nearest", "rvq_residuals"):
+                ce = dict(WRITE_Q=label == "rvq_encode", WRITE_DIST=label == "vq_nearest",
+                          WRITE_RES=label == "rvq_residuals", PRECISION=precision_for(dtype), **cfg)
+                shp = rvq_shapes.get(D, []) if label == "rvq_encode" else []
                 out[(label, dname, D)] = (label, vq.rvq_encode_kernel, dname, mode, True, {**vq_ptrs, **vq_ints},
                                           ce, warps, list(shp))
             dcfg = vq.decode_config(D)

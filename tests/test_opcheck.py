@@ -23,6 +23,7 @@ def _samples(device, requires_grad):
         "causal_conv_transpose1d": [(x, wt, b, 4, "elu", 0.3, None), (x, wt, None, 2, "snake", 0.3, a)],
         "vq_nearest": [(xv, cbs[0].detach())],
         "rvq_encode": [(xv, cbs.detach(), 2), (xv, cbs.detach(), 3)],
+        "rvq_residuals": [(xv, cbs.detach(), 2), (xv, cbs.detach(), 3)],
         "rvq_decode": [(torch.randint(0, 7, (13, 2), device=device), cbs)],
     }
 
@@ -37,7 +38,7 @@ def _namespace(backend):
 
 @pytest.mark.parametrize("requires_grad", [False, True])
 @pytest.mark.parametrize("name", ["causal_conv1d", "causal_conv_transpose1d", "vq_nearest", "rvq_encode",
-                                  "rvq_decode"])
+                                  "rvq_residuals", "rvq_decode"])
 def test_opcheck(target, name, requires_grad):
     backend, device = target
     op = _namespace(backend)(name)

@@ -121,6 +121,29 @@ def test_rvq_encode_decode(target, N, Q, K, D):
             assert agree.float().mean() > 0.99, "fewer stages must choose the same leading codes"
 
 
+@pytest.mark.parametrize("N,Q,K,D", [(1, 1, 2, 8), (7, 8, 1, 2), (50, 3, 40, 20), (333, 6, 64, 100),
+                                     (129, 3, 1024, 128)])
+def test_rvq_residuals(target, N, Q, K, D):
+    """Codes equal rvq_encode's; residuals[:, 0] is x and each next one the previous minus the
+    chosen codeword, in x's dtype, bit for bit (the same arithmetic as the search's own residual)."""
+    backend, device = target
+    if interpreted(backend, device) and N * Q * K * D > SMALL_VQ * 4:
+        pytest.skip("too slow for the Triton interpreter; covered on GPU")
+    for dtype in _dtypes(backend, device):
+        x = noncontiguous(torch.randn(N, D, dtype=dtype, device=device))
+        cbs = torch.randn(Q, K, D, dtype=dtype, device=device) * (0.6 ** torch.arange(Q, device=device)).view(-1, 1, 1)
+        for n_q in sorted({1, Q}):
+            codes, res = ops.rvq_residuals(x, cbs, n_q, backend=backend)
+            assert codes.shape == (N, n_q) and res.shape == (N, n_q + 1, D) and res.dtype == dtype
+            assert torch.equal(codes, ops.rvq_encode(x, cbs, n_q, backend=backend)[0])
+            assert torch.equal(res[:, 0], x)
+            for i in range(n_q):
+                assert torch.equal(res[:, i + 1], res[:, i] - cbs[i][codes[:, i]]), f"stage {i}"
+            ref_codes, ref_res = ops.rvq_residuals_ref(x, cbs, n_q)
+            err, ref_err = res[:, -1].double().pow(2).sum().item(), ref_res[:, -1].double().pow(2).sum().item()
+            assert err <= ref_err * 1.01 + 1e-9, f"final residual {err} vs reference {ref_err}"
+
+
 def test_rvq_encode_noncontiguous(target):
     backend, device = target
     x = noncontiguous(torch.randn(50, 12, device=device))

@@ -42,11 +42,13 @@ __device__ void block_argmin(acc_t& d, int64_t& k, int64_t K) {
   __syncthreads();
 }
 
-// Handles vq_nearest (n_q == 1, sqdist written) and rvq_encode (quantized written).
+// Handles vq_nearest (n_q == 1, sqdist written), rvq_encode (quantized written) and rvq_residuals
+// (each stage's residual and the last one written, [N, n_q + 1, D]).
 template <typename scalar_t>
 __global__ void rvq_encode_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ cbs,
                                   int64_t* __restrict__ codes, scalar_t* __restrict__ quantized,
-                                  scalar_t* __restrict__ sqdist, int64_t N, int64_t K, int64_t D, int64_t n_q) {
+                                  scalar_t* __restrict__ sqdist, scalar_t* __restrict__ residuals, int64_t N,
+                                  int64_t K, int64_t D, int64_t n_q) {
   using acc_t = at::opmath_type<scalar_t>;
   extern __shared__ unsigned char smem_raw[];
   acc_t* r = reinterpret_cast<acc_t*>(smem_raw);
@@ -57,6 +59,8 @@ __global__ void rvq_encode_kernel(const scalar_t* __restrict__ x, const scalar_t
     }
     __syncthreads();
     for (int64_t i = 0; i < n_q; ++i) {
+      if (residuals)
+        for (int64_t d = threadIdx.x; d < D; d += blockDim.x) residuals[(n * (n_q + 1) + i) * D + d] = scalar_t(r[d]);
       const scalar_t* cb = cbs + i * K * D;
       acc_t best = acc_t(INFINITY);
       int64_t best_k = K;
@@ -82,15 +86,18 @@ __global__ void rvq_encode_kernel(const scalar_t* __restrict__ x, const scalar_t
         }
         sqdist[n] = scalar_t(s);
       }
-      if (quantized) {
+      if (quantized || residuals) {
         const scalar_t* c = cb + best_k * D;
         for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
           r[d] = acc_t(scalar_t(r[d] - acc_t(c[d])));
-          quantized[n * D + d] = scalar_t(acc_t(quantized[n * D + d]) + acc_t(c[d]));
+          if (quantized) quantized[n * D + d] = scalar_t(acc_t(quantized[n * D + d]) + acc_t(c[d]));
         }
       }
       __syncthreads();
     }
+    if (residuals)
+      for (int64_t d = threadIdx.x; d < D; d += blockDim.x) residuals[(n * (n_q + 1) + n_q) * D + d] = scalar_t(r[d]);
+    __syncthreads();
   }
 }
 
@@ -120,7 +127,7 @@ size_t residual_bytes(int64_t D) {
 }
 
 void launch_rvq(const at::Tensor& x, const at::Tensor& cbs, const at::Tensor& codes, const at::Tensor* quantized,
-                const at::Tensor* sqdist, int64_t n_q) {
+                const at::Tensor* sqdist, int64_t n_q, const at::Tensor* residuals = nullptr) {
   const int64_t N = x.size(0), D = x.size(1), K = cbs.size(1);
   if (N == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastcodec_rvq_encode_cuda", [&] {
@@ -129,8 +136,8 @@ void launch_rvq(const at::Tensor& x, const at::Tensor& cbs, const at::Tensor& co
                 kMaxResidualBytes / sizeof(at::opmath_type<scalar_t>), ", got ", D);
     rvq_encode_kernel<scalar_t><<<grid_for(N, 1), kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
         x.data_ptr<scalar_t>(), cbs.data_ptr<scalar_t>(), codes.data_ptr<int64_t>(),
-        quantized ? quantized->data_ptr<scalar_t>() : nullptr, sqdist ? sqdist->data_ptr<scalar_t>() : nullptr, N, K,
-        D, n_q);
+        quantized ? quantized->data_ptr<scalar_t>() : nullptr, sqdist ? sqdist->data_ptr<scalar_t>() : nullptr,
+        residuals ? residuals->data_ptr<scalar_t>() : nullptr, N, K, D, n_q);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -155,6 +162,16 @@ std::tuple<at::Tensor, at::Tensor> rvq_encode_cuda(const at::Tensor& x_in, const
   return {codes, quantized};
 }
 
+std::tuple<at::Tensor, at::Tensor> rvq_residuals_cuda(const at::Tensor& x_in, const at::Tensor& cbs_in, int64_t n_q) {
+  check_rvq(x_in, cbs_in, n_q);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous(), cbs = cbs_in.contiguous();
+  at::Tensor codes = at::empty({x.size(0), n_q}, x.options().dtype(at::kLong));
+  at::Tensor residuals = at::empty({x.size(0), n_q + 1, x.size(1)}, x.options());
+  launch_rvq(x, cbs, codes, nullptr, nullptr, n_q, &residuals);
+  return {codes, residuals};
+}
+
 at::Tensor rvq_decode_cuda(const at::Tensor& codes_in, const at::Tensor& cbs_in) {
   check_rvq_decode(codes_in, cbs_in);
   const c10::cuda::CUDAGuard guard(cbs_in.device());
@@ -175,6 +192,7 @@ at::Tensor rvq_decode_cuda(const at::Tensor& codes_in, const at::Tensor& cbs_in)
 TORCH_LIBRARY_IMPL(fastcodec, CUDA, m) {
   m.impl("vq_nearest", &vq_nearest_cuda);
   m.impl("rvq_encode", &rvq_encode_cuda);
+  m.impl("rvq_residuals", &rvq_residuals_cuda);
   m.impl("rvq_decode", &rvq_decode_cuda);
 }
 

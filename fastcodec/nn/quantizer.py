@@ -1,7 +1,8 @@
 """Residual vector quantizer with quantizer dropout and EMA codebooks.
 
-Codes come from `fastcodec.ops.rvq_encode` (all stages in one fused search) and decoding from
-`ops.rvq_decode`, in the codebooks' dtype (fp32; also under autocast). Training adds:
+Codes come from `fastcodec.ops.rvq_encode` (all stages in one fused search; in training
+`ops.rvq_residuals`, which also returns each stage's residual) and decoding from `ops.rvq_decode`,
+in the codebooks' dtype (fp32; also under autocast). Training adds:
 - quantizer dropout: each example is coded with its own n_q in 1..Q (a fraction `quantizer_dropout`
   of them; the rest use all Q), so one model serves every bitrate. RVQ stage i never looks at later
   stages, so truncating the full-Q codes per example is exactly coding with fewer stages;
@@ -102,17 +103,21 @@ class ResidualVQ(nn.Module):
             x = z.to(self.codebooks.dtype).transpose(1, 2).reshape(B * F, D)      # [N, D], keeps z's graph
             if not bool(self.initialized):
                 self._kmeans_init(x.detach(), generator)
-            codes, _ = ops.rvq_encode(x.detach(), self.codebooks, Q, backend=self.backend)  # [N, Q]
-            chosen = self.codebooks[torch.arange(Q, device=x.device), codes]      # [N, Q, D], no grad
-            # Residual each stage saw: x minus the codewords of the stages before it.
-            before = x.unsqueeze(1) - (chosen.cumsum(1) - chosen)                 # [N, Q, D]
+            # One search gives the codes and the residual each stage saw (res[:, i]) and left
+            # (res[:, i + 1]): everything below, without gathering the codewords again.
+            codes, res = ops.rvq_residuals(x.detach(), self.codebooks, Q, backend=self.backend)  # [N, Q], [N, Q+1, D]
             n_q = self._draw_n_q(B, z.device, generator)                          # [B]
             active = torch.arange(Q, device=z.device).view(1, Q) < n_q.view(B, 1)  # [B, Q]
             active = active.unsqueeze(1).expand(B, F, Q).reshape(B * F, Q)
-            q = (chosen * active.unsqueeze(2)).sum(1)                             # [N, D]
-            # Commitment: every active stage's input pulled toward its (constant) codeword.
-            err = (before - chosen).pow(2).mean(2)                                # [N, Q]
+            # Each example's quantized value: x less what its last active stage left.
+            rows_n_q = n_q.view(B, 1).expand(B, F).reshape(B * F)
+            q = x.detach() - res[torch.arange(B * F, device=x.device), rows_n_q]  # [N, D]
+            # Commitment: every active stage's input (x less constant codewords) pulled toward its
+            # codeword; the error it leaves is res[:, i + 1], given x's gradient here.
+            after = res[:, 1:] + (x - x.detach()).unsqueeze(1)                   # [N, Q, D]
+            err = after.pow(2).mean(2)                                            # [N, Q]
             commit = (err * active).sum() / active.sum().clamp(min=1)
+            before = res[:, :Q]
             counts = torch.zeros(Q, K, device=x.device, dtype=x.dtype)
             counts.scatter_add_(1, codes.t(), active.t().to(x.dtype))
         self._pending = (before.detach(), codes, active)

@@ -31,6 +31,7 @@ from .reference import (
     causal_conv_transpose1d_ref,
     rvq_decode_ref,
     rvq_encode_ref,
+    rvq_residuals_ref,
     vq_nearest_ref,
 )
 
@@ -38,6 +39,7 @@ __all__ = [
     "ACTIVATIONS", "BACKENDS", "BackendUnavailable",
     "causal_conv1d", "causal_conv_transpose1d", "vq_nearest", "rvq_encode", "rvq_decode",
     "causal_conv1d_ref", "causal_conv_transpose1d_ref", "vq_nearest_ref", "rvq_encode_ref", "rvq_decode_ref",
+    "rvq_residuals", "rvq_residuals_ref",
     "resolve_backend",
 ]
 
@@ -53,7 +55,10 @@ def _compiled(name: str, backend: str):
         from .triton import OPS
 
         return OPS[name]
-    return getattr(torch.ops.fastcodec, name)
+    op = getattr(torch.ops.fastcodec, name, None)
+    if op is None:  # a fastcodec._C built before this op existed
+        raise _backend.BackendUnavailable(f"fastcodec._C has no {name}; {_extension.REBUILD_HINT}")
+    return op
 
 
 def causal_conv1d(x, weight, bias=None, *, stride=1, dilation=1, activation=None, residual=None,
@@ -128,6 +133,23 @@ def rvq_encode(x, codebooks, n_q=None, *, backend="auto"):
         with torch.no_grad():
             return rvq_encode_ref(x, codebooks, n_q)
     return _compiled("rvq_encode", be)(x, codebooks, n_q)
+
+
+def rvq_residuals(x, codebooks, n_q=None, *, backend="auto"):
+    """rvq_encode's search, returning the residual each stage searched and the one left after the
+    last: x [N, D], codebooks [Q, K, D] -> (codes [N, n_q] int64, residuals [N, n_q + 1, D]).
+
+    residuals[:, 0] is x and residuals[:, i + 1] the error after i + 1 stages, so a training step
+    gets its commitment loss, EMA statistics and the quantized value at any n_q <= n_q
+    (x - residuals[:, n]) from one search. Codes equal rvq_encode's. No gradient flows through the
+    result.
+    """
+    n_q = _checks.rvq(x, codebooks, n_q)
+    be = _backend.resolve(backend, x.device, x.dtype, _vq_limits(x.shape[1], x.dtype))
+    if be == "torch":
+        with torch.no_grad():
+            return rvq_residuals_ref(x, codebooks, n_q)
+    return _compiled("rvq_residuals", be)(x, codebooks, n_q)
 
 
 def rvq_decode(codes, codebooks, *, backend="auto"):

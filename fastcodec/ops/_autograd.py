@@ -5,7 +5,7 @@ output (or recomputes the pre-activation with the same backend's kernel), comput
 conv's input gradient with the backend's own forward kernel (a time-reversed causal conv), and uses
 PyTorch's conv-backward primitive for weight and bias gradients and the strided and transposed
 convs' input gradients (dedicated backward kernels are future work, see benchmarks/RESULTS.md).
-The search ops (vq_nearest, rvq_encode) are marked non-differentiable; rvq_decode is a gather-sum
+The search ops (vq_nearest, rvq_encode, rvq_residuals) are marked non-differentiable; rvq_decode is a gather-sum
 whose codebook gradient is an index_add.
 """
 from __future__ import annotations
@@ -150,7 +150,7 @@ def _vq_nearest_backward(ctx, g_index, g_dist):
     return None, None
 
 
-def _rvq_encode_backward(ctx, g_codes, g_quantized):
+def _rvq_search_backward(ctx, g_codes, g_out):
     return None, None, None
 
 
@@ -175,7 +175,8 @@ AUTOGRAD = {
     "causal_conv1d": (_conv1d_backward, _conv1d_setup),
     "causal_conv_transpose1d": (_conv_transpose1d_backward, _conv_transpose1d_setup),
     "vq_nearest": (_vq_nearest_backward, _search_setup),
-    "rvq_encode": (_rvq_encode_backward, _search_setup),
+    "rvq_encode": (_rvq_search_backward, _search_setup),
+    "rvq_residuals": (_rvq_search_backward, _search_setup),
     "rvq_decode": (_rvq_decode_backward, _rvq_decode_setup),
 }
 
@@ -187,6 +188,6 @@ _NEEDS_LIB = {"causal_conv1d", "causal_conv_transpose1d"}
 def register(namespace: str, ops=None):
     lib = getattr(torch.ops, namespace)
     for name, (backward, setup) in AUTOGRAD.items():
-        if ops is None or name in ops:
+        if (ops is None or name in ops) and hasattr(lib, name):  # (a C++ build older than an op lacks it)
             fn = functools.partial(backward, lib) if name in _NEEDS_LIB else backward
             torch.library.register_autograd(f"{namespace}::{name}", fn, setup_context=setup)

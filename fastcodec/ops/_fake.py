@@ -22,6 +22,10 @@ def _rvq_encode(x, codebooks, n_q):
     return x.new_empty(x.shape[0], n_q, dtype=torch.int64), torch.empty_like(x)
 
 
+def _rvq_residuals(x, codebooks, n_q):
+    return x.new_empty(x.shape[0], n_q, dtype=torch.int64), x.new_empty(x.shape[0], n_q + 1, x.shape[1])
+
+
 def _rvq_decode(codes, codebooks):
     return codebooks.new_empty(codes.shape[0], codebooks.shape[2])
 
@@ -31,6 +35,7 @@ FAKES = {
     "causal_conv_transpose1d": _conv_transpose1d,
     "vq_nearest": _vq_nearest,
     "rvq_encode": _rvq_encode,
+    "rvq_residuals": _rvq_residuals,
     "rvq_decode": _rvq_decode,
 }
 
@@ -47,6 +52,7 @@ def conv_transpose1d_stream(x, weight, bias, tail, stride, activation, negative_
 
 
 def register(namespace: str, ops=None):
+    lib = getattr(torch.ops, namespace)
     for name, fn in FAKES.items():
-        if ops is None or name in ops:
+        if (ops is None or name in ops) and hasattr(lib, name):  # (a C++ build older than an op lacks it)
             torch.library.register_fake(f"{namespace}::{name}")(fn)

@@ -114,6 +114,26 @@ def rvq_encode_ref(x, codebooks, n_q=None):
     return codes, quantized
 
 
+def rvq_residuals_ref(x, codebooks, n_q=None):
+    """The residual each stage of rvq_encode searched, and the last one left: x [N, D], codebooks
+    [Q, K, D] -> (codes [N, n_q] int64, residuals [N, n_q + 1, D]).
+
+    residuals[:, 0] is x; residuals[:, i + 1] = residuals[:, i] - codebooks[i][codes[:, i]], the
+    error left after i + 1 stages, rounded to x's dtype at each stage as rvq_encode's is. What an
+    RVQ's training losses need (commitment, EMA statistics, the quantized value at any n_q), from
+    the search itself instead of a second pass over the codes.
+    """
+    n_q = codebooks.shape[0] if n_q is None else n_q
+    codes = torch.empty(x.shape[0], n_q, dtype=torch.int64, device=x.device)
+    residuals = torch.empty(x.shape[0], n_q + 1, x.shape[1], dtype=x.dtype, device=x.device)
+    residuals[:, 0] = x
+    for i in range(n_q):
+        idx, _ = vq_nearest_ref(residuals[:, i], codebooks[i])
+        codes[:, i] = idx
+        residuals[:, i + 1] = residuals[:, i] - codebooks[i][idx]
+    return codes, residuals
+
+
 def rvq_decode_ref(codes, codebooks):
     """codes: [N, n_q] integer, codebooks: [Q, K, D] with n_q <= Q -> [N, D], the stage-ordered sum."""
     out = codebooks.new_zeros(codes.shape[0], codebooks.shape[2])

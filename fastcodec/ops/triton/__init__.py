@@ -37,6 +37,11 @@ def _rvq_encode(x: Tensor, codebooks: Tensor, n_q: int) -> Tuple[Tensor, Tensor]
     return vq.rvq_encode(x, codebooks, n_q)
 
 
+@torch.library.custom_op(f"{_NS}::rvq_residuals", mutates_args=())
+def _rvq_residuals(x: Tensor, codebooks: Tensor, n_q: int) -> Tuple[Tensor, Tensor]:
+    return vq.rvq_residuals(x, codebooks, n_q)
+
+
 @torch.library.custom_op(f"{_NS}::rvq_decode", mutates_args=())
 def _rvq_decode(codes: Tensor, codebooks: Tensor) -> Tensor:
     return vq.rvq_decode(codes, codebooks)

@@ -19,10 +19,10 @@ from ._launch import device_guard, precision_for
 
 @triton.jit
 def rvq_encode_kernel(
-    x_ptr, cb_ptr, codes_ptr, q_ptr, dist_ptr,
+    x_ptr, cb_ptr, codes_ptr, q_ptr, dist_ptr, res_ptr,
     N, K, D, n_q,
     sxn, sxd, scq, sck, scd,
-    WRITE_Q: tl.constexpr, WRITE_DIST: tl.constexpr, PRECISION: tl.constexpr,
+    WRITE_Q: tl.constexpr, WRITE_DIST: tl.constexpr, WRITE_RES: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     dtype = x_ptr.dtype.element_ty
@@ -35,9 +35,12 @@ def rvq_encode_kernel(
     n64 = n.to(tl.int64)
     r = tl.load(x_ptr + n64[:, None] * sxn + d[None, :] * sxd, mask=row_ok, other=0.0).to(tl.float32)
     q = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    res_rows = res_ptr + (n64[:, None] * (n_q + 1)) * D + d[None, :]  # [N, n_q + 1, D] contiguous
     for i in range(0, n_q):
         cb = cb_ptr + i * scq
         r_in = r.to(dtype)
+        if WRITE_RES:
+            tl.store(res_rows + i * D, r_in, mask=row_ok)
         best = tl.full((BLOCK_N,), float("inf"), dtype=tl.float32)
         best_k = tl.zeros((BLOCK_N,), dtype=tl.int32)
         for k0 in range(0, K, BLOCK_K):
@@ -62,6 +65,8 @@ def rvq_encode_kernel(
         q = (q + chosen).to(dtype).to(tl.float32)
     if WRITE_Q:
         tl.store(q_ptr + n64[:, None] * D + d[None, :], q.to(dtype), mask=row_ok)
+    if WRITE_RES:
+        tl.store(res_rows + n_q * D, r.to(dtype), mask=row_ok)
 
 
 @triton.jit
@@ -124,7 +129,7 @@ def unsupported_reason(D: int, dtype: torch.dtype):
     return f"the triton rvq kernels keep a row's residual in registers and handle D <= {max_dim(dtype)}; got D = {D}"
 
 
-def _encode(x, codebooks, n_q, write_q, write_dist):
+def _encode(x, codebooks, n_q, write_q, write_dist, write_res=False):
     N, D = x.shape
     _, K, _ = codebooks.shape
     if D > max_dim(x.dtype):
@@ -132,27 +137,34 @@ def _encode(x, codebooks, n_q, write_q, write_dist):
     codes = torch.empty(N, n_q, dtype=torch.int64, device=x.device)
     q = torch.empty_like(x, memory_format=torch.contiguous_format) if write_q else None
     dist = torch.empty(N, dtype=x.dtype, device=x.device) if write_dist else None
+    res = torch.empty(N, n_q + 1, D, dtype=x.dtype, device=x.device) if write_res else None
     if N == 0:
-        return codes, q, dist
+        return codes, q, dist, res
     cfg = rvq_config(D, x.dtype)
     with device_guard(x):
         rvq_encode_kernel[(triton.cdiv(N, cfg["BLOCK_N"]),)](
-            x, codebooks, codes, x if q is None else q, x if dist is None else dist,
+            x, codebooks, codes, x if q is None else q, x if dist is None else dist, x if res is None else res,
             N, K, D, n_q, *x.stride(), *codebooks.stride(),
-            WRITE_Q=write_q, WRITE_DIST=write_dist, PRECISION=precision_for(x.dtype), **cfg)
-    return codes, q, dist
+            WRITE_Q=write_q, WRITE_DIST=write_dist, WRITE_RES=write_res, PRECISION=precision_for(x.dtype), **cfg)
+    return codes, q, dist, res
 
 
 def vq_nearest(x, codebook):
     """x: [N, D], codebook: [K, D] -> (index [N] int64, sqdist [N])."""
-    codes, _, dist = _encode(x, codebook.unsqueeze(0), 1, write_q=False, write_dist=True)
+    codes, _, dist, _ = _encode(x, codebook.unsqueeze(0), 1, write_q=False, write_dist=True)
     return codes.view(-1), dist
 
 
 def rvq_encode(x, codebooks, n_q):
     """x: [N, D], codebooks: [Q, K, D] -> (codes [N, n_q] int64, quantized [N, D])."""
-    codes, q, _ = _encode(x, codebooks, n_q, write_q=True, write_dist=False)
+    codes, q, _, _ = _encode(x, codebooks, n_q, write_q=True, write_dist=False)
     return codes, q
+
+
+def rvq_residuals(x, codebooks, n_q):
+    """x: [N, D], codebooks: [Q, K, D] -> (codes [N, n_q] int64, residuals [N, n_q + 1, D])."""
+    codes, _, _, res = _encode(x, codebooks, n_q, write_q=False, write_dist=False, write_res=True)
+    return codes, res
 
 
 def rvq_decode(codes, codebooks):
