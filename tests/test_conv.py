@@ -217,6 +217,32 @@ def test_conv_grads_match_reference(target, activation):
         torch.testing.assert_close(gk, gr, rtol=1e-4, atol=1e-4, msg=f"transposed grad {name}")
 
 
+# (K, stride, T): the codec's down/up-sampling shapes (K = 2 * stride), K < stride, K = 1, K not a
+# multiple of the stride, T not a multiple of the stride.
+STRIDED_GRAD_SHAPES = [(4, 2, 9), (10, 5, 23), (16, 8, 37), (3, 5, 12), (1, 2, 7), (7, 3, 20)]
+
+
+@pytest.mark.parametrize("K,stride,T", STRIDED_GRAD_SHAPES, ids=str)
+def test_strided_and_transposed_input_grads(target, K, stride, T):
+    """Gradients of strided and transposed convs over the shapes that stress the trimmed tail and
+    the stride grid: against the reference's on every backend, and by gradcheck in float64 on the
+    C++ backend."""
+    backend, device = target
+    x, w = torch.randn(2, 3, T, device=device), torch.randn(5, 3, K, device=device) / math.sqrt(3 * K)
+    xt, wt = torch.randn(2, 5, T, device=device), torch.randn(5, 3, K, device=device) / math.sqrt(5 * K / stride)
+    conv = lambda be: lambda x, w: ops.causal_conv1d(x, w, stride=stride, activation="elu", backend=be)  # noqa: E731
+    convt = lambda be: lambda x, w: ops.causal_conv_transpose1d(x, w, stride=stride, backend=be)  # noqa: E731
+    for f, inputs, gy in ((conv, (x, w), torch.randn(2, 5, -(-T // stride), device=device)),
+                          (convt, (xt, wt), torch.randn(2, 3, T * stride, device=device))):
+        _, g_kernel = _grads(f(backend), inputs, gy)
+        _, g_ref = _grads(f("torch"), inputs, gy)
+        for name, gk, gr in zip(("x", "weight"), g_kernel, g_ref):
+            torch.testing.assert_close(gk, gr, rtol=1e-4, atol=1e-5, msg=f"grad {name}")
+        if backend == "cpp":
+            leaves = _leaves(*(t.double() for t in inputs))
+            assert torch.autograd.gradcheck(f("cpp"), leaves, eps=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("negative_slope", [-0.2, 0.0, 0.3])
 def test_leaky_relu_gradcheck_any_slope_cpp(negative_slope):
     """A non-negative slope takes the derivative from the output; a negative one must recompute."""
