@@ -127,12 +127,7 @@ def rvq_encode(x, codebooks, n_q=None, *, backend="auto"):
     codewords (rvq_decode(codes) reproduces it exactly). n_q (default Q) sets the bitrate.
     No gradient flows through the result.
     """
-    n_q = _checks.rvq(x, codebooks, n_q)
-    be = _backend.resolve(backend, x.device, x.dtype, _vq_limits(x.shape[1], x.dtype))
-    if be == "torch":
-        with torch.no_grad():
-            return rvq_encode_ref(x, codebooks, n_q)
-    return _compiled("rvq_encode", be)(x, codebooks, n_q)
+    return _rvq_search("rvq_encode", rvq_encode_ref, x, codebooks, n_q, backend)
 
 
 def rvq_residuals(x, codebooks, n_q=None, *, backend="auto"):
@@ -144,12 +139,17 @@ def rvq_residuals(x, codebooks, n_q=None, *, backend="auto"):
     (x - residuals[:, n]) from one search. Codes equal rvq_encode's. No gradient flows through the
     result.
     """
+    return _rvq_search("rvq_residuals", rvq_residuals_ref, x, codebooks, n_q, backend)
+
+
+def _rvq_search(name, ref, x, codebooks, n_q, backend):
+    """The checks and backend choice both RVQ searches share."""
     n_q = _checks.rvq(x, codebooks, n_q)
     be = _backend.resolve(backend, x.device, x.dtype, _vq_limits(x.shape[1], x.dtype))
     if be == "torch":
         with torch.no_grad():
-            return rvq_residuals_ref(x, codebooks, n_q)
-    return _compiled("rvq_residuals", be)(x, codebooks, n_q)
+            return ref(x, codebooks, n_q)
+    return _compiled(name, be)(x, codebooks, n_q)
 
 
 def rvq_decode(codes, codebooks, *, backend="auto"):
