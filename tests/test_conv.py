@@ -243,6 +243,41 @@ def test_strided_and_transposed_input_grads(target, K, stride, T):
             assert torch.autograd.gradcheck(f("cpp"), leaves, eps=1e-6, atol=1e-7)
 
 
+# (Cin, Cout, K, stride, dilation, T): few output samples against many input channels x taps, so
+# the weight gradient takes one GEMM over im2col'd windows instead of ATen's backward-weights.
+# The transposed conv takes T // stride input frames (what the same layer gets in a decoder).
+GEMM_WGRAD_CASES = [(16, 8, 8, 4, 1, 19), (12, 6, 5, 1, 3, 4), (9, 5, 16, 8, 1, 13), (16, 6, 3, 5, 1, 11)]
+
+
+@pytest.mark.parametrize("case", GEMM_WGRAD_CASES, ids=str)
+def test_weight_grads_by_gemm(target, case):
+    """The GEMM path of conv and transposed-conv weight gradients (taken on the CPU) against the
+    reference's, and by gradcheck in float64 on the C++ backend."""
+    from fastcodec.ops._autograd import _weight_grad_by_gemm
+
+    backend, device = target
+    Cin, Cout, K, stride, dilation, T = case
+    x, w, b = torch.randn(2, Cin, T, device=device), torch.randn(Cout, Cin, K, device=device) / 4, torch.randn(Cout)
+    Tt = max(1, T // stride)
+    xt, wt = torch.randn(2, Cin, Tt, device=device), torch.randn(Cin, Cout, K, device=device) / 4
+    Tout = -(-T // stride)
+    if device == "cpu":  # the cases are chosen to take the GEMM path there
+        assert _weight_grad_by_gemm(x, 2 * Tout, Cin * K) and _weight_grad_by_gemm(xt, 2 * Tt, Cout * K)
+    conv = lambda be: lambda x, w, b: ops.causal_conv1d(  # noqa: E731
+        x, w, b, stride=stride, dilation=dilation, activation="elu", backend=be)
+    convt = lambda be: lambda x, w, b: ops.causal_conv_transpose1d(x, w, b, stride=stride, backend=be)  # noqa: E731
+    bt = torch.randn(Cout)
+    for f, inputs, gy in ((conv, (x, w, b.to(device)), torch.randn(2, Cout, Tout, device=device)),
+                          (convt, (xt, wt, bt.to(device)), torch.randn(2, Cout, Tt * stride, device=device))):
+        _, g_kernel = _grads(f(backend), inputs, gy)
+        _, g_ref = _grads(f("torch"), inputs, gy)
+        for name, gk, gr in zip(("x", "weight", "bias"), g_kernel, g_ref):
+            torch.testing.assert_close(gk, gr, rtol=1e-4, atol=1e-5, msg=f"grad {name}")
+        if backend == "cpp":
+            leaves = _leaves(*(t.double() for t in inputs))
+            assert torch.autograd.gradcheck(f("cpp"), leaves, eps=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("negative_slope", [-0.2, 0.0, 0.3])
 def test_leaky_relu_gradcheck_any_slope_cpp(negative_slope):
     """A non-negative slope takes the derivative from the output; a negative one must recompute."""

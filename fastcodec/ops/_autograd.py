@@ -3,8 +3,9 @@
 The forward runs the fused kernel; the backward reads the activation's derivative off the saved
 output (or recomputes the pre-activation with the same backend's kernel), computes a stride-1
 conv's input gradient with the backend's own forward kernel (a time-reversed causal conv), and uses
-PyTorch's conv-backward primitive for weight and bias gradients and the strided and transposed
-convs' input gradients (dedicated backward kernels are future work, see benchmarks/RESULTS.md).
+PyTorch's conv-backward primitive for weight gradients and the strided and transposed convs'
+input gradients, except the weight gradients of short, wide layers on the CPU, which are one GEMM
+over im2col'd windows (_weight_grad_by_gemm); bias gradients are sums.
 The search ops (vq_nearest, rvq_encode, rvq_residuals) are marked non-differentiable; rvq_decode is a gather-sum
 whose codebook gradient is an index_add.
 """
@@ -86,19 +87,51 @@ def _conv1d_backward(lib, ctx, gy):
     gz, galpha = _epilogue_backward(
         lambda: lib.causal_conv1d(x, weight, bias, stride, dilation, "none", 0.0, None, None),
         ctx, gy, alpha, y_act, need_alpha)
-    pad = (weight.shape[-1] - 1) * dilation
+    K = weight.shape[-1]
+    pad = (K - 1) * dilation
     gx = gw = gb = None
     own_gx = need_x and stride == 1
     if own_gx:
         gx = _conv1d_input_grad(lib, gz, weight, dilation)
-    if (need_x and not own_gx) or need_w or need_b:
-        gxp, gw, gb = torch.ops.aten.convolution_backward(
-            gz, F.pad(x, (pad, 0)), weight, None if bias is None else [weight.shape[0]],
-            [stride], [0], [dilation], False, [0], 1,
-            [need_x and not own_gx, need_w, need_b and bias is not None])
+    gemm_gw = need_w and _weight_grad_by_gemm(x, gz.shape[0] * gz.shape[2], weight.shape[1] * K)
+    if gemm_gw:
+        gw = _conv1d_weight_grad(x, gz, K, stride, dilation)
+    if (need_x and not own_gx) or (need_w and not gemm_gw):
+        gxp, gw_aten, _ = torch.ops.aten.convolution_backward(
+            gz, F.pad(x, (pad, 0)), weight, None, [stride], [0], [dilation], False, [0], 1,
+            [need_x and not own_gx, need_w and not gemm_gw, False])
         if not own_gx:
             gx = None if gxp is None else gxp[..., pad:]
+        if not gemm_gw:
+            gw = gw_aten
+    if need_b and bias is not None:
+        gb = gz.sum((0, 2))
     return gx, gw, gb, None, None, None, None, galpha, gy if need_res else None
+
+
+def _weight_grad_by_gemm(x, rows, cols):
+    """Whether a weight gradient goes through one GEMM over the im2col'd windows (rows = batch x
+    output samples, the reduction; cols = input channels x taps) instead of ATen's backward-weights.
+
+    On the CPU ATen runs these at 16-22 GFLOP/s when the reduction is short and the weight wide, as
+    at a codec's 75 Hz layers (256 -> 512 channels, k16, stride 8, 78 rows x 4096: 12.6 ms against
+    1.9 ms by GEMM; 1.5x at 16 x 75 rows), and is the faster where the reduction is long. The rule
+    and the measurements are in benchmarks/RESULTS.md; the im2col copy is capped at 64 MB. GPUs
+    keep cuDNN's (not measured there).
+    """
+    return x.device.type == "cpu" and rows * 3 <= cols and rows * cols <= 1 << 24
+
+
+def _conv1d_weight_grad(x, gz, K, stride, dilation):
+    """dL/dW[co, ci, k] = sum over (b, t) of gz[b, co, t] x[b, ci, t*stride - (K-1)*dilation + k*dilation]
+    as gz [Cout, B*T'] @ windows [B*T', Cin*K]. x: [B, Cin, T], gz: [B, Cout, T'] -> [Cout, Cin, K]."""
+    B, Cin, T = x.shape
+    Tout = gz.shape[2]
+    span = (K - 1) * dilation + 1
+    xp = F.pad(x, ((K - 1) * dilation, max(0, (Tout - 1) * stride + 1 - T)))
+    windows = xp.unfold(2, span, stride)[:, :, :Tout, ::dilation]            # [B, Cin, T', K]
+    windows = windows.permute(0, 2, 1, 3).reshape(B * Tout, Cin * K)
+    return (gz.permute(1, 0, 2).reshape(gz.shape[1], B * Tout) @ windows).view(gz.shape[1], Cin, K)
 
 
 def _conv1d_input_grad(lib, gz, weight, dilation):
@@ -131,15 +164,33 @@ def _conv_transpose1d_backward(lib, ctx, gy):
         lambda: lib.causal_conv_transpose1d(x, weight, bias, stride, "none", 0.0, None),
         ctx, gy, alpha, y_act, need_alpha)
     gx = gw = gb = None
-    if need_x or need_w or need_b:
-        T, K = x.shape[-1], weight.shape[-1]
+    B, Cin, T = x.shape
+    Cout, K = weight.shape[1], weight.shape[2]
+    gemm_gw = need_w and _weight_grad_by_gemm(x, B * T, Cout * K)
+    if gemm_gw:
+        gw = _conv_transpose1d_weight_grad(x, gz, K, stride)
+    if need_x or (need_w and not gemm_gw):
         out_pad = max(0, stride - K)
         # The trimmed tail of the full transposed conv gets zero gradient.
         gz_full = F.pad(gz, (0, (T - 1) * stride + K + out_pad - T * stride))
-        gx, gw, gb = torch.ops.aten.convolution_backward(
-            gz_full, x, weight, None if bias is None else [weight.shape[1]],
-            [stride], [0], [1], True, [out_pad], 1, [need_x, need_w, need_b and bias is not None])
+        gx, gw_aten, _ = torch.ops.aten.convolution_backward(
+            gz_full, x, weight, None, [stride], [0], [1], True, [out_pad], 1, [need_x, need_w and not gemm_gw, False])
+        if not gemm_gw:
+            gw = gw_aten
+    if need_b and bias is not None:
+        gb = gz.sum((0, 2))
     return gx, gw, gb, None, None, None, galpha
+
+
+def _conv_transpose1d_weight_grad(x, gz, K, stride):
+    """dL/dW[ci, co, k] = sum over (b, t) of x[b, ci, t] gz[b, co, t*stride + k] (zero past the
+    trimmed end) as x [Cin, B*T] @ windows of gz [B*T, Cout*K]. x: [B, Cin, T], gz: [B, Cout, T*stride]."""
+    B, Cin, T = x.shape
+    Cout = gz.shape[1]
+    gzp = F.pad(gz, (0, max(0, K - stride)))
+    windows = gzp.unfold(2, K, stride)[:, :, :T, :]                           # [B, Cout, T, K]
+    windows = windows.permute(0, 2, 1, 3).reshape(B * T, Cout * K)
+    return (x.permute(1, 0, 2).reshape(Cin, B * T) @ windows).view(Cin, Cout, K)
 
 
 def _search_setup(ctx, inputs, output):
