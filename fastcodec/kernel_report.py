@@ -158,9 +158,9 @@ def triton_launches():
         for sname, N, Q, K, D in S.RVQ_SHAPES + [S.rvq_large(True)]:
             rvq_shapes.setdefault(D, []).append((sname, 2 * N * K * D * Q, e * (2 * N * D + Q * K * D) + 8 * N * Q))
         for D in (8, 32, 64, 128, 256):
-            cfg = vq.rvq_config(D, dtype)
-            warps = cfg.pop("num_warps")
             for label in ("rvq_encode", "vq_nearest", "rvq_residuals"):
+                cfg = vq.rvq_config(D, dtype, residuals=label == "rvq_residuals")
+                warps = cfg.pop("num_warps")
                 ce = dict(WRITE_Q=label == "rvq_encode", WRITE_DIST=label == "vq_nearest",
                           WRITE_RES=label == "rvq_residuals", PRECISION=precision_for(dtype), **cfg)
                 shp = rvq_shapes.get(D, []) if label == "rvq_encode" else []

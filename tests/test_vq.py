@@ -121,8 +121,8 @@ def test_rvq_encode_decode(target, N, Q, K, D):
             assert agree.float().mean() > 0.99, "fewer stages must choose the same leading codes"
 
 
-@pytest.mark.parametrize("N,Q,K,D", [(1, 1, 2, 8), (7, 8, 1, 2), (50, 3, 40, 20), (333, 6, 64, 100),
-                                     (129, 3, 1024, 128)])
+@pytest.mark.parametrize("N,Q,K,D", [(1, 1, 2, 8), (7, 8, 1, 2), (50, 3, 40, 20), (20, 2, 30, 100),
+                                     (333, 6, 64, 100), (129, 3, 1024, 128)])
 def test_rvq_residuals(target, N, Q, K, D):
     """Codes equal rvq_encode's; residuals[:, 0] is x and each next one the previous minus the
     chosen codeword, in x's dtype, bit for bit (the same arithmetic as the search's own residual)."""

@@ -103,6 +103,9 @@ def rvq_decode_kernel(
 # is spill-free everywhere (fp16 at 512 spills under 3.6), so that is the limit.
 _TILES_FP32 = {16: (16, 32, 4), 32: (16, 16, 4), 64: (16, 32, 8), 128: (16, 32, 8), 256: (16, 16, 8)}
 _TILES_16BIT = {16: (32, 64, 4), 32: (32, 64, 8), 64: (32, 64, 4), 128: (32, 64, 8), 256: (16, 32, 8)}
+# rvq_residuals' stores of every stage's residual cost registers: under Triton 3.6 these two
+# tiles spilled 24-40 B with them (kernel report), so that mode takes half the codes per tile.
+_TILES_RES = {(True, 128): (16, 16, 8), (False, 256): (16, 16, 8)}  # (fp32?, BLOCK_D) -> tile
 MAX_D = max(_TILES_FP32)
 
 
@@ -111,10 +114,13 @@ def max_dim(dtype: torch.dtype) -> int:
     return MAX_D
 
 
-def rvq_config(D: int, dtype: torch.dtype) -> dict:
-    """Tile sizes for code dimension D <= MAX_D (see _TILES_*)."""
+def rvq_config(D: int, dtype: torch.dtype, residuals: bool = False) -> dict:
+    """Tile sizes for code dimension D <= MAX_D (see _TILES_*); residuals: for rvq_residuals."""
     block_d = max(16, triton.next_power_of_2(D))
-    n, k, warps = (_TILES_FP32 if dtype == torch.float32 else _TILES_16BIT)[block_d]
+    fp32 = dtype == torch.float32
+    n, k, warps = (_TILES_FP32 if fp32 else _TILES_16BIT)[block_d]
+    if residuals:
+        n, k, warps = _TILES_RES.get((fp32, block_d), (n, k, warps))
     return dict(BLOCK_N=n, BLOCK_K=k, BLOCK_D=block_d, num_warps=warps)
 
 
@@ -140,7 +146,7 @@ def _encode(x, codebooks, n_q, write_q, write_dist, write_res=False):
     res = torch.empty(N, n_q + 1, D, dtype=x.dtype, device=x.device) if write_res else None
     if N == 0:
         return codes, q, dist, res
-    cfg = rvq_config(D, x.dtype)
+    cfg = rvq_config(D, x.dtype, residuals=write_res)
     with device_guard(x):
         rvq_encode_kernel[(triton.cdiv(N, cfg["BLOCK_N"]),)](
             x, codebooks, codes, x if q is None else q, x if dist is None else dist, x if res is None else res,
