@@ -229,13 +229,14 @@ class StreamChain:
         return tuple(t for s in self.streams for t in (s.weight, s.bias, s.alpha) if t is not None)
 
     def _native_fits(self, x):
-        if self._native_ok is None:
+        if x.device.type != "cpu" or x.dtype != torch.float32 or _wants_grad((x,) + self._params()):
+            return False
+        if self._native_ok is None:  # decided at the first fp32 CPU chunk: the backends and weights
             kernel_ok = all(_stream_kernel_fits(s.backend, x, (x, s.weight, s.bias, s.alpha),
                                                 "conv1d_window" if isinstance(s, CausalConv1dStream)
                                                 else "conv_transpose1d_stream") for s in self.streams)
             self._native_ok = kernel_ok and _extension.native_class("StreamChain") is not None
-        return (self._native_ok and x.device.type == "cpu" and x.dtype == torch.float32
-                and not _wants_grad((x,) + self._params()))
+        return self._native_ok
 
     def _build_native(self):
         chain = _extension.native_class("StreamChain")()
