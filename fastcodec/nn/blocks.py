@@ -38,9 +38,14 @@ class ResidualUnit(nn.Module):
     def forward(self, x):
         return self.proj(self.conv(x), residual=x)
 
+    def stream_steps(self):
+        """(prepared streams, skip flags) of this unit for an ops.StreamChain: the dilated conv,
+        then the 1x1 conv adding the unit's input."""
+        return [self.conv.streamer(), self.proj.streamer()], [False, True]
+
     def streamer(self) -> ops.StreamChain:
         """A prepared stream of this unit: call it on chunks [B, C, T] -> [B, C, T]."""
-        return ops.StreamChain([self.conv.streamer(), self.proj.streamer()], skips=[False, True])
+        return ops.StreamChain(*self.stream_steps())
 
     def stream(self, x, state=None):
         """One chunk: (y, state); stride 1, so y has x's length and the skip lines up with it."""
@@ -154,12 +159,9 @@ def _stream_chain(layers) -> ops.StreamChain:
     adds the unit's input."""
     streams, skips = [], []
     for layer in layers:
-        if isinstance(layer, ResidualUnit):
-            streams += [layer.conv.streamer(), layer.proj.streamer()]
-            skips += [False, True]
-        else:
-            streams.append(layer.streamer())
-            skips.append(False)
+        s, k = layer.stream_steps() if isinstance(layer, ResidualUnit) else ([layer.streamer()], [False])
+        streams += s
+        skips += k
     return ops.StreamChain(streams, skips)
 
 
