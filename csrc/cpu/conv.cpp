@@ -133,27 +133,9 @@ at::Tensor transposed_contributions(const at::Tensor& xb, const at::Tensor& w) {
   return z;
 }
 
-// The transposed conv of few input frames likewise: each frame's [Cout, K] contribution is one row
-// of the product, added at t*stride; past Tout is the trimmed tail.
+// A transposed conv of few input frames is one stream step from an empty tail (x^T W by the
+// skinny product or sgemm, then an overlap-add): the phase convs' tiles would idle.
 constexpr int64_t kFewInputs = 16;
-
-void conv_transpose_few_inputs(const at::Tensor& x, const at::Tensor& w, const float* bias, const float* alpha,
-                               Activation act, float slope, int64_t stride, at::Tensor& y) {
-  const int64_t B = x.size(0), T = x.size(2), Cout = w.size(1), K = w.size(2), Tout = y.size(2);
-  y.zero_();
-  float* yp = y.data_ptr<float>();
-  for (int64_t b = 0; b < B; ++b) {
-    const at::Tensor z = transposed_contributions(x[b], w);
-    const float* zp = z.data_ptr<float>();
-    const int64_t ldz = z.stride(0);
-    float* yb = yp + b * Cout * Tout;
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t co = 0; co < Cout; ++co)
-        for (int64_t k = 0; k < K && t * stride + k < Tout; ++k)
-          yb[co * Tout + t * stride + k] += zp[t * ldz + co * K + k];
-    cpu::epilogue_rows(yb, Cout, Tout, Tout, bias, alpha, nullptr, 0, act, slope);
-  }
-}
 
 at::Tensor packed_conv_weights(const at::Tensor& w);
 
@@ -187,7 +169,11 @@ void conv_transpose1d_phases(const at::Tensor& x, const at::Tensor& w, const c10
   const int64_t B = x.size(0), Cin = x.size(1), T = x.size(2), Cout = w.size(1), K = w.size(2);
   const float* bp = ptr_or_null<float>(bias);
   const float* ap = ptr_or_null<float>(alpha);
-  if (T <= kFewInputs) return conv_transpose_few_inputs(x, w, bp, ap, act, negative_slope, stride, y);
+  if (T <= kFewInputs) {  // the step's tail is the trimmed part of the full transposed conv
+    y.copy_(std::get<0>(cpu::conv_transpose1d_stream_f32(x, w, bias, c10::nullopt, stride, act, negative_slope,
+                                                         alpha)));
+    return;
+  }
   float* yp = y.data_ptr<float>();
   const auto wpacks_ptr = cpu::cached<std::vector<at::Tensor>>(w, stride, [&] {
     auto packs = std::make_shared<std::vector<at::Tensor>>();
