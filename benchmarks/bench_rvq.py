@@ -3,6 +3,8 @@ stage) against the fused kernels, side by side per shape, with two other librari
 installed (each skipped otherwise): vector-quantize-pytorch's ResidualVQ in eval mode, and faiss's
 exact IndexFlatL2, one index per stage, on the CPU.
 
+On a GPU, triton-fast is the Triton kernel in fast mode (TF32 candidates, exact fp32 re-check).
+
 Shapes: training (N = 16 x 75 = 1200 and 12000, Q=8, K=1024, D=128); factorized DAC-like
 (N=12000, Q in {9, 32}, K=1024, D=8); a large inference batch (N=100,000 on CPU, 1,000,000 on GPU).
 
@@ -27,6 +29,8 @@ from fastcodec.shapes import RVQ_SHAPES, rvq_large
 
 SHAPES = RVQ_SHAPES + [rvq_large(ON_GPU)]
 BASELINES = ["residualvq"] + ([] if ON_GPU else ["faiss"])
+# Fast mode (TF32 candidates, exact re-check) exists only in the Triton kernels, so only on a GPU.
+FAST = ["triton-fast"] if "triton" in implementations() else []
 
 
 def _inputs(N, Q, K, D):
@@ -94,7 +98,7 @@ def _cpu_peak_bytes(fn):
     return max((sum(s) for s in sizes), default=0)
 
 
-@pytest.mark.parametrize("impl", implementations() + BASELINES)
+@pytest.mark.parametrize("impl", implementations() + FAST + BASELINES)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s[0])
 def test_rvq_encode(benchmark, shape, impl):
     name, N, Q, K, D = shape
@@ -108,6 +112,12 @@ def test_rvq_encode(benchmark, shape, impl):
         assert agree > 0.99, f"ResidualVQ agrees with the reference on only {agree:.1%} of first-stage codes"
     elif impl == "faiss":
         fn = _faiss(cbs)
+    elif impl == "triton-fast":
+        def fn():
+            return ops.rvq_encode(x, cbs, backend="triton", mode="fast")
+        exact = ops.rvq_encode(x[:20000], cbs, backend="triton")[0][:, 0]
+        agree = (fn()[0][:20000, 0] == exact).float().mean().item()
+        assert agree > 0.999, f"fast mode agrees with exact mode on only {agree:.2%} of first-stage codes"
     else:
         def fn():
             return ops.rvq_encode(x, cbs, backend=impl)

@@ -40,9 +40,11 @@ def floors(report_path):
 
 def floor_of(group, impl, table):
     """The predicted floor for a benchmark group run by impl, if the report covers it (forward only)."""
-    if impl != "triton" or not table or group.endswith("fwd+bwd"):
+    if impl not in ("triton", "triton-fast") or not table or group.endswith("fwd+bwd"):
         return None
     op = _OPS.get(group.split()[0])
+    if op and impl == "triton-fast":
+        op += " fast"  # the kernel report's name for the fast-mode configuration
     dtype = next((d for d in ("bfloat16", "float16", "float32") if d in group), "float32")
     for (k_op, k_dtype, name), t in table.items():
         if k_op == op and k_dtype == dtype and name in group:
@@ -78,10 +80,10 @@ def main(argv=None):
             f_ms, frac = floor_cols(group, impl, median)
             print(f"| {group} | {impl} | {median * 1e3:.3f} | {ratio:.2f} | {gflops or 0:.1f} | {f_ms} | {frac} |")
     else:
-        print(f"{'shape':64} {'impl':7} {'median ms':>10} {'x ref':>7} {'GFLOP/s':>9} {'% floor':>8}")
+        print(f"{'shape':64} {'impl':11} {'median ms':>10} {'x ref':>7} {'GFLOP/s':>9} {'% floor':>8}")
         for group, impl, median, ratio, gflops in all_rows:
             frac = floor_cols(group, impl, median)[1]
-            print(f"{group[:64]:64} {impl:7} {median * 1e3:10.3f} {ratio:7.2f} {gflops or 0:9.1f} {frac:>8}")
+            print(f"{group[:64]:64} {impl:11} {median * 1e3:10.3f} {ratio:7.2f} {gflops or 0:9.1f} {frac:>8}")
     for impl, g in sorted(geomean_speedups(all_rows).items()):
         print(f"geometric-mean speedup over the reference, {impl}: {g:.2f}x")
 

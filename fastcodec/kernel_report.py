@@ -152,8 +152,9 @@ def triton_launches():
                        ("causal_conv1d", conv.causal_conv1d_kernel, dname, mode, True,
                         {**ptrs, **ints, "slope": "fp32"}, ce, warps, []))
         vq_ptrs = {"x_ptr": f"*{t}", "cb_ptr": f"*{t}", "codes_ptr": "*i64", "q_ptr": f"*{t}", "dist_ptr": f"*{t}",
-                   "res_ptr": f"*{t}"}
+                   "res_ptr": f"*{t}", "csq_ptr": "*fp32", "cnorm_ptr": "*fp32"}
         vq_ints = {n: "i32" for n in ("N", "K", "D", "n_q", "sxn", "sxd", "scq", "sck", "scd")}
+        vq_ints.update(err_rc="fp32", err_cc="fp32")
         rvq_shapes = {}
         for sname, N, Q, K, D in S.RVQ_SHAPES + [S.rvq_large(True)]:
             rvq_shapes.setdefault(D, []).append((sname, 2 * N * K * D * Q, e * (2 * N * D + Q * K * D) + 8 * N * Q))
@@ -161,11 +162,18 @@ def triton_launches():
             for label in ("rvq_encode", "vq_nearest", "rvq_residuals"):
                 cfg = vq.rvq_config(D, dtype, residuals=label == "rvq_residuals")
                 warps = cfg.pop("num_warps")
-                ce = dict(WRITE_Q=label == "rvq_encode", WRITE_DIST=label == "vq_nearest",
-                          WRITE_RES=label == "rvq_residuals", PRECISION=precision_for(dtype), **cfg)
+                writes = dict(WRITE_Q=label == "rvq_encode", WRITE_DIST=label == "vq_nearest",
+                              WRITE_RES=label == "rvq_residuals", PRECISION=precision_for(dtype), INTERPRETED=False)
+                ce = dict(writes, FAST=False, M=1, **cfg)
                 shp = rvq_shapes.get(D, []) if label == "rvq_encode" else []
                 out[(label, dname, D)] = (label, vq.rvq_encode_kernel, dname, mode, True, {**vq_ptrs, **vq_ints},
                                           ce, warps, list(shp))
+                if dtype == torch.float32:  # fast mode: TF32 candidates, exact re-check (fp32 inputs only)
+                    fcfg = vq.fast_config(D, residuals=label == "rvq_residuals")
+                    fwarps = fcfg.pop("num_warps")
+                    out[(label + " fast", dname, D)] = (label + " fast", vq.rvq_encode_kernel, dname, "tf32", True,
+                                                        {**vq_ptrs, **vq_ints}, dict(writes, FAST=True, **fcfg),
+                                                        fwarps, list(shp))
             dcfg = vq.decode_config(D)
             dwarps = dcfg.pop("num_warps")
             dints = {n: "i32" for n in ("N", "K", "D", "n_q", "scn", "scs", "sbq", "sbk", "sbd")}

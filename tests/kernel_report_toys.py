@@ -28,8 +28,11 @@ def main():
         out[prec] = dict(tensor_core=k.tensor_core, ldl=k.ldl, problems=k.problems)
     # A planted spill: the RVQ search with exact-fp32 dots and tiles far too large for registers.
     types = {"x_ptr": "*fp32", "cb_ptr": "*fp32", "codes_ptr": "*i64", "q_ptr": "*fp32", "dist_ptr": "*fp32",
-             "res_ptr": "*fp32", **{n: "i32" for n in ("N", "K", "D", "n_q", "sxn", "sxd", "scq", "sck", "scd")}}
-    ce = dict(WRITE_Q=True, WRITE_DIST=False, WRITE_RES=False, PRECISION="ieee", BLOCK_N=64, BLOCK_K=128, BLOCK_D=128)
+             "res_ptr": "*fp32", "csq_ptr": "*fp32", "cnorm_ptr": "*fp32",
+             **{n: "i32" for n in ("N", "K", "D", "n_q", "sxn", "sxd", "scq", "sck", "scd")},
+             "err_rc": "fp32", "err_cc": "fp32"}
+    ce = dict(WRITE_Q=True, WRITE_DIST=False, WRITE_RES=False, PRECISION="ieee", FAST=False, M=1, INTERPRETED=False,
+              BLOCK_N=64, BLOCK_K=128, BLOCK_D=128)
     k = kr.analyze_triton(vq.rvq_encode_kernel, types, ce, 4, op="rvq_encode", dtype="float32", mode="fp32",
                           matrix=True)
     out["spill"] = dict(ldl=k.ldl, stl=k.stl, stack=k.stack, problems=k.problems)

@@ -13,6 +13,15 @@ Each op has a `*_ref` twin in `reference.py` (the spec). `backend` is 'auto' | '
 tensors' device and dtype (see `_backend.py`). Codes are int64 (torch.long) everywhere, so they
 index tensors directly.
 
+Searches (vq_nearest, rvq_encode, rvq_residuals) take mode='exact' (default) or 'fast'. Exact
+ranks codes by fp32 distances. Fast may rank by lower-precision products first and re-check the
+close ones in fp32, with the same guarantee: each chosen code is the nearest, or within 1e-5
+(relative) of it. Only the Triton kernels on fp32 inputs have a fast path (TF32 candidates on
+tensor cores, see triton/vq.py); elsewhere 'fast' runs the exact search, which is already the
+fastest there is (AVX2 has no lower-precision FMA; 16-bit inputs use tensor cores exactly; the
+CUDA C++ kernels have no fast path yet). Exact stays the default until a GPU run has timed fast
+mode and confirmed the accumulator assumption its error bound makes.
+
 Gradients: the convs are differentiable in x, weight, bias, residual and snake alpha on every
 backend; rvq_decode is differentiable in the codebooks; vq_nearest and rvq_encode are searches and
 return no gradient (straight-through estimation belongs to the quantizer module).
@@ -40,8 +49,10 @@ __all__ = [
     "causal_conv1d", "causal_conv_transpose1d", "vq_nearest", "rvq_encode", "rvq_decode",
     "causal_conv1d_ref", "causal_conv_transpose1d_ref", "vq_nearest_ref", "rvq_encode_ref", "rvq_decode_ref",
     "rvq_residuals", "rvq_residuals_ref",
-    "resolve_backend",
+    "resolve_backend", "SEARCH_MODES",
 ]
+
+SEARCH_MODES = _checks.SEARCH_MODES
 
 
 def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
@@ -107,49 +118,59 @@ def _vq_limits(D, dtype):
     return limits
 
 
-def vq_nearest(x, codebook, *, backend="auto"):
+def vq_nearest(x, codebook, *, backend="auto", mode="exact"):
     """Nearest codeword by squared L2: x [N, D], codebook [K, D] -> (index [N] int64, sqdist [N]).
 
-    Ties go to the lowest index. No gradient flows through the result.
+    Ties go to the lowest index. mode: 'exact' | 'fast' (see the module's docstring). No gradient
+    flows through the result.
     """
     _checks.vq(x, codebook)
+    _checks.search_mode(mode)
     be = _backend.resolve(backend, x.device, x.dtype, _vq_limits(x.shape[1], x.dtype))
     if be == "torch":
         with torch.no_grad():
             return vq_nearest_ref(x, codebook)
-    return _compiled("vq_nearest", be)(x, codebook)
+    return _search_op("vq_nearest", be, mode, x.dtype)(x, codebook)
 
 
-def rvq_encode(x, codebooks, n_q=None, *, backend="auto"):
+def _search_op(name, backend, mode, dtype):
+    """The compiled search: the fast variant where the backend has one for this dtype."""
+    if mode == "fast" and backend == "triton" and dtype == torch.float32:
+        return _compiled(name + "_fast", backend)
+    return _compiled(name, backend)
+
+
+def rvq_encode(x, codebooks, n_q=None, *, backend="auto", mode="exact"):
     """Residual VQ: x [N, D], codebooks [Q, K, D] -> (codes [N, n_q] int64, quantized [N, D]).
 
     Stage i quantizes what stages < i left; quantized is the stage-ordered sum of the chosen
     codewords (rvq_decode(codes) reproduces it exactly). n_q (default Q) sets the bitrate.
-    No gradient flows through the result.
+    mode: 'exact' | 'fast' (see the module's docstring). No gradient flows through the result.
     """
-    return _rvq_search("rvq_encode", rvq_encode_ref, x, codebooks, n_q, backend)
+    return _rvq_search("rvq_encode", rvq_encode_ref, x, codebooks, n_q, backend, mode)
 
 
-def rvq_residuals(x, codebooks, n_q=None, *, backend="auto"):
+def rvq_residuals(x, codebooks, n_q=None, *, backend="auto", mode="exact"):
     """rvq_encode's search, returning the residual each stage searched and the one left after the
     last: x [N, D], codebooks [Q, K, D] -> (codes [N, n_q] int64, residuals [N, n_q + 1, D]).
 
     residuals[:, 0] is x and residuals[:, i + 1] the error after i + 1 stages, so a training step
     gets its commitment loss, EMA statistics and the quantized value at any n_q <= n_q
-    (x - residuals[:, n]) from one search. Codes equal rvq_encode's. No gradient flows through the
-    result.
+    (x - residuals[:, n]) from one search. Codes equal rvq_encode's in the same mode. No gradient
+    flows through the result.
     """
-    return _rvq_search("rvq_residuals", rvq_residuals_ref, x, codebooks, n_q, backend)
+    return _rvq_search("rvq_residuals", rvq_residuals_ref, x, codebooks, n_q, backend, mode)
 
 
-def _rvq_search(name, ref, x, codebooks, n_q, backend):
+def _rvq_search(name, ref, x, codebooks, n_q, backend, mode):
     """The checks and backend choice both RVQ searches share."""
     n_q = _checks.rvq(x, codebooks, n_q)
+    _checks.search_mode(mode)
     be = _backend.resolve(backend, x.device, x.dtype, _vq_limits(x.shape[1], x.dtype))
     if be == "torch":
         with torch.no_grad():
             return ref(x, codebooks, n_q)
-    return _compiled(name, be)(x, codebooks, n_q)
+    return _search_op(name, be, mode, x.dtype)(x, codebooks, n_q)
 
 
 def rvq_decode(codes, codebooks, *, backend="auto"):

@@ -229,6 +229,9 @@ AUTOGRAD = {
     "rvq_encode": (_rvq_search_backward, _search_setup),
     "rvq_residuals": (_rvq_search_backward, _search_setup),
     "rvq_decode": (_rvq_decode_backward, _rvq_decode_setup),
+    "vq_nearest_fast": (_vq_nearest_backward, _search_setup),
+    "rvq_encode_fast": (_rvq_search_backward, _search_setup),
+    "rvq_residuals_fast": (_rvq_search_backward, _search_setup),
 }
 
 

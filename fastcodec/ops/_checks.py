@@ -100,6 +100,14 @@ def vq(x, codebook):
         raise ValueError("codebook has no codes (K = 0)")
 
 
+SEARCH_MODES = ("exact", "fast")
+
+
+def search_mode(mode):
+    if not isinstance(mode, str) or mode not in SEARCH_MODES:
+        raise ValueError(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
+
+
 def rvq(x, codebooks, n_q):
     tensor("x", x, dims=("N", "D"))
     tensor("codebooks", codebooks, dims=("Q", "K", "D"))

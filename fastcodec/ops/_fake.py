@@ -37,6 +37,10 @@ FAKES = {
     "rvq_encode": _rvq_encode,
     "rvq_residuals": _rvq_residuals,
     "rvq_decode": _rvq_decode,
+    # The Triton library's fast-mode searches (fp32 only; see triton/vq.py): same schemas.
+    "vq_nearest_fast": _vq_nearest,
+    "rvq_encode_fast": _rvq_encode,
+    "rvq_residuals_fast": _rvq_residuals,
 }
 
 

@@ -42,6 +42,21 @@ def _rvq_residuals(x: Tensor, codebooks: Tensor, n_q: int) -> Tuple[Tensor, Tens
     return vq.rvq_residuals(x, codebooks, n_q)
 
 
+@torch.library.custom_op(f"{_NS}::vq_nearest_fast", mutates_args=())
+def _vq_nearest_fast(x: Tensor, codebook: Tensor) -> Tuple[Tensor, Tensor]:
+    return vq.vq_nearest(x, codebook, fast=True)
+
+
+@torch.library.custom_op(f"{_NS}::rvq_encode_fast", mutates_args=())
+def _rvq_encode_fast(x: Tensor, codebooks: Tensor, n_q: int) -> Tuple[Tensor, Tensor]:
+    return vq.rvq_encode(x, codebooks, n_q, fast=True)
+
+
+@torch.library.custom_op(f"{_NS}::rvq_residuals_fast", mutates_args=())
+def _rvq_residuals_fast(x: Tensor, codebooks: Tensor, n_q: int) -> Tuple[Tensor, Tensor]:
+    return vq.rvq_residuals(x, codebooks, n_q, fast=True)
+
+
 @torch.library.custom_op(f"{_NS}::rvq_decode", mutates_args=())
 def _rvq_decode(codes: Tensor, codebooks: Tensor) -> Tensor:
     return vq.rvq_decode(codes, codebooks)

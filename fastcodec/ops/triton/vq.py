@@ -9,26 +9,149 @@ across tiles and tl.argmin's first-index rule within one keep ties at the lowest
 The residual and the running sum of chosen codewords are rounded to the input dtype after each
 stage, as the reference's stage-by-stage tensors are, so rvq_decode(codes) reproduces quantized
 exactly and fp16/bf16 follow the reference step for step.
+
+Fast mode (fp32 inputs only) ranks codes by TF32 products on tensor cores, then rechecks in
+exact fp32 the few that rounding could have put out of order. Each tf32 distance lies within a
+proven bound of the exact one (fast_error_terms), so the exact nearest is among the codes whose
+lower bound is below every code's upper bound; each row keeps the best M of those, and a row
+whose list could have lost one is searched again exactly. Codes therefore follow exact mode's rule.
+16-bit inputs already run exact products on tensor cores, so for them fast mode is exact mode.
 """
 import torch
 import triton
 import triton.language as tl
 
+from .._backend import triton_interpreted
 from ._launch import device_guard, precision_for
 
 
 @triton.jit
+def _exact_nearest(r_in, cb, K, D, sck, scd, d, d_ok,
+                   PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Index [BLOCK_N] of the nearest code of one codebook, by exact tiles of ||c||^2 - 2 r.c."""
+    kk = tl.arange(0, BLOCK_K)
+    best = tl.full((BLOCK_N,), float("inf"), dtype=tl.float32)
+    best_k = tl.zeros((BLOCK_N,), dtype=tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + kk
+        k_ok = k < K
+        c = tl.load(cb + k[:, None] * sck + d[None, :] * scd, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
+        cf = c.to(tl.float32)
+        c_sq = tl.sum(cf * cf, axis=1)  # [BK]
+        cross = tl.dot(r_in, tl.trans(c), input_precision=PRECISION)  # [BN, BK]
+        dist = tl.where(k_ok[None, :], c_sq[None, :] - 2.0 * cross, float("inf"))
+        tile_min = tl.min(dist, axis=1)
+        tile_arg = tl.argmin(dist, axis=1).to(tl.int32) + k0
+        better = tile_min < best
+        best = tl.where(better, tile_min, best)
+        best_k = tl.where(better, tile_arg, best_k)
+    return best_k
+
+
+@triton.jit
+def _tf32(v, INTERPRETED: tl.constexpr):
+    """v as a tf32 dot sees it. On a GPU the dot itself drops the low mantissa bits; Triton's
+    interpreter multiplies in full fp32, so there the bits are cut here (truncation: the worse of
+    the two roundings the hardware may use) and tests exercise the real error."""
+    if INTERPRETED:
+        v = (v.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+    return v
+
+
+@triton.jit
+def _fast_candidates(r, r_norm, cb, sck, scd, csq, cnorm, err_rc, err_cc, K, d, d_ok, n_ok,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, M: tl.constexpr, INTERPRETED: tl.constexpr):
+    """Fast mode's first pass over one codebook: tf32 distances a(c) = ||c||^2 - 2 r.c on tensor
+    cores, each within e(c) = err_rc ||r|| ||c|| + err_cc ||c||^2 of the exact one. The exact
+    nearest has a(c) - e(c) <= upper = min over codes of a(c) + e(c); those are the candidates.
+
+    Returns per row the M candidates of lowest bound a - e seen ([BLOCK_N, M] bounds and indices,
+    +inf where unused) and upper [BLOCK_N]. Every code left out has a bound above upper or at
+    least the list's largest bound, which is what lets the caller decide whether the list was
+    enough (see rvq_encode_kernel).
+    """
+    kk = tl.arange(0, BLOCK_K)
+    slot = tl.arange(0, M)
+    r_tc = _tf32(r, INTERPRETED)
+    vals = tl.full((BLOCK_N, M), float("inf"), dtype=tl.float32)
+    idx = tl.zeros((BLOCK_N, M), dtype=tl.int32)
+    upper = tl.full((BLOCK_N,), float("inf"), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + kk
+        k_ok = k < K
+        c = tl.load(cb + k[:, None] * sck + d[None, :] * scd, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
+        c_sq = tl.load(csq + k, mask=k_ok, other=0.0)
+        c_norm = tl.load(cnorm + k, mask=k_ok, other=0.0)
+        cross = tl.dot(r_tc, tl.trans(_tf32(c, INTERPRETED)), input_precision="tf32")
+        approx = c_sq[None, :] - 2.0 * cross
+        err = err_rc * r_norm[:, None] * c_norm[None, :] + err_cc * c_sq[None, :]
+        lower = tl.where(k_ok[None, :], approx - err, float("inf"))
+        upper = tl.minimum(upper, tl.min(tl.where(k_ok[None, :], approx + err, float("inf")), axis=1))
+        near = (lower <= upper[:, None]) & n_ok[:, None]
+        # Past the first tiles few codes are near any row's best: this loop mostly runs 0-2 times.
+        n_take = tl.minimum(tl.max(tl.sum(near.to(tl.int32), axis=1), axis=0), M)
+        for _ in range(n_take):
+            v = tl.min(lower, axis=1)
+            a = tl.argmin(lower, axis=1).to(tl.int32)
+            put = (v <= upper) & (v < tl.max(vals, axis=1))
+            hit = (slot[None, :] == tl.argmax(vals, axis=1)[:, None]) & put[:, None]
+            vals = tl.where(hit, v[:, None], vals)
+            idx = tl.where(hit, (a + k0)[:, None], idx)
+            lower = tl.where(kk[None, :] == a[:, None], float("inf"), lower)
+    return vals, idx, upper
+
+
+@triton.jit
+def _recheck(r, cb, sck, scd, vals, idx, upper, d, d_ok, BLOCK_N: tl.constexpr, M: tl.constexpr):
+    """The exact fp32 nearest among each row's listed candidates (bound <= upper): (index, ||r - c||^2).
+    Equal distances go to the lower index; a row with no candidate (NaN input) gets index 0, as in
+    exact mode."""
+    slot = tl.arange(0, M)
+    best = tl.full((BLOCK_N,), float("inf"), dtype=tl.float32)
+    best_k = tl.zeros((BLOCK_N,), dtype=tl.int32)
+    for j in range(M):  # not unrolled: unrolled, the M gathers were hoisted together and spilled
+        pick = slot[None, :] == j
+        v = tl.max(tl.where(pick, vals, float("-inf")), axis=1)
+        k = tl.max(tl.where(pick, idx, -1), axis=1)
+        ok = v <= upper
+        c = tl.load(cb + k[:, None] * sck + d[None, :] * scd, mask=ok[:, None] & d_ok[None, :], other=0.0)
+        diff = r - c.to(tl.float32)
+        dist = tl.sum(diff * diff, axis=1)
+        better = ok & ((dist < best) | ((dist == best) & (k < best_k)))
+        best = tl.where(better, dist, best)
+        best_k = tl.where(better, k, best_k)
+    return best_k, best
+
+
+@triton.jit
+def _exact_scan(r, cb, K, sck, scd, d, d_ok, BLOCK_N: tl.constexpr):
+    """Fast mode's fallback: every code's exact fp32 distance, one code at a time (few registers;
+    only blocks with a row whose candidate list overflowed come here)."""
+    best = tl.full((BLOCK_N,), float("inf"), dtype=tl.float32)
+    best_k = tl.zeros((BLOCK_N,), dtype=tl.int32)
+    for k in range(0, K):
+        c = tl.load(cb + k * sck + d * scd, mask=d_ok, other=0.0).to(tl.float32)
+        diff = r - c[None, :]
+        dist = tl.sum(diff * diff, axis=1)
+        better = dist < best
+        best = tl.where(better, dist, best)
+        best_k = tl.where(better, k, best_k)
+    return best_k
+
+
+@triton.jit
 def rvq_encode_kernel(
-    x_ptr, cb_ptr, codes_ptr, q_ptr, dist_ptr, res_ptr,
+    x_ptr, cb_ptr, codes_ptr, q_ptr, dist_ptr, res_ptr, csq_ptr, cnorm_ptr,
     N, K, D, n_q,
     sxn, sxd, scq, sck, scd,
+    err_rc, err_cc,
     WRITE_Q: tl.constexpr, WRITE_DIST: tl.constexpr, WRITE_RES: tl.constexpr, PRECISION: tl.constexpr,
+    FAST: tl.constexpr, M: tl.constexpr, INTERPRETED: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     dtype = x_ptr.dtype.element_ty
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     d = tl.arange(0, BLOCK_D)
-    kk = tl.arange(0, BLOCK_K)
     n_ok = n < N
     d_ok = d < D
     row_ok = n_ok[:, None] & d_ok[None, :]
@@ -41,21 +164,18 @@ def rvq_encode_kernel(
         r_in = r.to(dtype)
         if WRITE_RES:
             tl.store(res_rows + i * D, r_in, mask=row_ok)
-        best = tl.full((BLOCK_N,), float("inf"), dtype=tl.float32)
-        best_k = tl.zeros((BLOCK_N,), dtype=tl.int32)
-        for k0 in range(0, K, BLOCK_K):
-            k = k0 + kk
-            k_ok = k < K
-            c = tl.load(cb + k[:, None] * sck + d[None, :] * scd, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
-            cf = c.to(tl.float32)
-            c_sq = tl.sum(cf * cf, axis=1)  # [BK]
-            cross = tl.dot(r_in, tl.trans(c), input_precision=PRECISION)  # [BN, BK]
-            dist = tl.where(k_ok[None, :], c_sq[None, :] - 2.0 * cross, float("inf"))
-            tile_min = tl.min(dist, axis=1)
-            tile_arg = tl.argmin(dist, axis=1).to(tl.int32) + k0
-            better = tile_min < best
-            best = tl.where(better, tile_min, best)
-            best_k = tl.where(better, tile_arg, best_k)
+        if FAST:
+            r_sq = tl.sum(r * r, axis=1)
+            vals, idx, upper = _fast_candidates(r, tl.sqrt(r_sq), cb, sck, scd, csq_ptr + i * K, cnorm_ptr + i * K,
+                                                err_rc, err_cc, K, d, d_ok, n_ok, BLOCK_N, BLOCK_K, M, INTERPRETED)
+            best_k, best = _recheck(r, cb, sck, scd, vals, idx, upper, d, d_ok, BLOCK_N, M)
+            # A code off a full list has an exact distance >= its bound >= the list's largest bound;
+            # if that is below the best found (in ||r - c||^2 units: + ||r||^2), it could be nearer.
+            overflow = (tl.max(vals, axis=1) + r_sq < best) & n_ok
+            if tl.max(overflow.to(tl.int32), axis=0) > 0:
+                best_k = tl.where(overflow, _exact_scan(r, cb, K, sck, scd, d, d_ok, BLOCK_N), best_k)
+        else:
+            best_k = _exact_nearest(r_in, cb, K, D, sck, scd, d, d_ok, PRECISION, BLOCK_N, BLOCK_K)
         tl.store(codes_ptr + n64 * n_q + i, best_k.to(tl.int64), mask=n_ok)
         chosen = tl.load(cb + best_k[:, None] * sck + d[None, :] * scd, mask=row_ok, other=0.0).to(tl.float32)
         if WRITE_DIST:
@@ -135,7 +255,48 @@ def unsupported_reason(D: int, dtype: torch.dtype):
     return f"the triton rvq kernels keep a row's residual in registers and handle D <= {max_dim(dtype)}; got D = {D}"
 
 
-def _encode(x, codebooks, n_q, write_q, write_dist, write_res=False):
+# Fast mode: each row's candidate list, and tiles per BLOCK_D (BLOCK_N, BLOCK_K, num_warps). The fp32
+# residual, its TF32 operand and the running quantized sum all stay in registers, so these are the
+# largest tiles that compile for sm_90 without spills (kernel report). Not yet timed on a GPU.
+FAST_LIST = 8
+_TILES_FAST = {16: (64, 64, 4), 32: (32, 64, 8), 64: (32, 64, 8), 128: (32, 32, 8), 256: (16, 32, 8)}
+_TILES_FAST_RES = {256: (16, 16, 8)}  # rvq_residuals: spilled 24 B under Triton 3.6 with (16, 32, 8)
+
+
+def fast_config(D: int, residuals: bool = False) -> dict:
+    """Tile sizes of fast mode (fp32 inputs) for code dimension D <= MAX_D; residuals: for rvq_residuals."""
+    block_d = max(16, triton.next_power_of_2(D))
+    n, k, warps = (_TILES_FAST_RES if residuals else {}).get(block_d, _TILES_FAST[block_d])
+    return dict(BLOCK_N=n, BLOCK_K=k, BLOCK_D=block_d, num_warps=warps, M=FAST_LIST)
+
+
+def fast_error_terms(D: int) -> tuple[float, float]:
+    """(a, b) such that |tf32 distance - exact distance| <= a ||r|| ||c|| + b ||c||^2 for every
+    residual r and code c of dimension D.
+
+    The tf32 distance is fl(||c||^2) - 2 fl(r~.c~): r~ and c~ keep 10 mantissa bits (unit
+    u = 2^-10, covering truncation as well as rounding) and products are summed in fp32. By the
+    standard bounds |r~.c~ - r.c| <= (2u + u^2 + g (1+u)^2) sum|r_i c_i| with g = gamma_D of the
+    accumulator, and sum|r_i c_i| <= ||r|| ||c||; ||c||^2 (summed in fp32) and the final
+    subtraction add g ||c||^2 and g (||c||^2 + 2 ||r|| ||c||). The accumulator's unit is taken as
+    2^-22, four times fp32's, because tensor cores may truncate while aligning products, and the
+    whole bound is doubled as a margin.
+    """
+    u, ua = 2.0 ** -10, 2.0 ** -22
+    g = D * ua / (1.0 - D * ua)
+    margin = 2.0
+    a = 2.0 * (2.0 * u + u * u + g * (1.0 + u) ** 2) + 2.0 * g
+    b = 2.0 * g
+    return margin * a, margin * b
+
+
+def _fast_inputs(codebooks, n_q):
+    """Per-code ||c||^2 and ||c|| [n_q, K] in fp32, for fast mode's distances and error bounds."""
+    c_sq = codebooks[:n_q].float().pow(2).sum(2).contiguous()
+    return c_sq, c_sq.sqrt()
+
+
+def _encode(x, codebooks, n_q, write_q, write_dist, write_res=False, fast=False):
     N, D = x.shape
     _, K, _ = codebooks.shape
     if D > max_dim(x.dtype):
@@ -146,30 +307,39 @@ def _encode(x, codebooks, n_q, write_q, write_dist, write_res=False):
     res = torch.empty(N, n_q + 1, D, dtype=x.dtype, device=x.device) if write_res else None
     if N == 0:
         return codes, q, dist, res
-    cfg = rvq_config(D, x.dtype, residuals=write_res)
+    fast = fast and x.dtype == torch.float32
+    if fast:
+        cfg = fast_config(D, residuals=write_res)
+        c_sq, c_norm = _fast_inputs(codebooks, n_q)
+        err_rc, err_cc = fast_error_terms(D)
+    else:
+        cfg = dict(rvq_config(D, x.dtype, residuals=write_res), M=1)
+        c_sq, c_norm, err_rc, err_cc = x, x, 0.0, 0.0
     with device_guard(x):
         rvq_encode_kernel[(triton.cdiv(N, cfg["BLOCK_N"]),)](
             x, codebooks, codes, x if q is None else q, x if dist is None else dist, x if res is None else res,
-            N, K, D, n_q, *x.stride(), *codebooks.stride(),
-            WRITE_Q=write_q, WRITE_DIST=write_dist, WRITE_RES=write_res, PRECISION=precision_for(x.dtype), **cfg)
+            c_sq, c_norm,
+            N, K, D, n_q, *x.stride(), *codebooks.stride(), err_rc, err_cc,
+            WRITE_Q=write_q, WRITE_DIST=write_dist, WRITE_RES=write_res, PRECISION=precision_for(x.dtype),
+            FAST=fast, INTERPRETED=triton_interpreted(), **cfg)
     return codes, q, dist, res
 
 
-def vq_nearest(x, codebook):
+def vq_nearest(x, codebook, fast=False):
     """x: [N, D], codebook: [K, D] -> (index [N] int64, sqdist [N])."""
-    codes, _, dist, _ = _encode(x, codebook.unsqueeze(0), 1, write_q=False, write_dist=True)
+    codes, _, dist, _ = _encode(x, codebook.unsqueeze(0), 1, write_q=False, write_dist=True, fast=fast)
     return codes.view(-1), dist
 
 
-def rvq_encode(x, codebooks, n_q):
+def rvq_encode(x, codebooks, n_q, fast=False):
     """x: [N, D], codebooks: [Q, K, D] -> (codes [N, n_q] int64, quantized [N, D])."""
-    codes, q, _, _ = _encode(x, codebooks, n_q, write_q=True, write_dist=False)
+    codes, q, _, _ = _encode(x, codebooks, n_q, write_q=True, write_dist=False, fast=fast)
     return codes, q
 
 
-def rvq_residuals(x, codebooks, n_q):
+def rvq_residuals(x, codebooks, n_q, fast=False):
     """x: [N, D], codebooks: [Q, K, D] -> (codes [N, n_q] int64, residuals [N, n_q + 1, D])."""
-    codes, _, _, res = _encode(x, codebooks, n_q, write_q=False, write_dist=False, write_res=True)
+    codes, _, _, res = _encode(x, codebooks, n_q, write_q=False, write_dist=False, write_res=True, fast=fast)
     return codes, res
 
 
