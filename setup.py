@@ -159,7 +159,7 @@ setup(
         "soxr",   # resampling training data: a polyphase resampler beats a hand-written one
         "tqdm",   # the training progress bar (training falls back to plain lines without it)
     ],
-    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis"]},
+    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis", "tensorboard"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     entry_points={"console_scripts": ["fastcodec = fastcodec.__main__:main"]},

@@ -65,6 +65,28 @@ def test_a_run_writes_everything_it_promises(tmp_path):
     assert not list(out.rglob(".*tmp*"))
 
 
+def test_tensorboard_gets_every_metric_csv_gets(tmp_path):
+    """With tensorboard installed (it is in the test extras), the run's scalars reach its event file
+    by the time train() returns, under the same names as the CSV columns."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = small(tmp_path)
+    train(cfg, progress=False, log=lambda *_: None)
+    events = EventAccumulator(str(Path(cfg.out) / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    lines = (Path(cfg.out) / "metrics.csv").read_text().splitlines()
+    rows = [dict(zip(lines[0].split(","), line.split(","))) for line in lines[1:]]
+    for name in ("loss", "mel", "disc"):  # disc: only the steps the critics trained
+        logged = [(e.step, e.value) for e in events.Scalars(f"train/{name}")]
+        in_csv = [(int(r["step"]), float(r[name])) for r in rows if r[name]]
+        assert [s for s, _ in logged] == [s for s, _ in in_csv] and len(logged) >= 2, name
+        assert [v for _, v in logged] == pytest.approx([v for _, v in in_csv], rel=1e-5), name
+    evals = (Path(cfg.out) / "eval.csv").read_text().splitlines()[0].split(",")[1:]
+    assert {f"eval/{c}" for c in evals} <= tags
+
+
 def test_bf16_autocast_trains_with_the_quantizer_in_fp32(tmp_path):
     cfg = small(tmp_path, amp="bf16", steps=3, eval_every=3, checkpoint_every=3)
     trainer = loop_mod.Trainer(cfg, progress=False, log=lambda *_: None)

@@ -287,7 +287,7 @@ class Trainer:
             self.bad_streak = 0
         else:
             self.bad_streak += 1
-            self._say(f"step {self.step}: non-finite loss or gradient (loss {float(loss):.4g}, grad norm "
+            self._say(f"step {self.step}: non-finite loss or gradient (loss {float(loss.detach()):.4g}, grad norm "
                       f"{float(gnorm):.4g}); step skipped, weights unchanged ({self.bad_streak} in a row)")
         row["bad_steps"] = self.bad_streak
         return row
@@ -409,6 +409,8 @@ class Trainer:
                 self._say(f"interrupted: checkpoint saved at step {self.step}; continue with --resume")
         finally:
             bar.close()
+            if dist.main and tb is not None:
+                tb.close()  # its writer thread flushes only every 2 min: events must not wait for GC
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
         return last_row
