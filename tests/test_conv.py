@@ -35,6 +35,11 @@ CONVT_SHAPES = [
     # <= 16 input frames: the CPU's sgemm + overlap-add path; 17 above is the phase engine.
     (2, 40, 24, 16, 10, 5),
     (3, 6, 7, 2, 16, 8),
+    # Cin x taps per phase >= 256 over few frames: the CPU's one-GEMM-and-gather path, also with
+    # K not a multiple of the stride and K < stride (phases that only get the bias).
+    (2, 130, 24, 37, 16, 8),
+    (3, 97, 11, 19, 5, 2),
+    (1, 300, 5, 23, 3, 4),
 ]
 SMALL = 200  # largest T the Triton interpreter gets
 
@@ -127,6 +132,7 @@ def test_conv_transpose1d_epilogue(target, activation):
     for dtype in _dtypes(backend, device):
         _check_conv_transpose1d(backend, device, dtype, (2, 6, 5, 11, 8, 4), activation)
         _check_conv_transpose1d(backend, device, dtype, (1, 3, 4, 7, 3, 2), activation, bias=False)
+        _check_conv_transpose1d(backend, device, dtype, (2, 130, 6, 21, 8, 4), activation)  # CPU: one GEMM
 
 
 def test_conv_transpose1d_noncontiguous(target):

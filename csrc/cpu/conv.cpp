@@ -1,5 +1,6 @@
 // Causal conv and causal transposed conv on the CPU, with bias, activation and residual fused.
-// fp32 runs on the GEMM-shaped engine of conv_gemm.h (the transposed conv as `stride` phase convs);
+// fp32 runs on the GEMM-shaped engine of conv_gemm.h (the transposed conv as `stride` phase convs,
+// or, over few input frames, as one sgemm and a gather);
 // fp64 (used by gradcheck) runs a simple loop nest: one output row (b, co) per task, the tap loop
 // over a contiguous time range.
 #include <algorithm>
@@ -160,6 +161,47 @@ at::Tensor packed_conv_weights(const at::Tensor& w) {
   return *cpu::cached<at::Tensor>(w, cpu::kConvTag, [&] { return std::make_shared<at::Tensor>(pack_weights(w)); });
 }
 
+// A transposed conv with few input frames per item (the codec's 75 and 600 Hz up-convs) as one
+// GEMM over all items, z [B*T, Cout*K] = x^T W, then a gather: output q*stride + p sums
+// z[q - j, co*K + p + j*stride] over the taps j that reach it, and the epilogue. The phase convs
+// would run `stride` GEMMs of only T columns per item, too narrow to keep the engine's tiles busy.
+void conv_transpose1d_gemm(const at::Tensor& x, const at::Tensor& w, const float* bias, const float* alpha,
+                           Activation act, float slope, int64_t stride, at::Tensor& y) {
+  const int64_t B = x.size(0), Cin = x.size(1), T = x.size(2), Cout = w.size(1), K = w.size(2);
+  const int64_t N = Cout * K, Ty = T * stride;
+  const at::Tensor z = at::mm(x.permute({0, 2, 1}).reshape({B * T, Cin}), w.view({Cin, N}));
+  const float* zp = z.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, B * Cout, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / Cout, co = row % Cout;
+      float* yr = yp + row * Ty;
+      const float* zr = zp + b * T * N + co * K;  // element (q, k) of this row's contributions: zr[q*N + k]
+      std::fill(yr, yr + Ty, 0.0f);
+      for (int64_t q = 0; q < T; ++q) {
+        float* dst = yr + q * stride;
+        for (int64_t j = 0; j <= q && j * stride < K; ++j) {
+          const float* src = zr + (q - j) * N + j * stride;
+          const int64_t n = std::min(stride, K - j * stride);
+          for (int64_t p = 0; p < n; ++p) dst[p] += src[p];
+        }
+      }
+      cpu::epilogue_rows(yr, 1, Ty, Ty, bias ? bias + co : nullptr, alpha ? alpha + co : nullptr, nullptr, 0, act,
+                         slope);
+    }
+  });
+}
+
+// Where that one GEMM beats the phase convs, measured on the codec's up-convs at batch 1-16
+// (RESULTS.md): phases with a deep enough product (Cin * taps per phase >= 256) over few columns
+// in all (B * T <= 2400), e.g. the 75 Hz 512 -> 256 k16 layer: 1.6-5x faster at 1-4 items. Wider
+// inputs keep the phase convs, which win by up to 1.4x at B * T = 4800 and 1.6-3.3x where
+// Cin * taps = 128. The contributions buffer is capped at 64 MB.
+bool transposed_by_gemm(int64_t B, int64_t Cin, int64_t T, int64_t Cout, int64_t K, int64_t stride) {
+  const int64_t taps = (K + stride - 1) / stride;
+  return Cin * taps >= 256 && B * T <= 2400 && B * T * Cout * K * 4 <= (int64_t{64} << 20);
+}
+
 // fp32 transposed conv as `stride` causal convs: output t' = q*stride + p (phase p) receives taps
 // k = p + j*stride from input q - j, i.e. a stride-1 causal conv with J = ceil((K - p)/stride) taps
 // (reversed) whose outputs land every stride-th sample.
@@ -174,6 +216,8 @@ void conv_transpose1d_phases(const at::Tensor& x, const at::Tensor& w, const c10
                                                          alpha)));
     return;
   }
+  if (transposed_by_gemm(B, Cin, T, w.size(1), K, stride))
+    return conv_transpose1d_gemm(x, w, bp, ap, act, negative_slope, stride, y);
   float* yp = y.data_ptr<float>();
   const auto wpacks_ptr = cpu::cached<std::vector<at::Tensor>>(w, stride, [&] {
     auto packs = std::make_shared<std::vector<at::Tensor>>();
