@@ -22,6 +22,9 @@ CONV_SHAPES = [
     (3, 40, 24, 8, 7, 1, 3),
     (2, 16, 12, 20, 10, 5, 1),
     (1, 24, 8, 9, 3, 1, 1),
+    # stride >= 4, Cin*K >= 1024, few outputs in all: the CPU's window rows and sgemm, dilated too.
+    (2, 70, 9, 181, 16, 8, 1),
+    (1, 130, 5, 133, 8, 4, 2),
 ]
 # (B, Cin, Cout, T, K, stride): K < stride, K == stride, K = 2*stride, stride 1.
 CONVT_SHAPES = [
@@ -100,6 +103,7 @@ def test_conv1d_epilogue(target, activation, residual):
     for dtype in _dtypes(backend, device):
         _check_conv1d(backend, device, dtype, (2, 6, 5, 37, 7, 1, 3), activation, residual)
         _check_conv1d(backend, device, dtype, (1, 4, 7, 23, 4, 2, 1), activation, residual, bias=False)
+        _check_conv1d(backend, device, dtype, (2, 66, 5, 50, 16, 4, 1), activation, residual)  # CPU: sgemm
 
 
 def test_conv1d_noncontiguous(target):

@@ -50,10 +50,19 @@ at::Tensor pack_weights(const at::Tensor& w) {
 // sgemm streams the weights as they are: windows x W^T (W x windows, with the skinny matrix
 // second, runs 10-20x slower in MKL at 2-8 columns); past that the conv engine. Then the usual
 // epilogue.
+// The same window rows and sgemm also beat the engine on deep strided layers over few columns in
+// all: the 75 Hz 256 -> 512 k16 stride-8 downsampler (4096-long windows) at 1-4 items of 1 s,
+// 1.2-1.6x (RESULTS.md), where the engine gets one narrow column tile per item.
 constexpr int64_t kFewOutputsUncached = cpu::kSkinnyRows;
 
-bool skinny_conv_fits(const at::Tensor& w, int64_t Tout) {
-  return Tout <= (cpu::caches(w) ? cpu::kSkinnyMaxRows : kFewOutputsUncached);
+bool deep_strided_few_columns(const at::Tensor& x, const at::Tensor& w, int64_t stride, int64_t Tout) {
+  const int64_t B = x.size(0), Kd = w.size(1) * w.size(2);
+  return stride >= 4 && Kd >= 1024 && B * Tout <= 1200 && B * Tout * Kd * 4 <= (int64_t{64} << 20);
+}
+
+bool skinny_conv_fits(const at::Tensor& x, const at::Tensor& w, int64_t stride, int64_t Tout) {
+  if (cpu::caches(w)) return Tout <= cpu::kSkinnyMaxRows;
+  return Tout <= kFewOutputsUncached || deep_strided_few_columns(x, w, stride, Tout);
 }
 
 // z [B * Tout, Cout] rows ldz apart, with z[b*Tout + t, co] the conv's sum for output t of item b.
@@ -64,15 +73,22 @@ at::Tensor conv_sums_skinny(const at::Tensor& x, const at::Tensor& w, int64_t st
   if (!cpu::caches(w)) {
     at::Tensor rows = at::zeros({B * Tout, Kd}, x.options());
     float* rp = rows.data_ptr<float>();
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t t = 0; t < Tout; ++t)
+    at::parallel_for(0, B * Tout, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t b = row / Tout, t = row % Tout, s0 = t * stride - pad;
+        // Taps k in [k_lo, k_hi) read inside [0, T); the rest stay zero (the causal padding).
+        const int64_t k_lo = s0 >= 0 ? 0 : std::min(K, (-s0 + dilation - 1) / dilation);
+        const int64_t k_hi = std::max(k_lo, std::min(K, (T - s0 + dilation - 1) / dilation));
         for (int64_t ci = 0; ci < Cin; ++ci) {
           const float* xrow = xp + (b * Cin + ci) * T;
-          for (int64_t k = 0; k < K; ++k) {
-            const int64_t src = t * stride - pad + k * dilation;
-            if (src >= 0 && src < T) rp[(b * Tout + t) * Kd + ci * K + k] = xrow[src];
-          }
+          float* dst = rp + row * Kd + ci * K;
+          if (dilation == 1 && k_hi > k_lo)
+            std::memcpy(dst + k_lo, xrow + s0 + k_lo, sizeof(float) * (k_hi - k_lo));
+          else
+            for (int64_t k = k_lo; k < k_hi; ++k) dst[k] = xrow[s0 + k * dilation];
         }
+      }
+    });
     return at::mm(rows, w.view({Cout, Kd}).t());
   }
   const auto panels = cpu::cached<at::Tensor>(
@@ -109,13 +125,15 @@ void conv_skinny(const at::Tensor& x, const at::Tensor& w, const float* bias, co
   const float* zp = z.data_ptr<float>();
   const int64_t ldz = z.stride(0);
   float* yp = y.data_ptr<float>();
-  for (int64_t b = 0; b < B; ++b) {
-    float* yb = yp + b * Cout * Tout;
-    for (int64_t co = 0; co < Cout; ++co)
-      for (int64_t t = 0; t < Tout; ++t) yb[co * Tout + t] = zp[(b * Tout + t) * ldz + co];
-    cpu::epilogue_rows(yb, Cout, Tout, Tout, bias, alpha, residual ? residual + b * Cout * Tout : nullptr, Tout, act,
-                       slope);
-  }
+  at::parallel_for(0, B * Cout, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / Cout, co = row % Cout;
+      float* yr = yp + row * Tout;
+      for (int64_t t = 0; t < Tout; ++t) yr[t] = zp[(b * Tout + t) * ldz + co];
+      cpu::epilogue_rows(yr, 1, Tout, Tout, bias ? bias + co : nullptr, alpha ? alpha + co : nullptr,
+                         residual ? residual + row * Tout : nullptr, Tout, act, slope);
+    }
+  });
 }
 
 // z[t, co*K + k] = sum_ci x[b, ci, t] * w[ci, co, k] for the frames of batch item b (xb: [Cin, T]
@@ -146,7 +164,7 @@ void conv1d_f32(const at::Tensor& x, const at::Tensor& w, const c10::optional<at
                 const c10::optional<at::Tensor>& alpha, const c10::optional<at::Tensor>& residual, Activation act,
                 float slope, int64_t stride, int64_t dilation, int64_t pad, at::Tensor& y) {
   const int64_t B = x.size(0), Cin = x.size(1), T = x.size(2), Cout = w.size(0), K = w.size(2), Tout = y.size(2);
-  if (skinny_conv_fits(w, Tout))
+  if (skinny_conv_fits(x, w, stride, Tout))
     return conv_skinny(x, w, ptr_or_null<float>(bias), ptr_or_null<float>(alpha), ptr_or_null<float>(residual), act,
                        slope, stride, dilation, pad, y);
   const at::Tensor wpack = packed_conv_weights(w);

@@ -300,11 +300,21 @@ void run_conv(const ConvPlan& p) {
   const int64_t ci_stride = win.phases * win.row_len;
   const float slope = p.negative_slope;
 
-  at::parallel_for(0, p.B * ntiles, 1, [&](int64_t begin, int64_t end) {
+  // Fewer (item, column tile) pairs than threads - one short item, say - would leave threads idle:
+  // then each pair's output channels are split among tasks too (each packs its own window).
+  const int64_t pairs = p.B * ntiles;
+  const int64_t splits = std::min(cblocks, std::max<int64_t>(1, at::get_num_threads() / pairs));
+  const int64_t cb_per_split = (cblocks + splits - 1) / splits;
+
+  at::parallel_for(0, pairs * splits, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> window(ci_block * ci_stride);
     std::vector<float> tile(cblocks * kMR * kNT);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / ntiles, t0 = (task % ntiles) * kNT;
+      const int64_t pair = task / splits, split = task % splits;
+      const int64_t b = pair / ntiles, t0 = (pair % ntiles) * kNT;
+      const int64_t cb_lo = split * cb_per_split, cb_hi = std::min(cblocks, cb_lo + cb_per_split);
+      if (cb_lo >= cb_hi) continue;
+      const int64_t co_lo = cb_lo * kMR, co_hi = std::min(p.Cout, cb_hi * kMR);
       const int64_t ncols = std::min(kNT, p.Tout - t0);
       const float* xb = p.x + b * p.Cin * p.T;
       // With stride 1 the window of channel ci is x[ci, base .. base + row_len): when that lies
@@ -321,7 +331,7 @@ void run_conv(const ConvPlan& p) {
         } else {
           pack_window(p, win, xb, ci0, nci, t0, window.data());
         }
-        for (int64_t cb = 0; cb < cblocks; ++cb) {
+        for (int64_t cb = cb_lo; cb < cb_hi; ++cb) {
           const float* wp = p.wpack + (cb * p.Cin + ci0) * p.K * kMR;
           float* c = tile.data() + cb * kMR * kNT;
           // Full-width micro-tiles, then at most 16 leftover columns in narrow ones. Columns past
@@ -334,7 +344,7 @@ void run_conv(const ConvPlan& p) {
         }
       }
       // Epilogue on the tile while it is in cache: bias, activation, residual, one store.
-      for (int64_t co = 0; co < p.Cout; ++co) {
+      for (int64_t co = co_lo; co < co_hi; ++co) {
         float* v = tile.data() + co * kNT;
         activate_row(v, ncols, p.bias ? p.bias[co] : 0.0f, p.act, slope, p.alpha ? p.alpha[co] : 0.0f);
         float* y = p.y + b * p.y_bs + co * p.y_cs + t0 * p.y_ts;
