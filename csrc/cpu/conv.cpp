@@ -51,9 +51,13 @@ at::Tensor pack_weights(const at::Tensor& w) {
 // second, runs 10-20x slower in MKL at 2-8 columns); past that the conv engine. Then the usual
 // epilogue.
 // The same window rows and sgemm also beat the engine on deep strided layers over few columns in
-// all: the 75 Hz 256 -> 512 k16 stride-8 downsampler (4096-long windows) at 1-4 items of 1 s,
-// 1.2-1.6x (RESULTS.md), where the engine gets one narrow column tile per item.
+// all: the 75 Hz 256 -> 512 k16 stride-8 downsampler (4096-long windows), 2.2x at one item of 1 s
+// and 1.1x at four (RESULTS.md), where the engine gets one narrow column tile per item.
 constexpr int64_t kFewOutputsUncached = cpu::kSkinnyRows;
+
+// Rows per parallel chunk for loops of `row_len` elements a row: ~32K elements, so a stream's few
+// outputs stay on the calling thread rather than paying for a parallel region.
+int64_t grain_for(int64_t row_len) { return std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, row_len)); }
 
 bool deep_strided_few_columns(const at::Tensor& x, const at::Tensor& w, int64_t stride, int64_t Tout) {
   const int64_t B = x.size(0), Kd = w.size(1) * w.size(2);
@@ -73,7 +77,7 @@ at::Tensor conv_sums_skinny(const at::Tensor& x, const at::Tensor& w, int64_t st
   if (!cpu::caches(w)) {
     at::Tensor rows = at::zeros({B * Tout, Kd}, x.options());
     float* rp = rows.data_ptr<float>();
-    at::parallel_for(0, B * Tout, 16, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B * Tout, grain_for(Kd), [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t b = row / Tout, t = row % Tout, s0 = t * stride - pad;
         // Taps k in [k_lo, k_hi) read inside [0, T); the rest stay zero (the causal padding).
@@ -125,7 +129,7 @@ void conv_skinny(const at::Tensor& x, const at::Tensor& w, const float* bias, co
   const float* zp = z.data_ptr<float>();
   const int64_t ldz = z.stride(0);
   float* yp = y.data_ptr<float>();
-  at::parallel_for(0, B * Cout, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * Cout, grain_for(Tout), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / Cout, co = row % Cout;
       float* yr = yp + row * Tout;
