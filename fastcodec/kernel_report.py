@@ -168,7 +168,7 @@ def triton_launches():
                 shp = rvq_shapes.get(D, []) if label == "rvq_encode" else []
                 out[(label, dname, D)] = (label, vq.rvq_encode_kernel, dname, mode, True, {**vq_ptrs, **vq_ints},
                                           ce, warps, list(shp))
-                if dtype == torch.float32:  # fast mode: TF32 candidates, exact re-check (fp32 inputs only)
+                if dtype == torch.float32 and vq.fast_available():  # fast mode: TF32 candidates, exact re-check
                     fcfg = vq.fast_config(D, residuals=label == "rvq_residuals")
                     fwarps = fcfg.pop("num_warps")
                     out[(label + " fast", dname, D)] = (label + " fast", vq.rvq_encode_kernel, dname, "tf32", True,
@@ -288,6 +288,11 @@ def main(argv=None):
     noted = [k for k in kernels if not k.gated and k.problems]
     print(f"\n{len(kernels)} kernel configurations for sm_{args.arch} in {time.time() - start:.0f} s: "
           f"{len(failures)} failing, {len(noted)} with problems outside the gate (not on auto's GPU path)")
+    from fastcodec.ops.triton import vq
+
+    if not vq.fast_available():
+        print("RVQ fast mode is not listed: this Triton cannot compile it, so fast mode runs the exact kernels "
+              f"(it needs Triton >= {'.'.join(map(str, vq.FAST_MIN_TRITON))})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"arch": args.arch, "h100": H100, "kernels": [asdict(k) for k in kernels]}, f, indent=1)

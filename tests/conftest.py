@@ -15,6 +15,13 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    # Import it now, under that setting: Triton 3.0 decides at import whether its own @jit helpers
+    # (tl.zeros, ...) are interpretable, and a test that sets TRITON_INTERPRET=0 before fastcodec's
+    # lazy import would otherwise leave them compiled-only for the whole session.
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        pass
 
 import pytest  # noqa: E402
 
@@ -68,8 +75,8 @@ def assert_close_to_reference(out, ref_same, ref64, *, factor=2.0, atol_eps=8.0,
     """The tolerance rule: |out - ref64| <= factor * |ref_same - ref64| + atol, elementwise max.
 
     ref_same is the PyTorch reference at out's precision, ref64 the same computed in float64;
-    atol is atol_eps machine epsilons of out's dtype times the largest |ref64|, so a reference that
-    happens to be exact does not demand the impossible.
+    atol is atol_eps machine epsilons of out's dtype times the largest |ref64| (at least 64 for
+    float64 outputs), so a reference that happens to be exact does not demand the impossible.
     """
     assert out.shape == ref64.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref64.shape)}"
     assert out.dtype == ref_same.dtype, f"{name}: dtype {out.dtype} != {ref_same.dtype}"
@@ -79,6 +86,10 @@ def assert_close_to_reference(out, ref_same, ref64, *, factor=2.0, atol_eps=8.0,
     err = (out64 - ref64).abs().max().item() if out.numel() else 0.0
     ref_err = (same64 - ref64).abs().max().item() if out.numel() else 0.0
     scale = ref64.abs().max().item() if out.numel() else 0.0
+    if out.dtype == torch.float64:
+        # Nothing is more precise than the float64 reference, so ref_err is 0 and only atol is left;
+        # it must allow for sums taken in another order (a different torch release's conv does).
+        atol_eps = max(atol_eps, 64.0)
     atol = atol_eps * torch.finfo(out.dtype).eps * max(scale, 1e-30)
     assert err <= factor * ref_err + atol, (
         f"{name}: max error {err:.3e} vs float64 exceeds {factor} x reference error {ref_err:.3e} + atol {atol:.3e}")

@@ -16,8 +16,8 @@ index tensors directly.
 Searches (vq_nearest, rvq_encode, rvq_residuals) take mode='exact' (default) or 'fast'. Exact
 ranks codes by fp32 distances. Fast may rank by lower-precision products first and re-check the
 close ones in fp32, with the same guarantee: each chosen code is the nearest, or within 1e-5
-(relative) of it. Only the Triton kernels on fp32 inputs have a fast path (TF32 candidates on
-tensor cores, see triton/vq.py); elsewhere 'fast' runs the exact search, which is already the
+(relative) of it. Only the Triton kernels on fp32 inputs (Triton >= 3.2) have a fast path (TF32
+candidates on tensor cores, see triton/vq.py); elsewhere 'fast' runs the exact search, already the
 fastest there is (AVX2 has no lower-precision FMA; 16-bit inputs use tensor cores exactly; the
 CUDA C++ kernels have no fast path yet). Exact stays the default until a GPU run has timed fast
 mode and confirmed the accumulator assumption its error bound makes.
@@ -136,7 +136,10 @@ def vq_nearest(x, codebook, *, backend="auto", mode="exact"):
 def _search_op(name, backend, mode, dtype):
     """The compiled search: the fast variant where the backend has one for this dtype."""
     if mode == "fast" and backend == "triton" and dtype == torch.float32:
-        return _compiled(name + "_fast", backend)
+        from .triton.vq import fast_available
+
+        if fast_available():
+            return _compiled(name + "_fast", backend)
     return _compiled(name, backend)
 
 

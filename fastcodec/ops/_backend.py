@@ -47,9 +47,16 @@ def _triton_import_error() -> str | None:
     return _triton_probe[0]
 
 
+@torch.compiler.assume_constant_result
+def _env(name: str) -> str:
+    """An environment variable ('' if unset). Under torch.compile it is read once, when the graph
+    is traced (torch 2.4's dynamo cannot trace os.environ itself)."""
+    return os.environ.get(name, "")
+
+
 def triton_interpreted() -> bool:
     """True when Triton runs kernels on CPU tensors through its interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return _env("TRITON_INTERPRET") not in ("", "0")
 
 
 def status(backend: str, device_type: str) -> tuple[bool, str]:
@@ -93,7 +100,7 @@ def _auto(device_type: str, dtype: torch.dtype, limits=None) -> str:
     else:
         order = ()
     for name in order:
-        if _supports_dtype(name, dtype) and status(name, device_type)[0] and not (limits and limits(name)):
+        if _supports_dtype(name, dtype) and status(name, device_type)[0] and not (limits is not None and limits(name)):
             return name
     return "torch"
 
@@ -108,7 +115,7 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype, limits=None)
         raise TypeError(f"backend must be a string, got {type(backend).__name__}")
     requested = backend
     if requested == "auto":
-        requested = os.environ.get(ENV_VAR, "").strip() or "auto"
+        requested = _env(ENV_VAR).strip() or "auto"
         source = f"{ENV_VAR}={requested}"
     else:
         source = f"backend={requested!r}"
@@ -122,7 +129,7 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype, limits=None)
     if not _supports_dtype(requested, dtype):
         names = ", ".join(str(d).removeprefix("torch.") for d in _DTYPES[requested])
         raise BackendUnavailable(f"{source} supports {names}; got {str(dtype).removeprefix('torch.')}")
-    why = limits(requested) if limits else None
+    why = limits(requested) if limits is not None else None  # (torch 2.4 cannot compile `if limits`)
     if why:
         raise BackendUnavailable(f"{source} cannot take this call: {why}")
     return requested

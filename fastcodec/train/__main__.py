@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from ..nn import PRESETS
 from .checkpoint import CheckpointError
 from .config import TrainConfig
@@ -85,6 +87,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("fastcodec.train: interrupted", file=sys.stderr)
         return 130
+    finally:
+        # Under torchrun: tear the group down before exit (torch 2.4's gloo otherwise aborted a rank
+        # now and then at interpreter shutdown, after training had finished).
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return 130 if trainer.interrupted else 0
 
 

@@ -14,3 +14,10 @@ def precision_for(dtype: torch.dtype) -> str:
 def device_guard(t: torch.Tensor):
     """Triton launches on the current CUDA device; make it the tensor's."""
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def triton_version() -> tuple:
+    """(major, minor) of the installed Triton."""
+    import triton
+
+    return tuple(int(p) for p in triton.__version__.split("+")[0].split(".")[:2])

@@ -7,16 +7,20 @@ TRITON_INTERPRET (the interpreter replaces @triton.jit).
 """
 import inspect
 
+from ._launch import triton_version
+
 
 def _source(fn, args, constexprs):
     """An ASTSource for `fn`; args: name -> type string for runtime arguments."""
     from triton.compiler import ASTSource
 
     params = list(inspect.signature(fn.fn).parameters)
+    sig = {p: args.get(p, "constexpr") for p in params}
     if "constexprs" in inspect.signature(ASTSource.__init__).parameters:  # triton >= 3.3
-        sig = {p: args.get(p, "constexpr") for p in params}
         return ASTSource(fn=fn, signature=sig, constexprs=constexprs)
-    # triton 3.0-3.2: positional indices, constants separate
+    if triton_version() >= (3, 2):  # names as keys, constants beside
+        return ASTSource(fn=fn, signature=sig, constants=constexprs)
+    # triton 3.0-3.1: positional indices, constants separate
     sig = {i: args[p] for i, p in enumerate(params) if p in args}
     consts = {i: constexprs[p] for i, p in enumerate(params) if p in constexprs}
     return ASTSource(fn=fn, signature=sig, constants=consts)

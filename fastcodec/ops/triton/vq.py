@@ -15,14 +15,15 @@ exact fp32 the few that rounding could have put out of order. Each tf32 distance
 proven bound of the exact one (fast_error_terms), so the exact nearest is among the codes whose
 lower bound is below every code's upper bound; each row keeps the best M of those, and a row
 whose list could have lost one is searched again exactly. Codes therefore follow exact mode's rule.
-16-bit inputs already run exact products on tensor cores, so for them fast mode is exact mode.
+16-bit inputs already run exact products on tensor cores, so for them fast mode is exact mode;
+so is it under Triton 3.0/3.1 (see FAST_MIN_TRITON).
 """
 import torch
 import triton
 import triton.language as tl
 
 from .._backend import triton_interpreted
-from ._launch import device_guard, precision_for
+from ._launch import device_guard, precision_for, triton_version
 
 
 @triton.jit
@@ -203,11 +204,11 @@ def rvq_decode_kernel(
     d_ok = d < D
     n64 = n.to(tl.int64)
     acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    bad = tl.zeros((BLOCK_N,), dtype=tl.int1)
+    bad = n < 0  # all false (tl.zeros of int1: not under Triton 3.0's interpreter)
     for i in range(0, n_q):
         k = tl.load(codes_ptr + n64 * scn + i * scs, mask=n_ok, other=0)
         k_ok = (k >= 0) & (k < K)
-        bad = bad | ~k_ok
+        bad = bad | (k < 0) | (k >= K)  # not ~k_ok: Triton 3.0's interpreter cannot invert a mask
         c = tl.load(cb_ptr + i * sbq + k[:, None] * sbk + d[None, :] * sbd,
                     mask=(n_ok & k_ok)[:, None] & d_ok[None, :], other=0.0)
         acc = (acc + c.to(tl.float32)).to(dtype).to(tl.float32)
@@ -259,6 +260,16 @@ def unsupported_reason(D: int, dtype: torch.dtype):
 # residual, its TF32 operand and the running quantized sum all stay in registers, so these are the
 # largest tiles that compile for sm_90 without spills (kernel report). Not yet timed on a GPU.
 FAST_LIST = 8
+# Triton 3.0 and 3.1 crash (a segfault in make_ttgir, sm_90) compiling the fast kernels; 3.2 to 3.9
+# compile them (found with the kernel report's AOT compile under each release).
+FAST_MIN_TRITON = (3, 2)
+
+
+def fast_available() -> bool:
+    """Whether this Triton can build fast mode's kernels; where it cannot, fast mode runs the exact search."""
+    return triton_version() >= FAST_MIN_TRITON
+
+
 _TILES_FAST = {16: (64, 64, 4), 32: (32, 64, 8), 64: (32, 64, 8), 128: (32, 32, 8), 256: (16, 32, 8)}
 _TILES_FAST_RES = {256: (16, 16, 8)}  # rvq_residuals: spilled 24 B under Triton 3.6 with (16, 32, 8)
 
