@@ -252,9 +252,13 @@ class Trainer:
             if w["aux"] > 0:
                 terms["aux"] = stage_mean_loss(out.stages, x, self.codec_cfg.hop)
             if critics_on:
+                # The critics see the real batch once per step: these features are the feature-matching
+                # targets now (detached there) and, with their graph kept, the critics' real half below,
+                # since the critics' weights do not change in between.
+                self.critics.requires_grad_(True)
+                real = self.critics(x)
+                self.critics.requires_grad_(False)
                 fake = self.critics(y)
-                with torch.no_grad():
-                    real = self.critics(x)
                 terms["adv"] = generator_hinge_loss(fake)
                 terms["feat"] = feature_matching_loss(real, fake)
         loss = sum(w[k] * v.float() for k, v in terms.items())
@@ -273,7 +277,9 @@ class Trainer:
         if critics_on and ok:
             self.critics.requires_grad_(True)
             with self._autocast():
-                d_loss = critic_hinge_loss(self.crit(x), self.crit(y.detach()))
+                # Through the DDP wrapper, so the critics' gradients are all-reduced; the real half's graph
+                # was built outside it, which is fine: DDP's hooks sit on the weights, fired once per backward.
+                d_loss = critic_hinge_loss(real, self.crit(y.detach()))
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             dnorm = torch.nn.utils.clip_grad_norm_(self.critics.parameters(), cfg.grad_clip)
