@@ -37,7 +37,11 @@ def report() -> str:
     if loaded:
         archs = _extension.cuda_build_archs()
         cuda_part = f"CUDA kernels for sm_{',sm_'.join(archs)}" if archs else "no CUDA kernels"
-        lines.append(f"_C        loaded (C++ CPU kernels, {cuda_part})")
+        try:
+            simd = _extension.cpu_simd_level()
+        except RuntimeError as exc:
+            simd = f"none: {exc}"
+        lines.append(f"_C        loaded (C++ CPU kernels: {simd}; {cuda_part})")
     else:
         lines.append(f"_C        not loaded: {why}")
     lines.append("")

@@ -106,6 +106,19 @@ def test_conv1d_epilogue(target, activation, residual):
         _check_conv1d(backend, device, dtype, (2, 66, 5, 50, 16, 4, 1), activation, residual)  # CPU: sgemm
 
 
+# Output lengths that end the CPU engine's last 96-column tile at every micro-kernel width: 1-6
+# AVX-512 vectors of 16 (12, 17, 40, 60, 75, 96, 151 = 96 + 55) and the AVX2 split into 24-wide
+# and 8-wide tiles (12, 17, 40 = 24 + 16, 60 = 2 x 24 + 12, 75 = 3 x 24 + 3); 300 is four tiles,
+# three read in place. The stride-1 convs see the same widths through the transposed conv's phases.
+@pytest.mark.parametrize("T", [12, 17, 40, 60, 75, 96, 151, 300])
+def test_conv_tile_widths_cpp(T):
+    from conftest import require_backend
+
+    require_backend("cpp", "cpu")
+    _check_conv1d("cpp", "cpu", torch.float32, (2, 6, 9, T, 3, 1, 2), "elu", residual=True)
+    _check_conv_transpose1d("cpp", "cpu", torch.float32, (1, 5, 7, T, 6, 3), "silu")
+
+
 def test_conv1d_noncontiguous(target):
     backend, device = target
     _check_conv1d(backend, device, torch.float32, (2, 5, 6, 41, 5, 1, 2), "snake", True, contiguous=False)

@@ -1,10 +1,13 @@
-"""The portable (non-AVX2) CPU kernels, forced with FASTCODEC_CPU_SIMD=0 in a fresh process (the
-choice is made once per process), agree with the reference like the AVX2 ones do."""
+"""The CPU kernels below the host's widest SIMD level - the portable loops (FASTCODEC_CPU_SIMD=0)
+and, on an AVX-512 host, the AVX2 ones (=avx2) - agree with the reference like the default ones
+do. Each runs in a fresh process: the level is chosen once per process."""
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 import fastcodec
 from conftest import require_backend
@@ -30,6 +33,11 @@ CHECK = textwrap.dedent("""
         kwt32 = dict(kwt, alpha=f(kwt["alpha"]))
         out = ops.causal_conv_transpose1d(x.float(), wt.float(), backend="cpp", **kwt32)
         assert_close_to_reference(out, ops.causal_conv_transpose1d_ref(x.float(), wt.float(), **kwt32), ref64)
+    for T in (12, 17, 40, 60, 75, 96, 151, 300):  # every micro-tile width (see test_conv_tile_widths_cpp)
+        x, w = torch.randn(2, 6, T, dtype=torch.float64), torch.randn(9, 6, 3, dtype=torch.float64) / 4
+        out = ops.causal_conv1d(x.float(), w.float(), dilation=2, activation="elu", backend="cpp")
+        assert_close_to_reference(out, ops.causal_conv1d_ref(x.float(), w.float(), dilation=2, activation="elu"),
+                                  ops.causal_conv1d_ref(x, w, dilation=2, activation="elu"))
     with torch.no_grad(), ops.weight_cache():  # the skinny product's portable micro-kernels
         for T in (5, 50):
             x, w = torch.randn(1, 4, T, dtype=torch.float64), torch.randn(43, 4, 3, dtype=torch.float64) / 4
@@ -44,17 +52,41 @@ CHECK = textwrap.dedent("""
     codes, q = ops.rvq_encode(xv, cbs, backend="cpp")
     ref_codes, ref_q = ops.rvq_encode_ref(xv, cbs)
     assert (codes == ref_codes).float().mean() > 0.99 and torch.equal(ops.rvq_decode(codes, cbs), q)
-    print("portable ok")
+    from fastcodec.ops import _extension
+    print("simd", _extension.cpu_simd_level())
 """)
 
 
-def test_portable_kernels_match_reference(tmp_path):
-    require_backend("cpp", "cpu")
-    script = tmp_path / "portable.py"
-    script.write_text(CHECK)
+def _run(tmp_path, script, simd):
+    path = tmp_path / "check.py"
+    path.write_text(script)
     root = str(Path(fastcodec.__file__).resolve().parent.parent)
-    env = dict(os.environ, FASTCODEC_CPU_SIMD="0")
+    env = dict(os.environ, FASTCODEC_CPU_SIMD=simd)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    r = subprocess.run([sys.executable, str(script), str(Path(__file__).parent)], capture_output=True, text=True,
-                       env=env, timeout=600)
-    assert r.returncode == 0 and "portable ok" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+    return subprocess.run([sys.executable, str(path), str(Path(__file__).parent)], capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+@pytest.mark.parametrize("simd, level", [("0", "portable"), ("avx2", "avx2")])
+def test_capped_simd_kernels_match_reference(tmp_path, simd, level):
+    require_backend("cpp", "cpu")
+    from fastcodec.ops import _extension
+
+    if level == "avx2" and _extension.cpu_simd_level() == "portable":
+        pytest.skip("this CPU has no AVX2: its kernels cannot run here (the portable ones are tested above)")
+    r = _run(tmp_path, CHECK, simd)
+    assert r.returncode == 0 and f"simd {level}" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def test_unknown_simd_level_is_a_clear_error(tmp_path):
+    require_backend("cpp", "cpu")
+    script = textwrap.dedent("""
+        import torch
+        from fastcodec import ops
+        try:
+            ops.causal_conv1d(torch.randn(1, 2, 40), torch.randn(3, 2, 3), backend="cpp")
+        except RuntimeError as e:
+            print("error:", e)
+    """)
+    r = _run(tmp_path, script, "avx1024")
+    assert r.returncode == 0 and "FASTCODEC_CPU_SIMD='avx1024' is not one of" in r.stdout, r.stdout + r.stderr

@@ -18,6 +18,7 @@
 #include "../epilogue.h"
 #include "conv.h"
 #include "conv_gemm.h"
+#include "simd.h"
 #include "skinny_gemm.h"
 #include "weight_cache.h"
 
@@ -52,7 +53,9 @@ at::Tensor pack_weights(const at::Tensor& w) {
 // epilogue.
 // The same window rows and sgemm also beat the engine on deep strided layers over few columns in
 // all: the 75 Hz 256 -> 512 k16 stride-8 downsampler (4096-long windows), 2.2x at one item of 1 s
-// and 1.1x at four (RESULTS.md), where the engine gets one narrow column tile per item.
+// and 1.1x at four (RESULTS.md), where the engine gets one narrow column tile per item. With
+// AVX-512 the engine runs at twice the rate and the crossover falls to under one tile of columns:
+// on the 2-core Zen 5, 1.2x slower than the sgemm at 40 columns, 1.2x faster at 75 and 2x at 1200.
 constexpr int64_t kFewOutputsUncached = cpu::kSkinnyRows;
 
 // Rows per parallel chunk for loops of `row_len` elements a row: ~32K elements, so a stream's few
@@ -61,7 +64,8 @@ int64_t grain_for(int64_t row_len) { return std::max<int64_t>(1, (int64_t{1} << 
 
 bool deep_strided_few_columns(const at::Tensor& x, const at::Tensor& w, int64_t stride, int64_t Tout) {
   const int64_t B = x.size(0), Kd = w.size(1) * w.size(2);
-  return stride >= 4 && Kd >= 1024 && B * Tout <= 1200 && B * Tout * Kd * 4 <= (int64_t{64} << 20);
+  const int64_t max_columns = cpu::has_avx512() ? 64 : 1200;
+  return stride >= 4 && Kd >= 1024 && B * Tout <= max_columns && B * Tout * Kd * 4 <= (int64_t{64} << 20);
 }
 
 bool skinny_conv_fits(const at::Tensor& x, const at::Tensor& w, int64_t stride, int64_t Tout) {
@@ -218,10 +222,13 @@ void conv_transpose1d_gemm(const at::Tensor& x, const at::Tensor& w, const float
 // (RESULTS.md): phases with a deep enough product (Cin * taps per phase >= 256) over few columns
 // in all (B * T <= 2400), e.g. the 75 Hz 512 -> 256 k16 layer: 1.6-5x faster at 1-4 items. Wider
 // inputs keep the phase convs, which win by up to 1.4x at B * T = 4800 and 1.6-3.3x where
-// Cin * taps = 128. The contributions buffer is capped at 64 MB.
+// Cin * taps = 128. The contributions buffer is capped at 64 MB. With AVX-512 the phase convs
+// run twice as fast and win from B * T = 300 on (1.2x there, 1.7x at 1200; the GEMM still wins
+// 1.4x at 200 and 1.2x at 150; 2-core Zen 5).
 bool transposed_by_gemm(int64_t B, int64_t Cin, int64_t T, int64_t Cout, int64_t K, int64_t stride) {
   const int64_t taps = (K + stride - 1) / stride;
-  return Cin * taps >= 256 && B * T <= 2400 && B * T * Cout * K * 4 <= (int64_t{64} << 20);
+  const int64_t max_columns = cpu::has_avx512() ? 240 : 2400;
+  return Cin * taps >= 256 && B * T <= max_columns && B * T * Cout * K * 4 <= (int64_t{64} << 20);
 }
 
 // fp32 transposed conv as `stride` causal convs: output t' = q*stride + p (phase p) receives taps

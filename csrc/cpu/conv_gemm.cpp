@@ -162,6 +162,39 @@ __attribute__((target("avx2,fma"))) void ukernel_avx2_narrow(const float* wp, co
   _mm256_storeu_ps(c, c0), _mm256_storeu_ps(c + ldc, c1);
   _mm256_storeu_ps(c + 2 * ldc, c2), _mm256_storeu_ps(c + 3 * ldc, c3);
 }
+
+// 4 rows x 16V columns with AVX-512: 4V accumulators (24 of the 32 registers at V = 6, plus the V
+// window vectors), each window vector loaded once per tap and used by the four output channels.
+// A tile is kNT = 96 = 6 x 16 columns, so one call covers it; V shrinks with the columns left.
+template <int V>
+__attribute__((target("avx512f"))) void ukernel_avx512(const float* wp, const float* xw, const int64_t* tap_off,
+                                                       int64_t nci, int64_t K, int64_t ci_stride, float* c,
+                                                       int64_t ldc, bool first) {
+  __m512 acc[kMR][V];
+#pragma GCC unroll 8
+  for (int i = 0; i < kMR; ++i)
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) acc[i][v] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(c + i * ldc + 16 * v);
+  for (int64_t ci = 0; ci < nci; ++ci) {
+    const float* xb = xw + ci * ci_stride;
+    for (int64_t k = 0; k < K; ++k, wp += kMR) {
+      const float* xr = xb + tap_off[k];
+      __m512 x[V];
+#pragma GCC unroll 8
+      for (int v = 0; v < V; ++v) x[v] = _mm512_loadu_ps(xr + 16 * v);
+#pragma GCC unroll 8
+      for (int i = 0; i < kMR; ++i) {
+        const __m512 w = _mm512_set1_ps(wp[i]);
+#pragma GCC unroll 8
+        for (int v = 0; v < V; ++v) acc[i][v] = _mm512_fmadd_ps(w, x[v], acc[i][v]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < kMR; ++i)
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) _mm512_storeu_ps(c + i * ldc + 16 * v, acc[i][v]);
+}
 #endif
 
 // The epilogue activation over one tile row, v[j] = act(v[j] + bias), with the activation switch
@@ -255,18 +288,37 @@ using UKernel = void (*)(const float*, const float*, const int64_t*, int64_t, in
 
 constexpr int64_t kNarrow = 8;  // columns of the narrow micro-kernel
 
-UKernel pick_ukernel() {
-#ifdef FASTCODEC_X86_SIMD
-  if (has_avx2_fma()) return ukernel_avx2;
-#endif
-  return ukernel_generic<kNR>;
+// One tile row block: c[0..kMR)[0..ncols) (+)= the block's weights . window, for ncols <= kNT.
+// Columns past ncols may be computed too (from in-bounds window data) and are never stored.
+using TileKernel = void (*)(const float* wp, const float* src, const int64_t* tap_off, int64_t nci, int64_t K,
+                            int64_t ci_stride, float* c, int64_t ncols, bool first);
+
+// Full-width micro-tiles, then at most 16 leftover columns in narrow ones.
+template <UKernel Wide, UKernel Narrow>
+void tile_kernel_24x8(const float* wp, const float* src, const int64_t* tap_off, int64_t nci, int64_t K,
+                      int64_t ci_stride, float* c, int64_t ncols, bool first) {
+  int64_t j0 = 0;
+  for (; ncols - j0 > 2 * kNarrow; j0 += kNR) Wide(wp, src + j0, tap_off, nci, K, ci_stride, c + j0, kNT, first);
+  for (; j0 < ncols; j0 += kNarrow) Narrow(wp, src + j0, tap_off, nci, K, ci_stride, c + j0, kNT, first);
 }
 
-UKernel pick_ukernel_narrow() {
 #ifdef FASTCODEC_X86_SIMD
-  if (has_avx2_fma()) return ukernel_avx2_narrow;
+static_assert(kNT == 6 * 16, "the AVX-512 tile kernel covers a tile with one 4 x 16V micro-kernel call");
+
+void tile_kernel_avx512(const float* wp, const float* src, const int64_t* tap_off, int64_t nci, int64_t K,
+                        int64_t ci_stride, float* c, int64_t ncols, bool first) {
+  static constexpr UKernel by_vectors[] = {ukernel_avx512<1>, ukernel_avx512<2>, ukernel_avx512<3>,
+                                           ukernel_avx512<4>, ukernel_avx512<5>, ukernel_avx512<6>};
+  by_vectors[(ncols + 15) / 16 - 1](wp, src, tap_off, nci, K, ci_stride, c, kNT, first);
+}
 #endif
-  return ukernel_generic<kNarrow>;
+
+TileKernel pick_tile_kernel() {
+#ifdef FASTCODEC_X86_SIMD
+  if (has_avx512()) return tile_kernel_avx512;
+  if (has_avx2_fma()) return tile_kernel_24x8<ukernel_avx2, ukernel_avx2_narrow>;
+#endif
+  return tile_kernel_24x8<ukernel_generic<kNR>, ukernel_generic<kNarrow>>;
 }
 
 ActivateRow pick_activate_row() {
@@ -290,8 +342,7 @@ void epilogue_rows(float* y, int64_t rows, int64_t n, int64_t ldy, const float* 
 }
 
 void run_conv(const ConvPlan& p) {
-  static const UKernel ukernel = pick_ukernel();
-  static const UKernel ukernel_narrow = pick_ukernel_narrow();
+  static const TileKernel tile_kernel = pick_tile_kernel();
   static const ActivateRow activate_row = pick_activate_row();
   const Window win = make_window(p);
   const int64_t ntiles = (p.Tout + kNT - 1) / kNT;
@@ -334,13 +385,7 @@ void run_conv(const ConvPlan& p) {
         for (int64_t cb = cb_lo; cb < cb_hi; ++cb) {
           const float* wp = p.wpack + (cb * p.Cin + ci0) * p.K * kMR;
           float* c = tile.data() + cb * kMR * kNT;
-          // Full-width micro-tiles, then at most 16 leftover columns in narrow ones. Columns past
-          // ncols are computed from in-bounds window data and never stored.
-          int64_t j0 = 0;
-          for (; ncols - j0 > 2 * kNarrow; j0 += kNR)
-            ukernel(wp, src + j0, win.tap_off.data(), nci, p.K, src_ci_stride, c + j0, kNT, ci0 == 0);
-          for (; j0 < ncols; j0 += kNarrow)
-            ukernel_narrow(wp, src + j0, win.tap_off.data(), nci, p.K, src_ci_stride, c + j0, kNT, ci0 == 0);
+          tile_kernel(wp, src, win.tap_off.data(), nci, p.K, src_ci_stride, c, ncols, ci0 == 0);
         }
       }
       // Epilogue on the tile while it is in cache: bias, activation, residual, one store.

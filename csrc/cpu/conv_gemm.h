@@ -6,8 +6,9 @@
 // phase rows (zeros where the causal padding is), after which tap k of output column j is the
 // contiguous element (phase r_k, offset a_k + j), for any stride and dilation. Weights are packed
 // once per call as [Cout/MR][Cin][K][MR] so the micro-kernel broadcasts them sequentially. The
-// 4 x 24 micro-kernel keeps 12 AVX2 accumulators; channels are blocked so the packed window and
-// the weight block stay in L1/L2, with partial sums in a per-task tile buffer; interior tiles of
+// micro-kernel is 4 x 96 with AVX-512 (24 accumulators: one call per tile) or 4 x 24 with AVX2
+// (12 accumulators, and an 8-wide one for the last columns); channels are blocked so the packed
+// window and the weight block stay in L1/L2, with partial sums in a per-task tile buffer; interior tiles of
 // stride-1 convs read x directly, unpacked. The epilogue (bias, activation, residual) runs once
 // per tile, on data still in cache.
 #pragma once
@@ -20,7 +21,7 @@ namespace fastcodec {
 namespace cpu {
 
 constexpr int64_t kMR = 4;   // output channels per micro-tile
-constexpr int64_t kNR = 24;  // output columns per micro-tile (3 AVX2 vectors)
+constexpr int64_t kNR = 24;  // output columns per AVX2 micro-tile (3 vectors)
 constexpr int64_t kNT = 96;  // output columns per task
 
 // Everything one conv launch needs. Pointers are to contiguous float data.

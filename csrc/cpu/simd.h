@@ -1,9 +1,12 @@
 // x86 SIMD paths of the CPU kernels: compiled with function-level target attributes (the extension
-// itself is built for the baseline ISA) and chosen at run time when the CPU has AVX2 and FMA.
+// itself is built for the baseline ISA) and chosen once per process, at the first kernel call, by
+// what the CPU has: AVX-512F, else AVX2 with FMA, else the portable loops.
 #pragma once
 
 #include <cstdlib>
-#include <string>
+#include <cstring>
+
+#include <c10/util/Exception.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -13,16 +16,44 @@
 namespace fastcodec {
 namespace cpu {
 
-// FASTCODEC_CPU_SIMD=0 forces the portable paths (read once, at the first kernel call), so they
-// are tested on machines that have AVX2.
-inline bool has_avx2_fma() {
-  const char* env = std::getenv("FASTCODEC_CPU_SIMD");
-  if (env != nullptr && std::string(env) == "0") return false;
+enum class SimdLevel { Portable = 0, Avx2 = 1, Avx512 = 2 };
+
+// FASTCODEC_CPU_SIMD caps the level: "0" forces the portable loops, "avx2" the AVX2 kernels on an
+// AVX-512 host, so every path is testable on the machine that has the widest one.
+inline SimdLevel detect_simd_level() {
+  SimdLevel cap = SimdLevel::Avx512;
+  if (const char* env = std::getenv("FASTCODEC_CPU_SIMD"); env != nullptr && *env != '\0') {
+    if (std::strcmp(env, "0") == 0) {
+      cap = SimdLevel::Portable;
+    } else if (std::strcmp(env, "avx2") == 0) {
+      cap = SimdLevel::Avx2;
+    } else {
+      TORCH_CHECK(std::strcmp(env, "avx512") == 0, "fastcodec: FASTCODEC_CPU_SIMD='", env,
+                  "' is not one of 0, avx2, avx512 (or unset)");
+    }
+  }
+  SimdLevel have = SimdLevel::Portable;
 #ifdef FASTCODEC_X86_SIMD
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-  return false;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    have = __builtin_cpu_supports("avx512f") ? SimdLevel::Avx512 : SimdLevel::Avx2;
 #endif
+  return static_cast<int>(have) < static_cast<int>(cap) ? have : cap;
+}
+
+inline SimdLevel simd_level() {
+  static const SimdLevel level = detect_simd_level();
+  return level;
+}
+
+inline bool has_avx2_fma() { return simd_level() != SimdLevel::Portable; }
+inline bool has_avx512() { return simd_level() == SimdLevel::Avx512; }
+
+inline const char* simd_level_name() {
+  switch (simd_level()) {
+    case SimdLevel::Avx512: return "avx512";
+    case SimdLevel::Avx2: return "avx2";
+    default: return "portable";
+  }
 }
 
 }  // namespace cpu

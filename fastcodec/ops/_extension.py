@@ -49,6 +49,17 @@ def cuda_build_archs() -> list[str]:
     return [a for a in _C.cuda_archs.split(",") if a]
 
 
+def cpu_simd_level() -> str | None:
+    """The C++ CPU kernels' instruction set in this process: 'avx512', 'avx2' or 'portable' (the
+    host's widest, capped by FASTCODEC_CPU_SIMD); None without the extension. Raises RuntimeError
+    when FASTCODEC_CPU_SIMD names no level."""
+    if _C is None:
+        return None
+    if not hasattr(_C, "cpu_simd"):  # built before the level was reported
+        return "unknown (rebuild to see it)"
+    return _C.cpu_simd()
+
+
 def cpp_status() -> tuple[bool, str]:
     ok, why = extension_status()
     return ok, ("C++ CPU kernels" if ok else why)
