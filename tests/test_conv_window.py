@@ -29,8 +29,9 @@ def _window_ref(x, w, b, stride, dilation, pad, out_len, activation, alpha, resi
 
 # (B, Cin, Cout, T, K, stride, dilation, pad, out_len): a stream's calls (pad <= 0), the causal
 # case, reads past the right end, out_len around the few-outputs threshold without the weight cache
-# (8), and with it the skinny product's row groups (one group up to 8 rows, groups of 6 beyond, up
-# to 64 rows) and panel counts (Cout = 20, 43: whole 4-, 3-, 2-panel tiles plus leftover panels).
+# (8), and with it the skinny product's row groups (one group up to 8 rows, groups of 6 or 8
+# beyond) and panel counts (Cout = 20, 43: whole tiles plus leftover panels); the engine past
+# skinny_max_rows() (64 with AVX-512, else 512). test_skinny_product_tiles covers every tile.
 CASES = [
     (1, 3, 5, 13, 7, 1, 1, 0, 7),
     (2, 8, 6, 62, 7, 1, 9, 0, 8),
@@ -65,6 +66,23 @@ def test_conv1d_window_matches_reference(case, activation, cached):
         for _ in range(2):  # with the cache the second call reads the packing kept by the first
             out = torch.ops.fastcodec.conv1d_window(f32[0], f32[1], f32[2], stride, dilation, pad, out_len,
                                                     activation or "none", 0.3, f32[3], f32[4])
+            assert_close_to_reference(out, ref32, ref64)
+
+
+def test_skinny_product_tiles():
+    """Inside the weight cache, every row count of a group (1-8; groups past 8 rows) against panel
+    counts 1-7 of either width (8 floats with AVX2, 16 with AVX-512): whole micro-tiles of each
+    kernel and every leftover of fewer panels. A dropped row or panel fails here."""
+    torch.manual_seed(0)
+    for Cout in (5, 20, 40, 60, 75, 90, 107):
+        w = torch.randn(Cout, 3, 2, dtype=torch.float64) / 2
+        for out_len in list(range(1, 10)) + [14, 17]:
+            x = torch.randn(1, 3, out_len + 1, dtype=torch.float64)
+            ref64 = _window_ref(x, w, None, 1, 1, 0, out_len, None, None, None)
+            ref32 = _window_ref(x.float(), w.float(), None, 1, 1, 0, out_len, None, None, None)
+            with ops.weight_cache():
+                out = torch.ops.fastcodec.conv1d_window(x.float(), w.float(), None, 1, 1, 0, out_len, "none", 0.3,
+                                                        None, None)
             assert_close_to_reference(out, ref32, ref64)
 
 

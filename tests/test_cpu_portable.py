@@ -48,6 +48,12 @@ CHECK = textwrap.dedent("""
             out = ops.causal_conv_transpose1d(x[..., :7].float(), wt.float(), stride=4, backend="cpp")
             assert_close_to_reference(out, ops.causal_conv_transpose1d_ref(x[..., :7].float(), wt.float(), stride=4),
                                       ops.causal_conv_transpose1d_ref(x[..., :7], wt, stride=4))
+        for Cout in (5, 20, 43, 75, 107):  # every row count and leftover panel count of the skinny tiles
+            w = torch.randn(Cout, 3, 2, dtype=torch.float64) / 2
+            for n in list(range(1, 10)) + [14, 17]:
+                x = torch.randn(1, 3, n + 1, dtype=torch.float64)
+                out = ops.causal_conv1d(x.float(), w.float(), backend="cpp")
+                assert_close_to_reference(out, ops.causal_conv1d_ref(x.float(), w.float()), ops.causal_conv1d_ref(x, w))
     xv, cbs = torch.randn(301, 20), torch.randn(3, 50, 20)
     codes, q = ops.rvq_encode(xv, cbs, backend="cpp")
     ref_codes, ref_q = ops.rvq_encode_ref(xv, cbs)

@@ -69,7 +69,7 @@ bool deep_strided_few_columns(const at::Tensor& x, const at::Tensor& w, int64_t 
 }
 
 bool skinny_conv_fits(const at::Tensor& x, const at::Tensor& w, int64_t stride, int64_t Tout) {
-  if (cpu::caches(w)) return Tout <= cpu::kSkinnyMaxRows;
+  if (cpu::caches(w)) return Tout <= cpu::skinny_max_rows();
   return Tout <= kFewOutputsUncached || deep_strided_few_columns(x, w, stride, Tout);
 }
 
@@ -101,7 +101,7 @@ at::Tensor conv_sums_skinny(const at::Tensor& x, const at::Tensor& w, int64_t st
   }
   const auto panels = cpu::cached<at::Tensor>(
       w, cpu::kPanelTag, [&] { return std::make_shared<at::Tensor>(cpu::pack_panels(w.view({Cout, Kd}))); });
-  const int64_t ldz = (Cout + cpu::kPanel - 1) / cpu::kPanel * cpu::kPanel;
+  const int64_t P = cpu::panel_width(), ldz = (Cout + P - 1) / P * P;
   at::Tensor z = at::empty({B * Tout, ldz}, x.options());
   std::vector<int64_t> tap(K);
   for (int64_t k = 0; k < K; ++k) tap[k] = k * dilation;
@@ -150,10 +150,10 @@ void conv_skinny(const at::Tensor& x, const at::Tensor& w, const float* bias, co
 at::Tensor transposed_contributions(const at::Tensor& xb, const at::Tensor& w) {
   const int64_t Cin = w.size(0), N = w.size(1) * w.size(2), T = xb.size(1);
   const auto w2 = [&] { return w.view({Cin, N}); };
-  if (!cpu::caches(w) || T > cpu::kSkinnyMaxRows) return at::mm(xb.t(), w2());
+  if (!cpu::caches(w) || T > cpu::skinny_max_rows()) return at::mm(xb.t(), w2());
   const auto panels = cpu::cached<at::Tensor>(
       w, cpu::kPanelTransposedTag, [&] { return std::make_shared<at::Tensor>(cpu::pack_panels(w2().t())); });
-  const int64_t ldz = (N + cpu::kPanel - 1) / cpu::kPanel * cpu::kPanel, zero_tap = 0;
+  const int64_t P = cpu::panel_width(), ldz = (N + P - 1) / P * P, zero_tap = 0;
   at::Tensor z = at::empty({T, ldz}, xb.options());
   cpu::skinny_gemm(cpu::SkinnyRows{xb.data_ptr<float>(), T, 1, T, &zero_tap, Cin, 1}, *panels, N,
                    z.data_ptr<float>(), ldz);

@@ -2,10 +2,11 @@
 // stream, which emits 1-320 outputs per call when the codec is fed a 13 ms frame at a time. With
 // 1-8 rows each weight is used that many times and reading M is the cost; MKL's sgemm packs M
 // again at every call (measured: 120 us for 8 x 1792 . (256 x 1792)^T, about 1.5x the product),
-// so M is packed once, kept by the weight cache, in panels of 8 of its rows: [ceil(N/8)][Kd][8].
-// The micro-kernel holds R rows x V panels of accumulators, broadcasts one X element per row and
-// streams V panels sequentially, which the hardware prefetcher follows. Up to 8 rows, one pass
-// over M; beyond, groups of 6 rows, each a pass over M (from L2 for the codec's wide-T layers).
+// so M is packed once, kept by the weight cache, in panels of P of its rows: [ceil(N/P)][Kd][P],
+// P = one vector (16 floats with AVX-512, else 8). The micro-kernel holds R rows x V panels of
+// accumulators, broadcasts one X element per row and streams V panels sequentially, which the
+// hardware prefetcher follows. Up to 8 rows, one pass over M; beyond, groups of 6 rows (8 with
+// AVX-512), each a pass over M (from L2 for the codec's wide-T layers).
 #pragma once
 
 #include <cstdint>
@@ -15,14 +16,18 @@
 namespace fastcodec {
 namespace cpu {
 
-constexpr int64_t kPanel = 8;         // rows of M per panel (one AVX2 vector)
 constexpr int64_t kSkinnyRows = 8;    // up to this many rows, one pass over M
-// The most rows worth this path when M is already packed. Streaming the soundstream-24k encoder a
-// frame at a time (1-320 outputs per layer) was fastest with every layer here: 2.38 ms per frame
-// against 2.58 with the conv engine above 64 rows (2-core EPYC, one thread).
-constexpr int64_t kSkinnyMaxRows = 512;
 
-// m: [N, Kd] fp32 (any strides) -> panels [ceil(N/8), Kd, 8], zero rows past N.
+// Rows of M per panel in this process: 16 with AVX-512, else 8 (simd.h).
+int64_t panel_width();
+
+// The most rows worth this path when M is already packed. Streaming the soundstream-24k encoder a
+// frame at a time (1-320 outputs per layer) was fastest with every layer here with AVX2: 2.38 ms
+// per frame against 2.58 with the conv engine above 64 rows (2-core EPYC, one thread). The
+// AVX-512 engine is twice as fast, and from 64 rows on it wins (see skinny_gemm.cpp).
+int64_t skinny_max_rows();
+
+// m: [N, Kd] fp32 (any strides) -> panels [ceil(N/P), Kd, P], zero rows past N, P = panel_width().
 at::Tensor pack_panels(const at::Tensor& m);
 
 // The rows of X, read in place: element (r, ci*K + k) is x[r*rstride + ci*cstride + tap[k]]. A
@@ -36,8 +41,8 @@ struct SkinnyRows {
 };
 
 // y[r, j] = sum_kk X[r, kk] * m[j, kk] for r < n, j < N (the panels' logical rows), y rows ldy
-// apart, ldy >= round_up(N, 8): the padding columns are written too. Rows go in groups of up to
-// 8 (one group when n <= 8, so the weights are read once); parallel over panels.
+// apart, ldy >= round_up(N, panel_width()): the padding columns are written too. Rows go in groups
+// (one group when n <= 8, so the weights are read once); parallel over panels.
 void skinny_gemm(const SkinnyRows& rows, const at::Tensor& panels, int64_t N, float* y, int64_t ldy);
 
 }  // namespace cpu
