@@ -279,6 +279,74 @@ __attribute__((target("avx2,fma"))) void activate_row_avx2(float* v, int64_t n, 
   }
   activate_row_generic(v + j, n - j, bias, act, slope, alpha);
 }
+
+// exp_avx2 and sin_sq_avx2 with 16 lanes: the same operations in the same order.
+__attribute__((target("avx512f"))) inline __m512 exp_avx512(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.33654f)), _mm512_set1_ps(88.37626f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+  y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
+}
+
+__attribute__((target("avx512f"))) inline __m512 sin_sq_avx512(__m512 v) {
+  const __m512 k = _mm512_roundscale_ps(
+      _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(0.318309886183790671f)), _mm512_set1_ps(0.5f)),
+      _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_sub_ps(v, _mm512_mul_ps(k, _mm512_set1_ps(3.140625f)));
+  r = _mm512_sub_ps(r, _mm512_mul_ps(k, _mm512_set1_ps(9.677410125732422e-4f)));
+  r = _mm512_sub_ps(r, _mm512_mul_ps(k, _mm512_set1_ps(-8.742277657347586e-8f)));
+  r = _mm512_min_ps(_mm512_max_ps(r, _mm512_set1_ps(-1.57079632679f)), _mm512_set1_ps(1.57079632679f));
+  const __m512 r2 = _mm512_mul_ps(r, r);
+  __m512 p = _mm512_set1_ps(1.6059043836821613e-10f);
+  p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(-2.5052108385441720e-8f));
+  p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(2.7557319223985893e-6f));
+  p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(-1.9841269841269841e-4f));
+  p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(8.3333333333333333e-3f));
+  p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(-1.6666666666666667e-1f));
+  const __m512 sn = _mm512_fmadd_ps(_mm512_mul_ps(r, r2), p, r);
+  return _mm512_mul_ps(sn, sn);
+}
+
+// The row in 16-lane steps, the last partial step masked (no scalar tail).
+__attribute__((target("avx512f"))) void activate_row_avx512(float* v, int64_t n, float bias, Activation act,
+                                                             float slope, float alpha) {
+  const __m512 vb = _mm512_set1_ps(bias), zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
+  const __m512 vslope = _mm512_set1_ps(slope), va = _mm512_set1_ps(alpha);
+  const __m512 inv_a = _mm512_set1_ps(1.0f / (alpha + static_cast<float>(kSnakeEps)));
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 m = n - j >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - j)) - 1);
+    const __m512 z = _mm512_add_ps(_mm512_maskz_loadu_ps(m, v + j), vb);
+    __m512 out;
+    switch (act) {
+      case Activation::None:
+        out = z;
+        break;
+      case Activation::Elu:  // z > 0 ? z : exp(z) - 1
+        out = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(z, zero, _CMP_GT_OQ),
+                                   _mm512_sub_ps(exp_avx512(_mm512_min_ps(z, zero)), one), z);
+        break;
+      case Activation::Snake:  // z + sin(a z)^2 / (a + eps)
+        out = _mm512_fmadd_ps(sin_sq_avx512(_mm512_mul_ps(va, z)), inv_a, z);
+        break;
+      case Activation::LeakyRelu:
+        out = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(z, zero, _CMP_GT_OQ), _mm512_mul_ps(z, vslope), z);
+        break;
+      default:  // SiLU: z / (1 + exp(-z))
+        out = _mm512_div_ps(z, _mm512_add_ps(one, exp_avx512(_mm512_sub_ps(zero, z))));
+    }
+    _mm512_mask_storeu_ps(v + j, m, out);
+  }
+}
 #endif
 
 using ActivateRow = void (*)(float*, int64_t, float, Activation, float, float);
@@ -323,6 +391,7 @@ TileKernel pick_tile_kernel() {
 
 ActivateRow pick_activate_row() {
 #ifdef FASTCODEC_X86_SIMD
+  if (has_avx512()) return activate_row_avx512;
   if (has_avx2_fma()) return activate_row_avx2;
 #endif
   return activate_row_generic;

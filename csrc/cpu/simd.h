@@ -9,7 +9,12 @@
 #include <c10/util/Exception.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
+// gcc 12 flags the AVX-512 intrinsics' own _mm512_undefined_* placeholders as maybe-uninitialized
+// where they are inlined (a false positive, GCC bug 105593); the warning's location is this header.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
 #define FASTCODEC_X86_SIMD 1
 #endif
 

@@ -13,12 +13,16 @@ namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-// Lane-wise running minima -> one index per row: the smallest value, ties to the lowest index.
-void reduce_lanes(const float (&best)[kRows][kCodes], const int32_t (&idx)[kRows][kCodes], int64_t* out) {
+constexpr int64_t kCodesAvx2 = 24, kCodesAvx512 = 48;
+
+// Lane-wise running minima (rows kMaxCodes apart, W lanes used) -> one index per row: the
+// smallest value, ties to the lowest index.
+void reduce_lanes(const float (&best)[kRows][kMaxCodes], const int32_t (&idx)[kRows][kMaxCodes], int64_t W,
+                  int64_t* out) {
   for (int64_t i = 0; i < kRows; ++i) {
     float bv = kInf;
     int64_t bk = -1;
-    for (int64_t j = 0; j < kCodes; ++j) {
+    for (int64_t j = 0; j < W; ++j) {
       if (best[i][j] < bv || (best[i][j] == bv && (bk < 0 || idx[i][j] < bk))) {
         bv = best[i][j];
         bk = idx[i][j];
@@ -29,27 +33,28 @@ void reduce_lanes(const float (&best)[kRows][kCodes], const int32_t (&idx)[kRows
 }
 
 void nearest_generic(const PackedCodebook& pc, const float* xp, int64_t* out) {
-  float best[kRows][kCodes];
-  int32_t idx[kRows][kCodes];
-  std::fill(&best[0][0], &best[0][0] + kRows * kCodes, kInf);
-  std::fill(&idx[0][0], &idx[0][0] + kRows * kCodes, 0);
+  const int64_t W = pc.width;
+  float best[kRows][kMaxCodes];
+  int32_t idx[kRows][kMaxCodes];
+  std::fill(&best[0][0], &best[0][0] + kRows * kMaxCodes, kInf);
+  std::fill(&idx[0][0], &idx[0][0] + kRows * kMaxCodes, 0);
   for (int64_t t = 0; t < pc.tiles; ++t) {
-    float acc[kRows][kCodes] = {};
-    const float* ct = pc.ct.data() + t * pc.D * kCodes;
+    float acc[kRows][kMaxCodes] = {};
+    const float* ct = pc.ct.data() + t * pc.D * W;
     for (int64_t d = 0; d < pc.D; ++d)
       for (int64_t i = 0; i < kRows; ++i)
-        for (int64_t j = 0; j < kCodes; ++j) acc[i][j] += xp[d * kRows + i] * ct[d * kCodes + j];
-    const float* csq = pc.csq.data() + t * kCodes;
+        for (int64_t j = 0; j < W; ++j) acc[i][j] += xp[d * kRows + i] * ct[d * W + j];
+    const float* csq = pc.csq.data() + t * W;
     for (int64_t i = 0; i < kRows; ++i)
-      for (int64_t j = 0; j < kCodes; ++j) {
+      for (int64_t j = 0; j < W; ++j) {
         const float dist = csq[j] - 2.0f * acc[i][j];
         if (dist < best[i][j]) {
           best[i][j] = dist;
-          idx[i][j] = static_cast<int32_t>(t * kCodes + j);
+          idx[i][j] = static_cast<int32_t>(t * W + j);
         }
       }
   }
-  reduce_lanes(best, idx, out);
+  reduce_lanes(best, idx, W, out);
 }
 
 #ifdef FASTCODEC_X86_SIMD
@@ -63,11 +68,12 @@ __attribute__((target("avx2,fma"))) inline void update(float* best, int32_t* idx
 }
 
 __attribute__((target("avx2,fma"))) void nearest_avx2(const PackedCodebook& pc, const float* xp, int64_t* out) {
-  static_assert(kRows == 4 && kCodes == 24, "written for 4 rows x 24 codes");
-  alignas(32) float best[kRows][kCodes];
-  alignas(32) int32_t idx[kRows][kCodes];
-  std::fill(&best[0][0], &best[0][0] + kRows * kCodes, kInf);
-  std::fill(&idx[0][0], &idx[0][0] + kRows * kCodes, 0);
+  static_assert(kRows == 4, "written for 4 rows x 24 codes");
+  constexpr int64_t kCodes = kCodesAvx2;
+  alignas(64) float best[kRows][kMaxCodes];
+  alignas(64) int32_t idx[kRows][kMaxCodes];
+  std::fill(&best[0][0], &best[0][0] + kRows * kMaxCodes, kInf);
+  std::fill(&idx[0][0], &idx[0][0] + kRows * kMaxCodes, 0);
   const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256 minus2 = _mm256_set1_ps(-2.0f);
   const int64_t D = pc.D;
@@ -105,7 +111,54 @@ __attribute__((target("avx2,fma"))) void nearest_avx2(const PackedCodebook& pc, 
     update(best[3] + 8, idx[3] + 8, _mm256_fmadd_ps(minus2, a31, s1), k1);
     update(best[3] + 16, idx[3] + 16, _mm256_fmadd_ps(minus2, a32, s2), k2);
   }
-  reduce_lanes(best, idx, out);
+  reduce_lanes(best, idx, kCodes, out);
+}
+
+// The same search on 48-code tiles: 4 rows x 3 vectors of 16 codes.
+__attribute__((target("avx512f"))) void nearest_avx512(const PackedCodebook& pc, const float* xp, int64_t* out) {
+  constexpr int64_t kCodes = kCodesAvx512;
+  alignas(64) float best[kRows][kMaxCodes];
+  alignas(64) int32_t idx[kRows][kMaxCodes];
+  std::fill(&best[0][0], &best[0][0] + kRows * kMaxCodes, kInf);
+  std::fill(&idx[0][0], &idx[0][0] + kRows * kMaxCodes, 0);
+  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512 minus2 = _mm512_set1_ps(-2.0f);
+  const int64_t D = pc.D;
+  for (int64_t t = 0; t < pc.tiles; ++t) {
+    const float* ct = pc.ct.data() + t * D * kCodes;
+    __m512 acc[kRows][3];
+#pragma GCC unroll 4
+    for (int i = 0; i < kRows; ++i)
+#pragma GCC unroll 3
+      for (int v = 0; v < 3; ++v) acc[i][v] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; ++d, ct += kCodes) {
+      const __m512 c[3] = {_mm512_loadu_ps(ct), _mm512_loadu_ps(ct + 16), _mm512_loadu_ps(ct + 32)};
+#pragma GCC unroll 4
+      for (int i = 0; i < kRows; ++i) {
+        const __m512 x = _mm512_set1_ps(xp[d * kRows + i]);
+#pragma GCC unroll 3
+        for (int v = 0; v < 3; ++v) acc[i][v] = _mm512_fmadd_ps(x, c[v], acc[i][v]);
+      }
+    }
+    const float* csq = pc.csq.data() + t * kCodes;
+#pragma GCC unroll 3
+    for (int v = 0; v < 3; ++v) {
+      const __m512 sq = _mm512_loadu_ps(csq + 16 * v);
+      const __m512i code = _mm512_add_epi32(lanes, _mm512_set1_epi32(static_cast<int32_t>(t * kCodes + 16 * v)));
+#pragma GCC unroll 4
+      for (int i = 0; i < kRows; ++i) {
+        // dist = ||c||^2 - 2 x.c, the same expression as the reference; strictly better only, so
+        // earlier tiles keep ties.
+        const __m512 dist = _mm512_fmadd_ps(minus2, acc[i][v], sq);
+        const __m512 b = _mm512_load_ps(best[i] + 16 * v);
+        const __mmask16 better = _mm512_cmp_ps_mask(dist, b, _CMP_LT_OQ);
+        _mm512_store_ps(best[i] + 16 * v, _mm512_mask_mov_ps(b, better, dist));
+        const __m512i k = _mm512_load_si512(idx[i] + 16 * v);
+        _mm512_store_si512(idx[i] + 16 * v, _mm512_mask_mov_epi32(k, better, code));
+      }
+    }
+  }
+  reduce_lanes(best, idx, kCodes, out);
 }
 #endif
 
@@ -113,25 +166,30 @@ using Search = void (*)(const PackedCodebook&, const float*, int64_t*);
 
 Search pick() {
 #ifdef FASTCODEC_X86_SIMD
+  if (has_avx512()) return nearest_avx512;
   if (has_avx2_fma()) return nearest_avx2;
 #endif
   return nearest_generic;
 }
 
+int64_t tile_width() { return has_avx512() ? kCodesAvx512 : kCodesAvx2; }
+
 }  // namespace
 
 void pack_codebook(const float* cb, int64_t K, int64_t D, PackedCodebook& out) {
+  const int64_t W = tile_width();
   out.K = K;
   out.D = D;
-  out.tiles = (K + kCodes - 1) / kCodes;
-  out.ct.assign(out.tiles * D * kCodes, 0.0f);
-  out.csq.assign(out.tiles * kCodes, kInf);
+  out.width = W;
+  out.tiles = (K + W - 1) / W;
+  out.ct.assign(out.tiles * D * W, 0.0f);
+  out.csq.assign(out.tiles * W, kInf);
   for (int64_t k = 0; k < K; ++k) {
     const float* c = cb + k * D;
-    float* dst = out.ct.data() + (k / kCodes) * D * kCodes + k % kCodes;
+    float* dst = out.ct.data() + (k / W) * D * W + k % W;
     float sq = 0.0f;
     for (int64_t d = 0; d < D; ++d) {
-      dst[d * kCodes] = c[d];
+      dst[d * W] = c[d];
       sq += c[d] * c[d];
     }
     out.csq[k] = sq;

@@ -1,7 +1,8 @@
 // Nearest-codeword search on the CPU without an N x K buffer: the codebook is packed transposed in
-// tiles of kCodes codes ([tile][D][kCodes]), and a block of kRows rows scans it with a register-
-// blocked cross-term kernel (AVX2/FMA, portable fallback) that ranks ||c||^2 - 2 x.c and keeps a
-// running min/argmin per lane. ||x||^2 is the same for every code, so it never enters the search.
+// tiles of W codes ([tile][D][W], W = 48 with AVX-512, else 24: three vectors), and a block of
+// kRows rows scans it with a register-blocked cross-term kernel (AVX-512, AVX2/FMA, portable
+// fallback) that ranks ||c||^2 - 2 x.c and keeps a running min/argmin per lane. ||x||^2 is the
+// same for every code, so it never enters the search.
 #pragma once
 
 #include <cstdint>
@@ -10,13 +11,14 @@
 namespace fastcodec {
 namespace cpu {
 
-constexpr int64_t kRows = 4;    // rows of x per search block
-constexpr int64_t kCodes = 24;  // codes per tile (3 AVX2 vectors)
+constexpr int64_t kRows = 4;       // rows of x per search block
+constexpr int64_t kMaxCodes = 48;  // the widest tile
 
 struct PackedCodebook {
   int64_t K = 0, D = 0, tiles = 0;
-  std::vector<float> ct;   // [tiles][D][kCodes], zero past K
-  std::vector<float> csq;  // [tiles * kCodes] squared norms; +inf past K, so padding never wins
+  int64_t width = 0;       // W: codes per tile, fixed per process by the SIMD level (simd.h)
+  std::vector<float> ct;   // [tiles][D][W], zero past K
+  std::vector<float> csq;  // [tiles * W] squared norms; +inf past K, so padding never wins
 };
 
 // cb: [K, D] contiguous.
