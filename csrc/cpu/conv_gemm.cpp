@@ -216,6 +216,14 @@ void activate_row_generic(float* v, int64_t n, float bias, Activation act, float
 }
 
 #ifdef FASTCODEC_X86_SIMD
+// The polynomials of the vector exp and sin^2 below, shared by the AVX2 and AVX-512 forms (the
+// same operations in the same order). exp: Cephes expf's e^r - 1 - r over r^2, highest
+// power first; sin: the odd Taylor terms r^11 .. r^3 (the same as fc_sin_sq in epilogue.h).
+constexpr float kExpPoly[] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                              4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+constexpr float kSinPoly[] = {1.6059043836821613e-10f, -2.5052108385441720e-8f, 2.7557319223985893e-6f,
+                              -1.9841269841269841e-4f, 8.3333333333333333e-3f, -1.6666666666666667e-1f};
+
 // exp(x) for 8 floats, ~1 ulp: x = n*ln2 + r with |r| <= ln2/2, a degree-5 polynomial for e^r
 // (the Cephes expf coefficients), then the exponent bits for 2^n. Inputs are clamped to the float
 // range, so -inf gives 0 and large x saturates at ~FLT_MAX.
@@ -225,12 +233,9 @@ __attribute__((target("avx2,fma"))) inline __m256 exp_avx2(__m256 x) {
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
   r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+  __m256 y = _mm256_set1_ps(kExpPoly[0]);
+#pragma GCC unroll 8
+  for (int i = 1; i < 6; ++i) y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(kExpPoly[i]));
   y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
   const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
@@ -245,12 +250,9 @@ __attribute__((target("avx2,fma"))) inline __m256 sin_sq_avx2(__m256 v) {
   r = _mm256_sub_ps(r, _mm256_mul_ps(k, _mm256_set1_ps(-8.742277657347586e-8f)));
   r = _mm256_min_ps(_mm256_max_ps(r, _mm256_set1_ps(-1.57079632679f)), _mm256_set1_ps(1.57079632679f));
   const __m256 r2 = _mm256_mul_ps(r, r);
-  __m256 p = _mm256_set1_ps(1.6059043836821613e-10f);
-  p = _mm256_fmadd_ps(p, r2, _mm256_set1_ps(-2.5052108385441720e-8f));
-  p = _mm256_fmadd_ps(p, r2, _mm256_set1_ps(2.7557319223985893e-6f));
-  p = _mm256_fmadd_ps(p, r2, _mm256_set1_ps(-1.9841269841269841e-4f));
-  p = _mm256_fmadd_ps(p, r2, _mm256_set1_ps(8.3333333333333333e-3f));
-  p = _mm256_fmadd_ps(p, r2, _mm256_set1_ps(-1.6666666666666667e-1f));
+  __m256 p = _mm256_set1_ps(kSinPoly[0]);
+#pragma GCC unroll 8
+  for (int i = 1; i < 6; ++i) p = _mm256_fmadd_ps(p, r2, _mm256_set1_ps(kSinPoly[i]));
   const __m256 sn = _mm256_fmadd_ps(_mm256_mul_ps(r, r2), p, r);
   return _mm256_mul_ps(sn, sn);
 }
@@ -287,12 +289,9 @@ __attribute__((target("avx512f"))) inline __m512 exp_avx512(__m512 x) {
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
   r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+  __m512 y = _mm512_set1_ps(kExpPoly[0]);
+#pragma GCC unroll 8
+  for (int i = 1; i < 6; ++i) y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kExpPoly[i]));
   y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
   const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
   return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
@@ -307,12 +306,9 @@ __attribute__((target("avx512f"))) inline __m512 sin_sq_avx512(__m512 v) {
   r = _mm512_sub_ps(r, _mm512_mul_ps(k, _mm512_set1_ps(-8.742277657347586e-8f)));
   r = _mm512_min_ps(_mm512_max_ps(r, _mm512_set1_ps(-1.57079632679f)), _mm512_set1_ps(1.57079632679f));
   const __m512 r2 = _mm512_mul_ps(r, r);
-  __m512 p = _mm512_set1_ps(1.6059043836821613e-10f);
-  p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(-2.5052108385441720e-8f));
-  p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(2.7557319223985893e-6f));
-  p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(-1.9841269841269841e-4f));
-  p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(8.3333333333333333e-3f));
-  p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(-1.6666666666666667e-1f));
+  __m512 p = _mm512_set1_ps(kSinPoly[0]);
+#pragma GCC unroll 8
+  for (int i = 1; i < 6; ++i) p = _mm512_fmadd_ps(p, r2, _mm512_set1_ps(kSinPoly[i]));
   const __m512 sn = _mm512_fmadd_ps(_mm512_mul_ps(r, r2), p, r);
   return _mm512_mul_ps(sn, sn);
 }
