@@ -119,6 +119,20 @@ def test_conv_tile_widths_cpp(T):
     _check_conv_transpose1d("cpp", "cpu", torch.float32, (1, 5, 7, T, 6, 3), "silu")
 
 
+# Inputs wide enough that the CPU engine sums over several channel blocks (256 taps, and with
+# AVX-512 a 32 KB window, per block): a 1x1 conv, a k3 conv, a strided one below the deep-strided
+# sgemm path, and a transposed conv's phases. A block that overwrote instead of accumulating fails.
+@pytest.mark.parametrize("shape", [(1, 200, 6, 100, 1, 1, 1), (2, 140, 9, 60, 3, 1, 2), (2, 96, 8, 300, 8, 4, 1)],
+                         ids=str)
+def test_conv_channel_blocks_cpp(shape):
+    from conftest import require_backend
+
+    require_backend("cpp", "cpu")
+    _check_conv1d("cpp", "cpu", torch.float32, shape, "snake", residual=True)
+    B, Cin, Cout, T, K, stride, _ = shape
+    _check_conv_transpose1d("cpp", "cpu", torch.float32, (B, Cin, Cout, T, max(K, stride), stride), "elu")
+
+
 def test_conv1d_noncontiguous(target):
     backend, device = target
     _check_conv1d(backend, device, torch.float32, (2, 5, 6, 41, 5, 1, 2), "snake", True, contiguous=False)

@@ -38,6 +38,11 @@ CHECK = textwrap.dedent("""
         out = ops.causal_conv1d(x.float(), w.float(), dilation=2, activation="elu", backend="cpp")
         assert_close_to_reference(out, ops.causal_conv1d_ref(x.float(), w.float(), dilation=2, activation="elu"),
                                   ops.causal_conv1d_ref(x, w, dilation=2, activation="elu"))
+    for Cin, K, s, T in ((200, 1, 1, 100), (96, 8, 4, 300)):  # several channel blocks (test_conv_channel_blocks_cpp)
+        x, w = torch.randn(2, Cin, T, dtype=torch.float64), torch.randn(7, Cin, K, dtype=torch.float64) / Cin ** 0.5
+        out = ops.causal_conv1d(x.float(), w.float(), stride=s, backend="cpp")
+        assert_close_to_reference(out, ops.causal_conv1d_ref(x.float(), w.float(), stride=s),
+                                  ops.causal_conv1d_ref(x, w, stride=s))
     with torch.no_grad(), ops.weight_cache():  # the skinny product's portable micro-kernels
         for T in (5, 50):
             x, w = torch.randn(1, 4, T, dtype=torch.float64), torch.randn(43, 4, 3, dtype=torch.float64) / 4
