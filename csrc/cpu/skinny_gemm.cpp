@@ -180,7 +180,7 @@ int64_t panel_width() { return kernels().width; }
 // Measured streaming soundstream-24k a frame at a time on the 2-core Zen 5 (AVX-512, one thread):
 // with every layer of up to 512 rows here, 122/131 ms per second of audio (decode/encode); with
 // the engine from 64 rows on, 107/112; from 32 on, 119/115.
-int64_t skinny_max_rows() { return kernels().width == 16 ? 64 : 512; }
+int64_t skinny_max_rows() { return has_avx512() ? 64 : 512; }
 
 at::Tensor pack_panels(const at::Tensor& m) {
   const int64_t P = panel_width(), N = m.size(0), tail = (P - N % P) % P;

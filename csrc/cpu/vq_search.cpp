@@ -15,29 +15,35 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 
 constexpr int64_t kCodesAvx2 = 24, kCodesAvx512 = 48;
 
-// Lane-wise running minima (rows kMaxCodes apart, W lanes used) -> one index per row: the
-// smallest value, ties to the lowest index.
-void reduce_lanes(const float (&best)[kRows][kMaxCodes], const int32_t (&idx)[kRows][kMaxCodes], int64_t W,
-                  int64_t* out) {
-  for (int64_t i = 0; i < kRows; ++i) {
-    float bv = kInf;
-    int64_t bk = -1;
-    for (int64_t j = 0; j < W; ++j) {
-      if (best[i][j] < bv || (best[i][j] == bv && (bk < 0 || idx[i][j] < bk))) {
-        bv = best[i][j];
-        bk = idx[i][j];
-      }
-    }
-    out[i] = bk < 0 ? 0 : bk;
+// Per row and lane (W lanes used of kMaxCodes), the smallest distance so far and its code. reduce()
+// gives one index per row: the smallest value, ties to the lowest index.
+struct LaneMinima {
+  alignas(64) float best[kRows][kMaxCodes];
+  alignas(64) int32_t idx[kRows][kMaxCodes];
+
+  LaneMinima() {
+    std::fill(&best[0][0], &best[0][0] + kRows * kMaxCodes, kInf);
+    std::fill(&idx[0][0], &idx[0][0] + kRows * kMaxCodes, 0);
   }
-}
+
+  void reduce(int64_t W, int64_t* out) const {
+    for (int64_t i = 0; i < kRows; ++i) {
+      float bv = kInf;
+      int64_t bk = -1;
+      for (int64_t j = 0; j < W; ++j) {
+        if (best[i][j] < bv || (best[i][j] == bv && (bk < 0 || idx[i][j] < bk))) {
+          bv = best[i][j];
+          bk = idx[i][j];
+        }
+      }
+      out[i] = bk < 0 ? 0 : bk;
+    }
+  }
+};
 
 void nearest_generic(const PackedCodebook& pc, const float* xp, int64_t* out) {
   const int64_t W = pc.width;
-  float best[kRows][kMaxCodes];
-  int32_t idx[kRows][kMaxCodes];
-  std::fill(&best[0][0], &best[0][0] + kRows * kMaxCodes, kInf);
-  std::fill(&idx[0][0], &idx[0][0] + kRows * kMaxCodes, 0);
+  LaneMinima m;
   for (int64_t t = 0; t < pc.tiles; ++t) {
     float acc[kRows][kMaxCodes] = {};
     const float* ct = pc.ct.data() + t * pc.D * W;
@@ -48,13 +54,13 @@ void nearest_generic(const PackedCodebook& pc, const float* xp, int64_t* out) {
     for (int64_t i = 0; i < kRows; ++i)
       for (int64_t j = 0; j < W; ++j) {
         const float dist = csq[j] - 2.0f * acc[i][j];
-        if (dist < best[i][j]) {
-          best[i][j] = dist;
-          idx[i][j] = static_cast<int32_t>(t * W + j);
+        if (dist < m.best[i][j]) {
+          m.best[i][j] = dist;
+          m.idx[i][j] = static_cast<int32_t>(t * W + j);
         }
       }
   }
-  reduce_lanes(best, idx, W, out);
+  m.reduce(W, out);
 }
 
 #ifdef FASTCODEC_X86_SIMD
@@ -70,10 +76,7 @@ __attribute__((target("avx2,fma"))) inline void update(float* best, int32_t* idx
 __attribute__((target("avx2,fma"))) void nearest_avx2(const PackedCodebook& pc, const float* xp, int64_t* out) {
   static_assert(kRows == 4, "written for 4 rows x 24 codes");
   constexpr int64_t kCodes = kCodesAvx2;
-  alignas(64) float best[kRows][kMaxCodes];
-  alignas(64) int32_t idx[kRows][kMaxCodes];
-  std::fill(&best[0][0], &best[0][0] + kRows * kMaxCodes, kInf);
-  std::fill(&idx[0][0], &idx[0][0] + kRows * kMaxCodes, 0);
+  LaneMinima m;
   const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256 minus2 = _mm256_set1_ps(-2.0f);
   const int64_t D = pc.D;
@@ -98,29 +101,26 @@ __attribute__((target("avx2,fma"))) void nearest_avx2(const PackedCodebook& pc, 
     const __m256i k0 = _mm256_add_epi32(lanes, _mm256_set1_epi32(static_cast<int32_t>(t * kCodes)));
     const __m256i k1 = _mm256_add_epi32(k0, _mm256_set1_epi32(8)), k2 = _mm256_add_epi32(k0, _mm256_set1_epi32(16));
     // dist = ||c||^2 - 2 x.c, the same expression as the reference.
-    update(best[0], idx[0], _mm256_fmadd_ps(minus2, a00, s0), k0);
-    update(best[0] + 8, idx[0] + 8, _mm256_fmadd_ps(minus2, a01, s1), k1);
-    update(best[0] + 16, idx[0] + 16, _mm256_fmadd_ps(minus2, a02, s2), k2);
-    update(best[1], idx[1], _mm256_fmadd_ps(minus2, a10, s0), k0);
-    update(best[1] + 8, idx[1] + 8, _mm256_fmadd_ps(minus2, a11, s1), k1);
-    update(best[1] + 16, idx[1] + 16, _mm256_fmadd_ps(minus2, a12, s2), k2);
-    update(best[2], idx[2], _mm256_fmadd_ps(minus2, a20, s0), k0);
-    update(best[2] + 8, idx[2] + 8, _mm256_fmadd_ps(minus2, a21, s1), k1);
-    update(best[2] + 16, idx[2] + 16, _mm256_fmadd_ps(minus2, a22, s2), k2);
-    update(best[3], idx[3], _mm256_fmadd_ps(minus2, a30, s0), k0);
-    update(best[3] + 8, idx[3] + 8, _mm256_fmadd_ps(minus2, a31, s1), k1);
-    update(best[3] + 16, idx[3] + 16, _mm256_fmadd_ps(minus2, a32, s2), k2);
+    update(m.best[0], m.idx[0], _mm256_fmadd_ps(minus2, a00, s0), k0);
+    update(m.best[0] + 8, m.idx[0] + 8, _mm256_fmadd_ps(minus2, a01, s1), k1);
+    update(m.best[0] + 16, m.idx[0] + 16, _mm256_fmadd_ps(minus2, a02, s2), k2);
+    update(m.best[1], m.idx[1], _mm256_fmadd_ps(minus2, a10, s0), k0);
+    update(m.best[1] + 8, m.idx[1] + 8, _mm256_fmadd_ps(minus2, a11, s1), k1);
+    update(m.best[1] + 16, m.idx[1] + 16, _mm256_fmadd_ps(minus2, a12, s2), k2);
+    update(m.best[2], m.idx[2], _mm256_fmadd_ps(minus2, a20, s0), k0);
+    update(m.best[2] + 8, m.idx[2] + 8, _mm256_fmadd_ps(minus2, a21, s1), k1);
+    update(m.best[2] + 16, m.idx[2] + 16, _mm256_fmadd_ps(minus2, a22, s2), k2);
+    update(m.best[3], m.idx[3], _mm256_fmadd_ps(minus2, a30, s0), k0);
+    update(m.best[3] + 8, m.idx[3] + 8, _mm256_fmadd_ps(minus2, a31, s1), k1);
+    update(m.best[3] + 16, m.idx[3] + 16, _mm256_fmadd_ps(minus2, a32, s2), k2);
   }
-  reduce_lanes(best, idx, kCodes, out);
+  m.reduce(kCodes, out);
 }
 
 // The same search on 48-code tiles: 4 rows x 3 vectors of 16 codes.
 __attribute__((target("avx512f"))) void nearest_avx512(const PackedCodebook& pc, const float* xp, int64_t* out) {
   constexpr int64_t kCodes = kCodesAvx512;
-  alignas(64) float best[kRows][kMaxCodes];
-  alignas(64) int32_t idx[kRows][kMaxCodes];
-  std::fill(&best[0][0], &best[0][0] + kRows * kMaxCodes, kInf);
-  std::fill(&idx[0][0], &idx[0][0] + kRows * kMaxCodes, 0);
+  LaneMinima m;
   const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512 minus2 = _mm512_set1_ps(-2.0f);
   const int64_t D = pc.D;
@@ -150,15 +150,15 @@ __attribute__((target("avx512f"))) void nearest_avx512(const PackedCodebook& pc,
         // dist = ||c||^2 - 2 x.c, the same expression as the reference; strictly better only, so
         // earlier tiles keep ties.
         const __m512 dist = _mm512_fmadd_ps(minus2, acc[i][v], sq);
-        const __m512 b = _mm512_load_ps(best[i] + 16 * v);
+        const __m512 b = _mm512_load_ps(m.best[i] + 16 * v);
         const __mmask16 better = _mm512_cmp_ps_mask(dist, b, _CMP_LT_OQ);
-        _mm512_store_ps(best[i] + 16 * v, _mm512_mask_mov_ps(b, better, dist));
-        const __m512i k = _mm512_load_si512(idx[i] + 16 * v);
-        _mm512_store_si512(idx[i] + 16 * v, _mm512_mask_mov_epi32(k, better, code));
+        _mm512_store_ps(m.best[i] + 16 * v, _mm512_mask_mov_ps(b, better, dist));
+        const __m512i k = _mm512_load_si512(m.idx[i] + 16 * v);
+        _mm512_store_si512(m.idx[i] + 16 * v, _mm512_mask_mov_epi32(k, better, code));
       }
     }
   }
-  reduce_lanes(best, idx, kCodes, out);
+  m.reduce(kCodes, out);
 }
 #endif
 
