@@ -23,6 +23,12 @@ TORCH_LIBRARY(fastcodec, m) {
   m.def(
       "conv_transpose1d_stream(Tensor x, Tensor weight, Tensor? bias, Tensor? tail, int stride, str activation, "
       "float negative_slope, Tensor? alpha) -> (Tensor y, Tensor tail)");
+  // CPU, fp32: the training critics' grouped, zero-padded (non-causal) conv and its two gradients;
+  // see csrc/cpu/grouped_conv.cpp.
+  m.def("grouped_conv1d(Tensor x, Tensor weight, Tensor? bias, int stride, int padding, int groups) -> Tensor");
+  m.def(
+      "grouped_conv1d_input_grad(Tensor gy, Tensor weight, int T, int stride, int padding, int groups) -> Tensor");
+  m.def("grouped_conv1d_weight_grad(Tensor gy, Tensor x, int K, int stride, int padding, int groups) -> Tensor");
   m.def("vq_nearest(Tensor x, Tensor codebook) -> (Tensor index, Tensor sqdist)");
   m.def("rvq_encode(Tensor x, Tensor codebooks, int n_q) -> (Tensor codes, Tensor quantized)");
   m.def("rvq_residuals(Tensor x, Tensor codebooks, int n_q) -> (Tensor codes, Tensor residuals)");

@@ -70,3 +70,18 @@ def test_reference_backend_compiles_too():
     f = torch.compile(lambda x, w: ops.causal_conv1d(x, w, backend="torch"), backend="aot_eager", fullgraph=True)
     x, w = torch.randn(1, 2, 9), torch.randn(3, 2, 3)
     torch.testing.assert_close(f(x, w), ops.causal_conv1d_ref(x, w))
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck_grouped_conv1d(requires_grad):
+    """The critics' grouped conv (cpp only) and, without autograd of their own, its two gradients."""
+    require_backend("cpp", "cpu")
+    lib = torch.ops.fastcodec
+    g = dict(requires_grad=requires_grad)
+    x, w, b = torch.randn(2, 6, 29, **g), torch.randn(9, 2, 5, **g), torch.randn(9, **g)
+    torch.library.opcheck(lib.grouped_conv1d, (x, w, b, 2, 3, 3))
+    torch.library.opcheck(lib.grouped_conv1d, (x, w, None, 1, 0, 3))
+    if not requires_grad:
+        gy = torch.randn(2, 9, 16)
+        torch.library.opcheck(lib.grouped_conv1d_input_grad, (gy, w, 29, 2, 3, 3))
+        torch.library.opcheck(lib.grouped_conv1d_weight_grad, (gy, x, 5, 2, 3, 3))

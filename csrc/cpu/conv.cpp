@@ -34,14 +34,26 @@ c10::optional<at::Tensor> contiguous(const c10::optional<at::Tensor>& t) {
   return t.has_value() ? c10::optional<at::Tensor>(t->contiguous()) : c10::nullopt;
 }
 
-// w: [Cout, Cin, K] fp32 -> the engine's [ceil(Cout/MR)][Cin][K][MR] layout with zero rows past
-// Cout. That is a padded transposing copy, which ATen does in parallel and vectorized (a scalar
-// pack loop cost as much as the conv itself on wide layers with few output samples).
-at::Tensor pack_weights(const at::Tensor& w) {
-  const int64_t Cout = w.size(0), tail = (cpu::kMR - Cout % cpu::kMR) % cpu::kMR;
-  const at::Tensor padded = tail ? at::constant_pad_nd(w, {0, 0, 0, 0, 0, tail}) : w;
-  return padded.reshape({-1, cpu::kMR, w.size(1) * w.size(2)}).transpose(1, 2).contiguous();
+}  // namespace
+
+namespace cpu {
+
+// w: [Cout, Cin_g, K] fp32 -> the engine's [groups][ceil(Cout_g/MR)][Cin_g][K][MR] layout with zero
+// rows past each group's Cout_g. That is a padded transposing copy, which ATen does in parallel and
+// vectorized (a scalar pack loop cost as much as the conv itself on wide layers with few output
+// samples).
+at::Tensor pack_weights(const at::Tensor& w, int64_t groups) {
+  const int64_t cout = w.size(0) / groups, taps = w.size(1) * w.size(2), tail = (kMR - cout % kMR) % kMR;
+  at::Tensor wg = w.reshape({groups, cout, taps});
+  if (tail) wg = at::constant_pad_nd(wg, {0, 0, 0, tail});
+  return wg.reshape({groups, -1, kMR, taps}).transpose(2, 3).contiguous();
 }
+
+}  // namespace cpu
+
+namespace {
+
+using cpu::pack_weights;
 
 // A stream's chunk makes few outputs per layer - streaming a 13 ms frame at a time, the codec's
 // layers emit 1 to 320 samples - and with few outputs reading the weights is the cost. Inside a

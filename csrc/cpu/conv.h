@@ -13,6 +13,9 @@
 namespace fastcodec {
 namespace cpu {
 
+// w [Cout, Cin_g, K] in conv_gemm.h's packed layout for `groups` groups (1: an ungrouped conv).
+at::Tensor pack_weights(const at::Tensor& w, int64_t groups = 1);
+
 // y [B, Cout, out_len]: output t reads x[t*stride - pad + k*dilation] (zero outside [0, T)).
 at::Tensor conv1d_window_f32(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias,
                              const c10::optional<at::Tensor>& alpha, const c10::optional<at::Tensor>& residual,

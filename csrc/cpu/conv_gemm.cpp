@@ -411,10 +411,11 @@ void run_conv(const ConvPlan& p) {
   static const TileKernel tile_kernel = pick_tile_kernel();
   static const ActivateRow activate_row = pick_activate_row();
   const Window win = make_window(p);
+  const int64_t G = p.groups, cin = p.Cin / G, cout = p.Cout / G;  // channels per group
   const int64_t ntiles = (p.Tout + kNT - 1) / kNT;
-  const int64_t cblocks = (p.Cout + kMR - 1) / kMR;
+  const int64_t cblocks = (cout + kMR - 1) / kMR;
   const int64_t ci_stride = win.phases * win.row_len;
-  int64_t ci_block = std::max<int64_t>(1, std::min(p.Cin, kTapsPerBlock / p.K));
+  int64_t ci_block = std::max<int64_t>(1, std::min(cin, kTapsPerBlock / p.K));
   // The AVX-512 kernel streams a block's whole window (every column of its channels' phase rows)
   // once per 4-row weight block, so the window is also kept within L1: 1x1 convs and wide strided
   // ones would otherwise stream 40-100 KB from L2 (256-channel 1x1 +res, 4 x 75 frames: 1.0 ->
@@ -423,9 +424,10 @@ void run_conv(const ConvPlan& p) {
     ci_block = std::max<int64_t>(1, std::min(ci_block, kWindowBytesAvx512 / (ci_stride * int64_t{sizeof(float)})));
   const float slope = p.negative_slope;
 
-  // Fewer (item, column tile) pairs than threads - one short item, say - would leave threads idle:
-  // then each pair's output channels are split among tasks too (each packs its own window).
-  const int64_t pairs = p.B * ntiles;
+  // Fewer (item, group, column tile) triples than threads - one short item, say - would leave
+  // threads idle: then each triple's output channels are split among tasks too (each packs its own
+  // window).
+  const int64_t pairs = p.B * G * ntiles;
   const int64_t splits = std::min(cblocks, std::max<int64_t>(1, at::get_num_threads() / pairs));
   const int64_t cb_per_split = (cblocks + splits - 1) / splits;
 
@@ -434,18 +436,19 @@ void run_conv(const ConvPlan& p) {
     std::vector<float> tile(cblocks * kMR * kNT);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t pair = task / splits, split = task % splits;
-      const int64_t b = pair / ntiles, t0 = (pair % ntiles) * kNT;
+      const int64_t b = pair / (G * ntiles), g = pair / ntiles % G, t0 = (pair % ntiles) * kNT;
       const int64_t cb_lo = split * cb_per_split, cb_hi = std::min(cblocks, cb_lo + cb_per_split);
       if (cb_lo >= cb_hi) continue;
-      const int64_t co_lo = cb_lo * kMR, co_hi = std::min(p.Cout, cb_hi * kMR);
+      const int64_t co_lo = cb_lo * kMR, co_hi = std::min(cout, cb_hi * kMR);
       const int64_t ncols = std::min(kNT, p.Tout - t0);
-      const float* xb = p.x + b * p.Cin * p.T;
+      const float* xb = p.x + (b * p.Cin + g * cin) * p.T;
+      const float* wg = p.wpack + g * cblocks * cin * p.K * kMR;
       // With stride 1 the window of channel ci is x[ci, base .. base + row_len): when that lies
       // inside [0, T) the micro-kernel reads x itself (row stride T) and nothing is packed.
       const int64_t base = t0 - p.pad;
       const bool direct = p.stride == 1 && base >= 0 && base + win.row_len <= p.T;
-      for (int64_t ci0 = 0; ci0 < p.Cin; ci0 += ci_block) {
-        const int64_t nci = std::min(ci_block, p.Cin - ci0);
+      for (int64_t ci0 = 0; ci0 < cin; ci0 += ci_block) {
+        const int64_t nci = std::min(ci_block, cin - ci0);
         const float* src = window.data();
         int64_t src_ci_stride = ci_stride;
         if (direct) {
@@ -455,14 +458,15 @@ void run_conv(const ConvPlan& p) {
           pack_window(p, win, xb, ci0, nci, t0, window.data());
         }
         for (int64_t cb = cb_lo; cb < cb_hi; ++cb) {
-          const float* wp = p.wpack + (cb * p.Cin + ci0) * p.K * kMR;
+          const float* wp = wg + (cb * cin + ci0) * p.K * kMR;
           float* c = tile.data() + cb * kMR * kNT;
           tile_kernel(wp, src, win.tap_off.data(), nci, p.K, src_ci_stride, c, ncols, ci0 == 0);
         }
       }
       // Epilogue on the tile while it is in cache: bias, activation, residual, one store.
-      for (int64_t co = co_lo; co < co_hi; ++co) {
-        float* v = tile.data() + co * kNT;
+      for (int64_t co_g = co_lo; co_g < co_hi; ++co_g) {
+        const int64_t co = g * cout + co_g;
+        float* v = tile.data() + co_g * kNT;
         activate_row(v, ncols, p.bias ? p.bias[co] : 0.0f, p.act, slope, p.alpha ? p.alpha[co] : 0.0f);
         float* y = p.y + b * p.y_bs + co * p.y_cs + t0 * p.y_ts;
         if (p.residual) {

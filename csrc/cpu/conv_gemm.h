@@ -24,11 +24,13 @@ constexpr int64_t kMR = 4;   // output channels per micro-tile
 constexpr int64_t kNR = 24;  // output columns per AVX2 micro-tile (3 vectors)
 constexpr int64_t kNT = 96;  // output columns per task
 
-// Everything one conv launch needs. Pointers are to contiguous float data.
+// Everything one conv launch needs. Pointers are to contiguous float data. With groups > 1 the
+// input and output channels split into that many groups, output group g reading input group g
+// only (as in torch's conv1d); the weights are packed per group.
 struct ConvPlan {
   int64_t B, Cin, Cout, T, Tout, K, stride, dilation, pad;
   const float* x;         // [B, Cin, T]
-  const float* wpack;     // [ceil(Cout/MR)][Cin][K][MR], zero rows past Cout (see conv.cpp)
+  const float* wpack;     // [groups][ceil(Cout_g/MR)][Cin_g][K][MR], zero rows past Cout_g (see conv.cpp)
   const float* bias;      // [Cout] or null
   const float* alpha;     // [Cout] or null (snake)
   const float* residual;  // [B, Cout, Tout] or null
@@ -36,6 +38,7 @@ struct ConvPlan {
   float negative_slope;
   float* y;                  // element (b, co, t) at y[b*y_bs + co*y_cs + t*y_ts]
   int64_t y_bs, y_cs, y_ts;  // output strides (the transposed conv writes one phase: y_ts = stride)
+  int64_t groups = 1;        // Cin and Cout are multiples of it
 };
 
 // Runs the conv described by plan (parallel over batch items x column tiles).

@@ -7,6 +7,7 @@
 | vq_nearest                | x [N,D], codebook [K,D] -> index [N], sqdist [N]    | torch, cpp, cuda, triton   |
 | rvq_encode                | x [N,D], codebooks [Q,K,D] -> codes [N,n_q], q [N,D]| torch, cpp, cuda, triton   |
 | rvq_decode                | codes [N,n_q], codebooks [Q,K,D] -> [N,D]           | torch, cpp, cuda, triton   |
+| grouped_conv1d            | x [B,Cin,T], w [Cout,Cin/g,K] -> [B,Cout,T']        | torch, cpp (fp32)          |
 
 Each op has a `*_ref` twin in `reference.py` (the spec). `backend` is 'auto' | 'torch' | 'cpp' |
 'cuda' | 'triton'; 'auto' defers to FASTCODEC_BACKEND, then picks the best available for the
@@ -21,6 +22,10 @@ candidates on tensor cores, see triton/vq.py); elsewhere 'fast' runs the exact s
 fastest there is (AVX2 has no lower-precision FMA; 16-bit inputs use tensor cores exactly; the
 CUDA C++ kernels have no fast path yet). Exact stays the default until a GPU run has timed fast
 mode and confirmed the accumulator assumption its error bound makes.
+
+grouped_conv1d is not the codec's: it is the training critics' plain (zero-padded, non-causal)
+grouped conv, T' = (T + 2*padding - K) // stride + 1. oneDNN runs those at a fraction of its
+ungrouped rate on the CPU; on a GPU cuDNN's is what runs.
 
 Gradients: the convs are differentiable in x, weight, bias, residual and snake alpha on every
 backend; rvq_decode is differentiable in the codebooks; vq_nearest and rvq_encode are searches and
@@ -38,6 +43,7 @@ from .reference import (
     DEFAULT_NEGATIVE_SLOPE,
     causal_conv1d_ref,
     causal_conv_transpose1d_ref,
+    grouped_conv1d_ref,
     rvq_decode_ref,
     rvq_encode_ref,
     rvq_residuals_ref,
@@ -48,7 +54,7 @@ __all__ = [
     "ACTIVATIONS", "BACKENDS", "BackendUnavailable",
     "causal_conv1d", "causal_conv_transpose1d", "vq_nearest", "rvq_encode", "rvq_decode",
     "causal_conv1d_ref", "causal_conv_transpose1d_ref", "vq_nearest_ref", "rvq_encode_ref", "rvq_decode_ref",
-    "rvq_residuals", "rvq_residuals_ref",
+    "rvq_residuals", "rvq_residuals_ref", "grouped_conv1d", "grouped_conv1d_ref",
     "resolve_backend", "SEARCH_MODES",
 ]
 
@@ -105,6 +111,29 @@ def causal_conv_transpose1d(x, weight, bias=None, *, stride, activation=None, ba
                                            negative_slope=negative_slope, alpha=alpha)
     return _compiled("causal_conv_transpose1d", be)(x, weight, bias, stride, activation or "none",
                                                     float(negative_slope), alpha)
+
+
+def _grouped_conv_limits(dtype):
+    def limits(backend):
+        if backend in ("cuda", "triton"):
+            return f"grouped_conv1d has no {backend} kernel (the torch backend runs it on cuDNN)"
+        if backend == "cpp" and dtype != torch.float32:
+            return f"the cpp grouped_conv1d is fp32 only, got {str(dtype).removeprefix('torch.')}"
+        return None
+    return limits
+
+
+def grouped_conv1d(x, weight, bias=None, *, stride=1, padding=0, groups=1, backend="auto"):
+    """A plain grouped conv zero-padded by `padding` on both sides (F.conv1d's semantics, no
+    dilation): the training critics' layers. x: [B, Cin, T], weight: [Cout, Cin/groups, K],
+    bias: [Cout] -> y: [B, Cout, (T + 2*padding - K) // stride + 1]. Differentiable in x, weight
+    and bias. Backends: torch, and cpp for fp32 CPU tensors ('auto' picks it there).
+    """
+    _checks.grouped_conv1d(x, weight, bias, stride, padding, groups)
+    be = _backend.resolve(backend, x.device, x.dtype, _grouped_conv_limits(x.dtype))
+    if be == "torch":
+        return grouped_conv1d_ref(x, weight, bias, stride=stride, padding=padding, groups=groups)
+    return _compiled("grouped_conv1d", be)(x, weight, bias, stride, padding, groups)
 
 
 def _vq_limits(D, dtype):

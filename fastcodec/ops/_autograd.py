@@ -230,6 +230,27 @@ def _rvq_decode_backward(ctx, g):
     return None, gcb.view(Q, K, D)
 
 
+def _grouped_conv1d_setup(ctx, inputs, output):
+    x, weight, bias, stride, padding, groups = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.conf = (stride, padding, groups, bias is not None)
+
+
+def _grouped_conv1d_backward(lib, ctx, gy):
+    """Both gradients on the library's own kernels (csrc/cpu/grouped_conv.cpp); the bias's is a sum."""
+    x, weight = ctx.saved_tensors
+    stride, padding, groups, has_bias = ctx.conf
+    gy = gy.contiguous()
+    gx = gw = gb = None
+    if ctx.needs_input_grad[0]:
+        gx = lib.grouped_conv1d_input_grad(gy, weight, x.shape[2], stride, padding, groups)
+    if ctx.needs_input_grad[1]:
+        gw = lib.grouped_conv1d_weight_grad(gy, x, weight.shape[2], stride, padding, groups)
+    if has_bias and ctx.needs_input_grad[2]:
+        gb = gy.sum((0, 2))
+    return gx, gw, gb, None, None, None
+
+
 AUTOGRAD = {
     "causal_conv1d": (_conv1d_backward, _conv1d_setup),
     "causal_conv_transpose1d": (_conv_transpose1d_backward, _conv_transpose1d_setup),
@@ -237,6 +258,7 @@ AUTOGRAD = {
     "rvq_encode": (_rvq_search_backward, _search_setup),
     "rvq_residuals": (_rvq_search_backward, _search_setup),
     "rvq_decode": (_rvq_decode_backward, _rvq_decode_setup),
+    "grouped_conv1d": (_grouped_conv1d_backward, _grouped_conv1d_setup),
     "vq_nearest_fast": (_vq_nearest_backward, _search_setup),
     "rvq_encode_fast": (_rvq_search_backward, _search_setup),
     "rvq_residuals_fast": (_rvq_search_backward, _search_setup),
@@ -244,7 +266,7 @@ AUTOGRAD = {
 
 
 # Backward functions that recompute with the library's own forward take it as first argument.
-_NEEDS_LIB = {"causal_conv1d", "causal_conv_transpose1d"}
+_NEEDS_LIB = {"causal_conv1d", "causal_conv_transpose1d", "grouped_conv1d"}
 
 
 def register(namespace: str, ops=None):

@@ -75,6 +75,23 @@ def conv1d(x, weight, bias, stride, dilation, act, residual, negative_slope, alp
             raise ValueError(f"residual must have the output's shape {want}, got {_shape(residual)}")
 
 
+def grouped_conv1d(x, weight, bias, stride, padding, groups):
+    tensor("x", x, dims=("B", "Cin", "T"))
+    tensor("weight", weight, dims=("Cout", "Cin/groups", "K"))
+    like("weight", weight, "x", x)
+    positive_int("stride", stride)
+    positive_int("groups", groups)
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise ValueError(f"padding must be a non-negative int, got {padding!r}")
+    cout, cin_g, k = weight.shape
+    if cout % groups or x.shape[1] != cin_g * groups:
+        raise ValueError(f"weight {_shape(weight)} with groups={groups} needs {cin_g * groups} input channels and "
+                         f"an output channel count divisible by {groups}; x {_shape(x)} has {x.shape[1]}")
+    if k < 1 or x.shape[2] + 2 * padding < k:
+        raise ValueError(f"x {_shape(x)} padded by {padding} on each side is shorter than the kernel ({k})")
+    optional_channels("bias", bias, x, cout)
+
+
 def conv_transpose1d(x, weight, bias, stride, act, negative_slope, alpha):
     tensor("x", x, dims=("B", "Cin", "T"))
     tensor("weight", weight, dims=("Cin", "Cout", "K"))

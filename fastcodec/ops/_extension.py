@@ -91,7 +91,9 @@ def register():
     from fastcodec.ops import _autograd, _fake
 
     _fake.register("fastcodec")
-    for name in ("conv1d_window", "conv_transpose1d_stream"):  # CPU-only streaming kernels
+    # CPU-only kernels: streaming, and the critics' grouped conv
+    for name in ("conv1d_window", "conv_transpose1d_stream", "grouped_conv1d", "grouped_conv1d_input_grad",
+                 "grouped_conv1d_weight_grad"):
         if hasattr(torch.ops.fastcodec, name):  # (a build older than them lacks them)
             torch.library.register_fake(f"fastcodec::{name}")(getattr(_fake, name))
     _autograd.register("fastcodec")

@@ -55,6 +55,19 @@ def conv_transpose1d_stream(x, weight, bias, tail, stride, activation, negative_
     return x.new_empty(B, Cout, x.shape[2] * stride), x.new_empty(B, Cout, max(K - stride, 0))
 
 
+def grouped_conv1d(x, weight, bias, stride, padding, groups):
+    """The C++ library's CPU-only grouped conv for the critics, and its two gradients (not in FAKES)."""
+    return x.new_empty(x.shape[0], weight.shape[0], (x.shape[2] + 2 * padding - weight.shape[2]) // stride + 1)
+
+
+def grouped_conv1d_input_grad(gy, weight, T, stride, padding, groups):
+    return gy.new_empty(gy.shape[0], weight.shape[1] * groups, T)
+
+
+def grouped_conv1d_weight_grad(gy, x, K, stride, padding, groups):
+    return gy.new_empty(gy.shape[1], x.shape[1] // groups, K)
+
+
 def register(namespace: str, ops=None):
     lib = getattr(torch.ops, namespace)
     for name, fn in FAKES.items():

@@ -78,6 +78,13 @@ def causal_conv_transpose1d_ref(x, weight, bias=None, *, stride, activation=None
     return activation_ref(z, activation, negative_slope=negative_slope, alpha=alpha)
 
 
+def grouped_conv1d_ref(x, weight, bias=None, *, stride=1, padding=0, groups=1):
+    """A plain grouped conv, zero-padded by `padding` on both sides (not causal): what the training
+    critics use. x: [B, Cin, T], weight: [Cout, Cin/groups, K], bias: [Cout] ->
+    y: [B, Cout, (T + 2*padding - K) // stride + 1]."""
+    return F.conv1d(x, weight, bias, stride=stride, padding=padding, groups=groups)
+
+
 def vq_nearest_ref(x, codebook):
     """Nearest codeword by squared L2. x: [N, D], codebook: [K, D] -> (index [N] int64, sqdist [N]).
 

@@ -140,6 +140,7 @@ class Trainer:
         self.model = SoundStream(self.codec_cfg).to(dev)
         set_backend(self.model, cfg.backend)
         self.critics = Critics(cfg.wave_disc_width, cfg.stft_disc_width, cfg.stft_disc_windows).to(dev)
+        self.critics.set_backend(cfg.backend)
         self.mel = MultiScaleMel(self.codec_cfg.sample_rate).to(dev)
         self.opt_g = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
                                        weight_decay=cfg.weight_decay)
