@@ -59,6 +59,21 @@ CHECK = textwrap.dedent("""
                 x = torch.randn(1, 3, n + 1, dtype=torch.float64)
                 out = ops.causal_conv1d(x.float(), w.float(), backend="cpp")
                 assert_close_to_reference(out, ops.causal_conv1d_ref(x.float(), w.float()), ops.causal_conv1d_ref(x, w))
+    for B, G, cin, cout, K, s, p, T in ((2, 3, 4, 5, 41, 4, 20, 97), (1, 2, 3, 2, 9, 2, 1, 30)):  # grouped_conv1d
+        x64 = torch.randn(B, G * cin, T, dtype=torch.float64, requires_grad=True)
+        w64 = (torch.randn(G * cout, cin, K, dtype=torch.float64) / (cin * K) ** 0.5).requires_grad_(True)
+        conf = dict(stride=s, padding=p, groups=G)
+        ref64 = ops.grouped_conv1d_ref(x64, w64, **conf)
+        gy = torch.randn(ref64.shape, dtype=torch.float64)
+        ref64.backward(gy)
+        outs = []
+        for impl in ("cpp", "torch"):
+            x32, w32 = (t.detach().float().requires_grad_(True) for t in (x64, w64))
+            y = ops.grouped_conv1d(x32, w32, backend=impl, **conf)
+            y.backward(gy.float())
+            outs.append((y.detach(), x32.grad, w32.grad))
+        for o, r_same, r64 in zip(outs[0], outs[1], (ref64.detach(), x64.grad, w64.grad)):
+            assert_close_to_reference(o, r_same, r64)
     xv, cbs = torch.randn(301, 20), torch.randn(3, 50, 20)
     codes, q = ops.rvq_encode(xv, cbs, backend="cpp")
     ref_codes, ref_q = ops.rvq_encode_ref(xv, cbs)

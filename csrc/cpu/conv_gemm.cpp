@@ -51,6 +51,10 @@ void pack_window(const ConvPlan& p, const Window& w, const float* xb, int64_t ci
   const int64_t lo = std::min(len, std::max<int64_t>(0, (-base + s - 1) / s));
   const int64_t last = p.T - base - s;  // the largest m*s with every phase in range
   const int64_t hi = std::max(lo, std::min(len, last >= 0 ? last / s + 1 : 0));
+  // Elements before zl read only left of x, those from zr on only right of it: zeros, set in bulk
+  // (a short input's tile is mostly padding: the critics' deepest grouped layers see 16 outputs).
+  const int64_t zl = base < 0 ? std::min(lo, -base / s) : 0;
+  const int64_t zr = std::max(hi, std::min(len, std::max<int64_t>(0, (p.T - base + s - 1) / s)));
   for (int64_t c = 0; c < nci; ++c) {
     const float* xrow = xb + (ci0 + c) * p.T;
     float* rows = dst + c * s * len;
@@ -60,7 +64,11 @@ void pack_window(const ConvPlan& p, const Window& w, const float* xb, int64_t ci
         rows[r * len + m] = (src >= 0 && src < p.T) ? xrow[src] : 0.0f;
       }
     };
-    for (int64_t m = 0; m < lo; ++m) checked(m);
+    for (int64_t r = 0; r < s; ++r) {
+      std::fill(rows + r * len, rows + r * len + zl, 0.0f);
+      std::fill(rows + r * len + zr, rows + (r + 1) * len, 0.0f);
+    }
+    for (int64_t m = zl; m < lo; ++m) checked(m);
     if (s == 1) {
       std::memcpy(rows + lo, xrow + base + lo, sizeof(float) * (hi - lo));
     } else {  // deinterleave: read x contiguously, write one element to each phase row
@@ -69,7 +77,7 @@ void pack_window(const ConvPlan& p, const Window& w, const float* xb, int64_t ci
         for (int64_t r = 0; r < s; ++r) rows[r * len + m] = in[r];
       }
     }
-    for (int64_t m = hi; m < len; ++m) checked(m);
+    for (int64_t m = hi; m < zr; ++m) checked(m);
   }
 }
 
