@@ -1,7 +1,9 @@
 """Training-step throughput: the same Trainer step (generator forward/backward/update, codebook EMA
 and, in the 'full' phase, the critics' step) with the codec on the torch backend and on the fastest
-backend here, side by side per preset and phase. The critics and spectral losses are plain torch in
-both, so the ratio is what the fused kernels buy a whole training step.
+backend here, side by side per preset and phase. The spectral losses and the STFT critics are plain
+torch in both; the waveform critic's input and grouped convs follow the backend (grouped_conv1d on
+cpp), so the ratio is what fastcodec's kernels buy a whole training step. On a noisy machine,
+ab_train.py times the same steps with the backends alternating.
 
     pytest benchmarks/bench_train.py --benchmark-json out.json
 """
