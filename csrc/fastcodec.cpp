@@ -29,6 +29,8 @@ TORCH_LIBRARY(fastcodec, m) {
   m.def(
       "grouped_conv1d_input_grad(Tensor gy, Tensor weight, int T, int stride, int padding, int groups) -> Tensor");
   m.def("grouped_conv1d_weight_grad(Tensor gy, Tensor x, int K, int stride, int padding, int groups) -> Tensor");
+  // CPU, fp32: a stride-1 conv's weight gradient (any dilation); see csrc/cpu/weight_grad.cpp.
+  m.def("conv1d_weight_grad(Tensor gz, Tensor x, int K, int dilation, int pad) -> Tensor");
   m.def("vq_nearest(Tensor x, Tensor codebook) -> (Tensor index, Tensor sqdist)");
   m.def("rvq_encode(Tensor x, Tensor codebooks, int n_q) -> (Tensor codes, Tensor quantized)");
   m.def("rvq_residuals(Tensor x, Tensor codebooks, int n_q) -> (Tensor codes, Tensor residuals)");

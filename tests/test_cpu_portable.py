@@ -74,6 +74,15 @@ CHECK = textwrap.dedent("""
             outs.append((y.detach(), x32.grad, w32.grad))
         for o, r_same, r64 in zip(outs[0], outs[1], (ref64.detach(), x64.grad, w64.grad)):
             assert_close_to_reference(o, r_same, r64)
+    for Cin, Cout, T in ((7, 5, 37), (3, 4, 1030)):  # conv1d_weight_grad: every tile remainder, masked tails
+        x64, gz64 = torch.randn(2, Cin, T, dtype=torch.float64), torch.randn(2, Cout, T, dtype=torch.float64)
+        refs = []
+        for x_, g_ in ((x64.float(), gz64.float()), (x64, gz64)):
+            w_ = torch.zeros(Cout, Cin, 3, dtype=x_.dtype, requires_grad=True)
+            torch.nn.functional.conv1d(torch.nn.functional.pad(x_, (4, 0)), w_, dilation=2).backward(g_)
+            refs.append(w_.grad)
+        out = torch.ops.fastcodec.conv1d_weight_grad(gz64.float(), x64.float(), 3, 2, 4)
+        assert_close_to_reference(out, *refs)
     xv, cbs = torch.randn(301, 20), torch.randn(3, 50, 20)
     codes, q = ops.rvq_encode(xv, cbs, backend="cpp")
     ref_codes, ref_q = ops.rvq_encode_ref(xv, cbs)

@@ -85,3 +85,4 @@ def test_opcheck_grouped_conv1d(requires_grad):
         gy = torch.randn(2, 9, 16)
         torch.library.opcheck(lib.grouped_conv1d_input_grad, (gy, w, 29, 2, 3, 3))
         torch.library.opcheck(lib.grouped_conv1d_weight_grad, (gy, x, 5, 2, 3, 3))
+        torch.library.opcheck(lib.conv1d_weight_grad, (torch.randn(2, 4, 29), x, 3, 2, 4))

@@ -4,8 +4,9 @@ The forward runs the fused kernel; the backward reads the activation's derivativ
 output (or recomputes the pre-activation with the same backend's kernel), computes a stride-1
 conv's input gradient with the backend's own forward kernel (a time-reversed causal conv), and uses
 PyTorch's conv-backward primitive for weight gradients and the strided and transposed convs'
-input gradients, except the weight gradients of short, wide layers on the CPU, which are one GEMM
-over im2col'd windows (_weight_grad_by_gemm); bias gradients are sums.
+input gradients, except on the CPU: the weight gradients of short, wide layers are one GEMM over
+im2col'd windows (_weight_grad_by_gemm), and those of the other stride-1 convs come from the C++
+library's own kernel (_own_weight_grad); bias gradients are sums.
 The search ops (vq_nearest, rvq_encode, rvq_residuals) are marked non-differentiable; rvq_decode is a gather-sum
 whose codebook gradient is an index_add.
 """
@@ -93,16 +94,20 @@ def _conv1d_backward(lib, ctx, gy):
     own_gx = need_x and stride == 1
     if own_gx:
         gx = _conv1d_input_grad(lib, gz, weight, dilation)
-    gemm_gw = need_w and _weight_grad_by_gemm(x, gz.shape[0] * gz.shape[2], weight.shape[1] * K)
-    if gemm_gw:
+    own_gw = need_w  # computed here, not by ATen's backward-weights
+    if need_w and _weight_grad_by_gemm(x, gz.shape[0] * gz.shape[2], weight.shape[1] * K):
         gw = _conv1d_weight_grad(x, gz, K, stride, dilation)
-    if (need_x and not own_gx) or (need_w and not gemm_gw):
+    elif need_w and _own_weight_grad(lib, x, stride):
+        gw = lib.conv1d_weight_grad(gz.contiguous(), x.contiguous(), K, dilation, pad)
+    else:
+        own_gw = False
+    if (need_x and not own_gx) or (need_w and not own_gw):
         gxp, gw_aten, _ = torch.ops.aten.convolution_backward(
             gz, F.pad(x, (pad, 0)), weight, None, [stride], [0], [dilation], False, [0], 1,
-            [need_x and not own_gx, need_w and not gemm_gw, False])
+            [need_x and not own_gx, need_w and not own_gw, False])
         if not own_gx:
             gx = None if gxp is None else gxp[..., pad:]
-        if not gemm_gw:
+        if not own_gw:
             gw = gw_aten
     if need_b and bias is not None:
         gb = gz.sum((0, 2))
@@ -120,6 +125,15 @@ def _weight_grad_by_gemm(x, rows, cols):
     keep cuDNN's (not measured there).
     """
     return x.device.type == "cpu" and rows * 3 <= cols and rows * cols <= 1 << 24
+
+
+def _own_weight_grad(lib, x, stride):
+    """Whether a stride-1 conv's weight gradient runs on the C++ library's own kernel
+    (csrc/cpu/weight_grad.cpp: dot products along time in registers, no im2col): 1.1-7x ATen's
+    backward-weights on every stride-1 layer of the codec on 2 Zen 3 cores (RESULTS.md). CPU fp32,
+    outside grad mode (the kernel has no autograd, so a double backward keeps ATen's)."""
+    return (stride == 1 and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and hasattr(lib, "conv1d_weight_grad"))
 
 
 def _conv1d_weight_grad(x, gz, K, stride, dilation):

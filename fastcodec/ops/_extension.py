@@ -91,9 +91,9 @@ def register():
     from fastcodec.ops import _autograd, _fake
 
     _fake.register("fastcodec")
-    # CPU-only kernels: streaming, and the critics' grouped conv
+    # CPU-only kernels: streaming, the critics' grouped conv, a stride-1 conv's weight gradient
     for name in ("conv1d_window", "conv_transpose1d_stream", "grouped_conv1d", "grouped_conv1d_input_grad",
-                 "grouped_conv1d_weight_grad"):
+                 "grouped_conv1d_weight_grad", "conv1d_weight_grad"):
         if hasattr(torch.ops.fastcodec, name):  # (a build older than them lacks them)
             torch.library.register_fake(f"fastcodec::{name}")(getattr(_fake, name))
     _autograd.register("fastcodec")

@@ -68,6 +68,11 @@ def grouped_conv1d_weight_grad(gy, x, K, stride, padding, groups):
     return gy.new_empty(gy.shape[1], x.shape[1] // groups, K)
 
 
+def conv1d_weight_grad(gz, x, K, dilation, pad):
+    """The C++ library's CPU-only weight gradient of a stride-1 conv (not in FAKES)."""
+    return gz.new_empty(gz.shape[1], x.shape[1], K)
+
+
 def register(namespace: str, ops=None):
     lib = getattr(torch.ops, namespace)
     for name, fn in FAKES.items():
