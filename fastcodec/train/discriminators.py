@@ -1,7 +1,8 @@
 """Adversarial critics for training (not part of the codec, so they use torch.nn layers: 2-D and
 non-causal convs). The waveform critic's first and grouped strided layers run on fastcodec's
 grouped_conv1d when the critics' backend resolves to cpp (fp32 CPU tensors, no autocast): oneDNN's
-grouped kernels run those at 6-45 GFLOP/s on 2 cores, the C++ kernels 4-8x faster. Anything else
+grouped kernels run those at 6-45 GFLOP/s on 2 cores, the C++ kernels 2-9x faster (3x geometric
+mean over the layers, forward and backward; benchmarks/RESULTS.md). Anything else
 (a GPU, autocast, backend 'torch') runs them as plain nn.Conv1d.
 
 - WaveDiscriminator: MelGAN's multi-scale waveform critic, one sub-critic per scale (the signal,
