@@ -3,10 +3,12 @@
 //   dW[co, ci, k] = sum over items b and outputs t of gz[b, co, t] * x[b, ci, t - pad + k*dilation]
 //
 // Every (co, (ci, k)) entry is a dot product along time of a gz row and a shifted x row, both
-// contiguous, so a register tile of 4 output channels x 3 (ci, k) columns loads 7 vectors per 12
-// FMAs and reduces in its lanes, with no im2col copy (ATen's backward-weights runs the codec's
-// k7 layers at 40-75 GFLOP/s on 2 Zen 3 cores). Time is walked in chunks that keep a chunk's gz
-// and x rows in L2 while every tile of a thread passes over them.
+// contiguous, so a register tile of R output channels x C (ci, k) columns loads R + C vectors per
+// R*C FMAs and reduces in its lanes, with no im2col copy (ATen's backward-weights runs the codec's
+// k7 layers at 40-75 GFLOP/s on 2 Zen 3 cores). The tile is 4 x 3 with AVX2 (12 of the 16
+// registers) and 4 x 6 with AVX-512 (24 of 32: 10 loads per 24 FMAs, which two load ports feed).
+// Time is walked in chunks that keep a chunk's gz and x rows in L2 while every tile of a thread
+// passes over them.
 #include <algorithm>
 #include <vector>
 
@@ -20,8 +22,9 @@
 namespace fastcodec {
 namespace {
 
-constexpr int kRows = 4, kCols = 3;
-constexpr int64_t kChunk = 1024;  // samples per pass: 4 + 3 rows of it are 28 KB
+constexpr int kRows = 4;                     // output channels per tile
+constexpr int kColsAvx2 = 3, kColsMax = 6;  // (ci, k) columns per tile: AVX2 and portable, AVX-512
+constexpr int64_t kChunk = 1024;            // samples per pass: 4 + 6 rows of it are 40 KB
 
 // out[r*ld + c] += sum_{t < n} g[r][t] * xs[c][t] for R rows and C columns.
 template <int R, int C>
@@ -57,8 +60,6 @@ __attribute__((target("avx2,fma"), always_inline)) inline void dots_step(const f
   }
 }
 
-// Also what AVX-512 hosts run: the layers this serves are small, and a 16-lane tile would need
-// twice the rows to stay FMA-bound.
 template <int R, int C>
 __attribute__((target("avx2,fma"))) void dots_avx2(const float* const* g, const float* const* xs, int64_t n,
                                                    float* out, int64_t ld) {
@@ -79,6 +80,48 @@ __attribute__((target("avx2,fma"))) void dots_avx2(const float* const* g, const 
 #pragma GCC unroll 3
     for (int c = 0; c < C; ++c) out[r * ld + c] += hsum_avx2(acc[r][c]);
 }
+
+// The halves by zero-masked extracts: _mm512_reduce_add_ps and the plain extracts pass an
+// undefined placeholder that gcc 12 warns about wherever they are inlined (GCC bug 105593).
+__attribute__((target("avx512f"))) inline float hsum_avx512(__m512 v) {
+  const __m512d d = _mm512_castps_pd(v);
+  const __mmask8 all = 0xF;
+  return hsum_avx2(_mm256_add_ps(_mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(all, d, 0)),
+                                 _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(all, d, 1))));
+}
+
+// One 16-sample step of the AVX-512 tile; the last, partial step loads under a lane mask.
+template <int R, int C>
+__attribute__((target("avx512f"), always_inline)) inline void dots_step512(const float* const* g,
+                                                                            const float* const* xs, int64_t t,
+                                                                            __mmask16 m, __m512 (&acc)[R][C]) {
+  __m512 xv[C];
+#pragma GCC unroll 6
+  for (int c = 0; c < C; ++c) xv[c] = _mm512_maskz_loadu_ps(m, xs[c] + t);
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+    const __m512 gv = _mm512_maskz_loadu_ps(m, g[r] + t);
+#pragma GCC unroll 6
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(gv, xv[c], acc[r][c]);
+  }
+}
+
+template <int R, int C>
+__attribute__((target("avx512f"))) void dots_avx512(const float* const* g, const float* const* xs, int64_t n,
+                                                     float* out, int64_t ld) {
+  __m512 acc[R][C];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 6
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+  int64_t t = 0;
+  for (; t + 16 <= n; t += 16) dots_step512<R, C>(g, xs, t, static_cast<__mmask16>(0xFFFF), acc);
+  if (t < n) dots_step512<R, C>(g, xs, t, static_cast<__mmask16>((1u << (n - t)) - 1), acc);
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 6
+    for (int c = 0; c < C; ++c) out[r * ld + c] += hsum_avx512(acc[r][c]);
+}
 #endif
 
 using Dots = void (*)(const float* const*, const float* const*, int64_t, float*, int64_t);
@@ -86,16 +129,27 @@ using Dots = void (*)(const float* const*, const float* const*, int64_t, float*,
 template <int R, int C>
 Dots dots_kernel() {
 #ifdef FASTCODEC_X86_SIMD
-  if (cpu::has_avx2_fma()) return dots_avx2<R, C>;
+  if (cpu::has_avx512()) return dots_avx512<R, C>;
+  if constexpr (C <= kColsAvx2) {
+    if (cpu::has_avx2_fma()) return dots_avx2<R, C>;
+  }
 #endif
   return dots_generic<R, C>;
 }
 
+// Tile columns at this process's SIMD level.
+int64_t tile_cols() { return cpu::has_avx512() ? kColsMax : kColsAvx2; }
+
 Dots pick_dots(int64_t R, int64_t C) {
-  static const Dots table[kRows][kCols] = {{dots_kernel<1, 1>(), dots_kernel<1, 2>(), dots_kernel<1, 3>()},
-                                           {dots_kernel<2, 1>(), dots_kernel<2, 2>(), dots_kernel<2, 3>()},
-                                           {dots_kernel<3, 1>(), dots_kernel<3, 2>(), dots_kernel<3, 3>()},
-                                           {dots_kernel<4, 1>(), dots_kernel<4, 2>(), dots_kernel<4, 3>()}};
+  static const Dots table[kRows][kColsMax] = {
+      {dots_kernel<1, 1>(), dots_kernel<1, 2>(), dots_kernel<1, 3>(), dots_kernel<1, 4>(), dots_kernel<1, 5>(),
+       dots_kernel<1, 6>()},
+      {dots_kernel<2, 1>(), dots_kernel<2, 2>(), dots_kernel<2, 3>(), dots_kernel<2, 4>(), dots_kernel<2, 5>(),
+       dots_kernel<2, 6>()},
+      {dots_kernel<3, 1>(), dots_kernel<3, 2>(), dots_kernel<3, 3>(), dots_kernel<3, 4>(), dots_kernel<3, 5>(),
+       dots_kernel<3, 6>()},
+      {dots_kernel<4, 1>(), dots_kernel<4, 2>(), dots_kernel<4, 3>(), dots_kernel<4, 4>(), dots_kernel<4, 5>(),
+       dots_kernel<4, 6>()}};
   return table[R - 1][C - 1];
 }
 
@@ -115,27 +169,42 @@ at::Tensor conv1d_weight_grad_cpu(const at::Tensor& gz_in, const at::Tensor& x_i
   const int64_t B = x_in.size(0), Cin = x_in.size(1), T = x_in.size(2), Cout = gz_in.size(1), Tz = gz_in.size(2);
   at::Tensor gw = at::zeros({Cout, Cin, K}, x_in.options());
   if (B == 0 || Tz == 0 || Cout == 0 || Cin == 0) return gw;
-  // x padded so every read is in range: pad zeros in front, zeros past T up to the last read.
-  const int64_t Lx = std::max(T + pad, Tz + (K - 1) * dilation);
-  const at::Tensor xp = at::constant_pad_nd(x_in, {pad, Lx - T - pad});
+  const at::Tensor x = x_in.contiguous();
   const at::Tensor gz = gz_in.contiguous();
   const float* gp = gz.data_ptr<float>();
-  const float* xpp = xp.data_ptr<float>();
+  const float* xp = x.data_ptr<float>();
   float* wp = gw.data_ptr<float>();
-  const int64_t N = Cin * K, rblocks = (Cout + kRows - 1) / kRows, cgroups = (N + kCols - 1) / kCols;
+  const int64_t N = Cin * K, rblocks = (Cout + kRows - 1) / kRows, cols = tile_cols(),
+                cgroups = (N + cols - 1) / cols, span = (K - 1) * dilation;
   at::parallel_for(0, rblocks * cgroups, 1, [&](int64_t begin, int64_t end) {
     const float* g[kRows];
-    const float* xs[kCols];
+    const float* xs[kColsMax];
+    // A chunk whose reads leave [0, T) (the padding at the front, and past the end when pad is
+    // short of the span) reads a zero-filled copy of its window instead: x itself is never padded,
+    // which saved a fill and a copy of all of x per call (a tenth of a 64-channel layer's backward).
+    std::vector<float> window;
     for (int64_t b = 0; b < B; ++b)
       for (int64_t t0 = 0; t0 < Tz; t0 += kChunk) {
-        const int64_t n = std::min(kChunk, Tz - t0);
+        const int64_t n = std::min(kChunk, Tz - t0), lo = t0 - pad, len = n + span;
+        const float* rows;  // row ci at rows + ci*ld holds x[lo + j], j < len
+        int64_t ld = T;
+        if (lo >= 0 && lo + len <= T) {
+          rows = xp + b * Cin * T + lo;
+        } else {
+          window.assign(Cin * len, 0.0f);
+          const int64_t j0 = std::max<int64_t>(0, -lo), j1 = std::min(len, T - lo);
+          for (int64_t ci = 0; ci < Cin && j1 > j0; ++ci)
+            std::copy(xp + (b * Cin + ci) * T + lo + j0, xp + (b * Cin + ci) * T + lo + j1, window.data() + ci * len + j0);
+          rows = window.data();
+          ld = len;
+        }
         for (int64_t tile = begin; tile < end; ++tile) {
-          const int64_t co0 = tile / cgroups * kRows, n0 = tile % cgroups * kCols;
-          const int64_t R = std::min<int64_t>(kRows, Cout - co0), C = std::min<int64_t>(kCols, N - n0);
+          const int64_t co0 = tile / cgroups * kRows, n0 = tile % cgroups * cols;
+          const int64_t R = std::min<int64_t>(kRows, Cout - co0), C = std::min<int64_t>(cols, N - n0);
           for (int64_t r = 0; r < R; ++r) g[r] = gp + (b * Cout + co0 + r) * Tz + t0;
           for (int64_t c = 0; c < C; ++c) {
             const int64_t ci = (n0 + c) / K, k = (n0 + c) % K;
-            xs[c] = xpp + (b * Cin + ci) * Lx + t0 + k * dilation;
+            xs[c] = rows + ci * ld + k * dilation;
           }
           pick_dots(R, C)(g, xs, n, wp + co0 * N + n0, N);
         }
