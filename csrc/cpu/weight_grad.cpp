@@ -7,8 +7,10 @@
 // R*C FMAs and reduces in its lanes, with no im2col copy (ATen's backward-weights runs the codec's
 // k7 layers at 40-75 GFLOP/s on 2 Zen 3 cores). The tile is 4 x 3 with AVX2 (12 of the 16
 // registers) and 4 x 6 with AVX-512 (24 of 32: 10 loads per 24 FMAs, which two load ports feed).
-// Time is walked in chunks that keep a chunk's gz and x rows in L2 while every tile of a thread
-// passes over them.
+// Time is walked in passes that keep a pass's gz and x rows in L2 while every tile of a thread
+// goes over them: a 1024-sample chunk of one item, or, where items are shorter, up to 16 whole
+// items, summed in the same registers so that the tile's horizontal sums come once per pass (at
+// the 256-channel layers' 300 samples they were a quarter of the work).
 #include <algorithm>
 #include <vector>
 
@@ -25,14 +27,29 @@ namespace {
 constexpr int kRows = 4;                     // output channels per tile
 constexpr int kColsAvx2 = 3, kColsMax = 6;  // (ci, k) columns per tile: AVX2 and portable, AVX-512
 constexpr int64_t kChunk = 1024;            // samples per pass: 4 + 6 rows of it are 40 KB
+constexpr int kMaxSegs = 16;                // items per pass, where items are short
 
-// out[r*ld + c] += sum_{t < n} g[r][t] * xs[c][t] for R rows and C columns.
+// A pass: nseg segments, segment s being n[s] samples at g[s*kRows + r] (gz rows) and
+// xs[s*kColsMax + c] (x rows, shifted to the tile's tap).
+struct Pass {
+  const float* const* g;
+  const float* const* xs;
+  const int64_t* n;
+  int nseg;
+};
+
+// out[r*ld + c] += sum over the pass's segments and their samples t of g[r][t] * xs[c][t], for
+// R rows and C columns.
 template <int R, int C>
-void dots_generic(const float* const* g, const float* const* xs, int64_t n, float* out, int64_t ld) {
+void dots_generic(const Pass& p, float* out, int64_t ld) {
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < C; ++c) {
       float s = 0.0f;
-      for (int64_t t = 0; t < n; ++t) s += g[r][t] * xs[c][t];
+      for (int q = 0; q < p.nseg; ++q) {
+        const float* g = p.g[q * kRows + r];
+        const float* x = p.xs[q * kColsMax + c];
+        for (int64_t t = 0; t < p.n[q]; ++t) s += g[t] * x[t];
+      }
       out[r * ld + c] += s;
     }
 }
@@ -61,19 +78,22 @@ __attribute__((target("avx2,fma"), always_inline)) inline void dots_step(const f
 }
 
 template <int R, int C>
-__attribute__((target("avx2,fma"))) void dots_avx2(const float* const* g, const float* const* xs, int64_t n,
-                                                   float* out, int64_t ld) {
+__attribute__((target("avx2,fma"))) void dots_avx2(const Pass& p, float* out, int64_t ld) {
   __m256 acc[R][C];
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 3
     for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
   const __m256i all = _mm256_set1_epi32(-1);
-  int64_t t = 0;
-  for (; t + 8 <= n; t += 8) dots_step<R, C, false>(g, xs, t, all, acc);
-  if (t < n) {
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    dots_step<R, C, true>(g, xs, t, _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n - t)), lane), acc);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int q = 0; q < p.nseg; ++q) {
+    const float* const* g = p.g + q * kRows;
+    const float* const* xs = p.xs + q * kColsMax;
+    const int64_t n = p.n[q];
+    int64_t t = 0;
+    for (; t + 8 <= n; t += 8) dots_step<R, C, false>(g, xs, t, all, acc);
+    if (t < n)
+      dots_step<R, C, true>(g, xs, t, _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n - t)), lane), acc);
   }
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
@@ -107,24 +127,31 @@ __attribute__((target("avx512f"), always_inline)) inline void dots_step512(const
 }
 
 template <int R, int C>
-__attribute__((target("avx512f"))) void dots_avx512(const float* const* g, const float* const* xs, int64_t n,
-                                                     float* out, int64_t ld) {
+__attribute__((target("avx512f"))) void dots_avx512(const Pass& p, float* out, int64_t ld) {
   __m512 acc[R][C];
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 6
     for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
-  int64_t t = 0;
-  for (; t + 16 <= n; t += 16) dots_step512<R, C>(g, xs, t, static_cast<__mmask16>(0xFFFF), acc);
-  if (t < n) dots_step512<R, C>(g, xs, t, static_cast<__mmask16>((1u << (n - t)) - 1), acc);
+  for (int q = 0; q < p.nseg; ++q) {
+    const float* const* g = p.g + q * kRows;
+    const float* const* xs = p.xs + q * kColsMax;
+    const int64_t n = p.n[q];
+    int64_t t = 0;
+    for (; t + 16 <= n; t += 16) dots_step512<R, C>(g, xs, t, static_cast<__mmask16>(0xFFFF), acc);
+    if (t < n) dots_step512<R, C>(g, xs, t, static_cast<__mmask16>((1u << (n - t)) - 1), acc);
+  }
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 6
     for (int c = 0; c < C; ++c) out[r * ld + c] += hsum_avx512(acc[r][c]);
+  // gcc leaves this function's upper register state dirty (its other AVX-512 kernels get a
+  // vzeroupper), and the caller's SSE code then ran 1.5x slower on a Xeon.
+  _mm256_zeroupper();
 }
 #endif
 
-using Dots = void (*)(const float* const*, const float* const*, int64_t, float*, int64_t);
+using Dots = void (*)(const Pass&, float*, int64_t);
 
 template <int R, int C>
 Dots dots_kernel() {
@@ -176,39 +203,68 @@ at::Tensor conv1d_weight_grad_cpu(const at::Tensor& gz_in, const at::Tensor& x_i
   float* wp = gw.data_ptr<float>();
   const int64_t N = Cin * K, rblocks = (Cout + kRows - 1) / kRows, cols = tile_cols(),
                 cgroups = (N + cols - 1) / cols, span = (K - 1) * dilation;
+  // Segments (item, first sample, length), grouped into passes: segs[first[p] .. first[p+1]).
+  struct Seg {
+    int64_t b, t0, n;
+  };
+  std::vector<Seg> segs;
+  std::vector<int64_t> first;
+  const int64_t per_pass = std::clamp<int64_t>(kChunk / Tz, 1, kMaxSegs);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t0 = 0; t0 < Tz; t0 += kChunk) {
+      if (per_pass == 1 || b % per_pass == 0) first.push_back(static_cast<int64_t>(segs.size()));
+      segs.push_back({b, t0, std::min(kChunk, Tz - t0)});
+    }
+  first.push_back(static_cast<int64_t>(segs.size()));
   at::parallel_for(0, rblocks * cgroups, 1, [&](int64_t begin, int64_t end) {
-    const float* g[kRows];
-    const float* xs[kColsMax];
-    // A chunk whose reads leave [0, T) (the padding at the front, and past the end when pad is
+    const float* g[kMaxSegs * kRows];
+    const float* xs[kMaxSegs * kColsMax];
+    int64_t n[kMaxSegs];
+    const float* rows[kMaxSegs];  // segment q's x row ci at rows[q] + ci*ld[q] holds x[t0 - pad + j]
+    int64_t ld[kMaxSegs], win_at[kMaxSegs];
+    // A segment whose reads leave [0, T) (the padding at the front, and past the end when pad is
     // short of the span) reads a zero-filled copy of its window instead: x itself is never padded,
     // which saved a fill and a copy of all of x per call (a tenth of a 64-channel layer's backward).
     std::vector<float> window;
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t t0 = 0; t0 < Tz; t0 += kChunk) {
-        const int64_t n = std::min(kChunk, Tz - t0), lo = t0 - pad, len = n + span;
-        const float* rows;  // row ci at rows + ci*ld holds x[lo + j], j < len
-        int64_t ld = T;
+    for (size_t p = 0; p + 1 < first.size(); ++p) {
+      const int nseg = static_cast<int>(first[p + 1] - first[p]);
+      window.clear();
+      for (int q = 0; q < nseg; ++q) {
+        const Seg& sg = segs[first[p] + q];
+        const int64_t lo = sg.t0 - pad, len = sg.n + span;
+        n[q] = sg.n;
         if (lo >= 0 && lo + len <= T) {
-          rows = xp + b * Cin * T + lo;
-        } else {
-          window.assign(Cin * len, 0.0f);
-          const int64_t j0 = std::max<int64_t>(0, -lo), j1 = std::min(len, T - lo);
-          for (int64_t ci = 0; ci < Cin && j1 > j0; ++ci)
-            std::copy(xp + (b * Cin + ci) * T + lo + j0, xp + (b * Cin + ci) * T + lo + j1, window.data() + ci * len + j0);
-          rows = window.data();
-          ld = len;
+          rows[q] = xp + sg.b * Cin * T + lo;
+          ld[q] = T;
+          win_at[q] = -1;
+          continue;
         }
-        for (int64_t tile = begin; tile < end; ++tile) {
-          const int64_t co0 = tile / cgroups * kRows, n0 = tile % cgroups * cols;
-          const int64_t R = std::min<int64_t>(kRows, Cout - co0), C = std::min<int64_t>(cols, N - n0);
-          for (int64_t r = 0; r < R; ++r) g[r] = gp + (b * Cout + co0 + r) * Tz + t0;
+        const int64_t at = static_cast<int64_t>(window.size());
+        window.resize(at + Cin * len, 0.0f);
+        const int64_t j0 = std::max<int64_t>(0, -lo), j1 = std::min(len, T - lo);
+        for (int64_t ci = 0; ci < Cin && j1 > j0; ++ci) {
+          const float* src = xp + (sg.b * Cin + ci) * T + lo;
+          std::copy(src + j0, src + j1, window.data() + at + ci * len + j0);
+        }
+        ld[q] = len;
+        win_at[q] = at;
+      }
+      for (int q = 0; q < nseg; ++q)  // once the window has stopped growing
+        if (win_at[q] >= 0) rows[q] = window.data() + win_at[q];
+      for (int64_t tile = begin; tile < end; ++tile) {
+        const int64_t co0 = tile / cgroups * kRows, n0 = tile % cgroups * cols;
+        const int64_t R = std::min<int64_t>(kRows, Cout - co0), C = std::min<int64_t>(cols, N - n0);
+        for (int q = 0; q < nseg; ++q) {
+          const Seg& sg = segs[first[p] + q];
+          for (int64_t r = 0; r < R; ++r) g[q * kRows + r] = gp + (sg.b * Cout + co0 + r) * Tz + sg.t0;
           for (int64_t c = 0; c < C; ++c) {
             const int64_t ci = (n0 + c) / K, k = (n0 + c) % K;
-            xs[c] = rows + ci * ld + k * dilation;
+            xs[q * kColsMax + c] = rows[q] + ci * ld[q] + k * dilation;
           }
-          pick_dots(R, C)(g, xs, n, wp + co0 * N + n0, N);
         }
+        pick_dots(R, C)(Pass{g, xs, n, nseg}, wp + co0 * N + n0, N);
       }
+    }
   });
   return gw;
 }
