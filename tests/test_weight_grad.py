@@ -2,7 +2,8 @@
 against the float64 reference: every row and column remainder of its 4 x 3 (AVX2, portable) and
 4 x 6 (AVX-512) tiles, time lengths around its 8- and 16-sample vectors (masked tails) and its
 1024-sample chunks, dilations, outputs shorter than the padding, padding longer than a chunk
-(several chunks read a zero-filled window); the causal conv's backward that uses it; and its
+(several chunks read a zero-filled window), short items summed 16 to a pass (19 items: a pass of
+16 and one of 3); the causal conv's backward that uses it; and its
 argument checks. test_cpu_portable checks it again capped at avx2 and at the portable loops."""
 import pytest
 import torch
@@ -22,7 +23,7 @@ def _ref(gz, x, K, dilation, pad):
 # (B, Cin, Cout, K, dilation, T)
 SHAPES = [(2, 3, 5, 7, 3, 37), (1, 1, 4, 7, 1, 9), (3, 7, 2, 1, 1, 20), (2, 4, 6, 3, 9, 5), (1, 2, 7, 5, 1, 1024),
           (2, 5, 3, 2, 2, 1031), (1, 6, 9, 7, 9, 2100), (2, 1, 1, 4, 1, 8), (1, 2, 3, 4, 1, 1039),
-          (2, 5, 4, 1, 1, 33), (1, 3, 2, 3, 700, 2500)]
+          (2, 5, 4, 1, 1, 33), (1, 3, 2, 3, 700, 2500), (19, 2, 5, 3, 2, 50), (17, 3, 4, 1, 1, 9)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
