@@ -236,10 +236,14 @@ void conv_transpose1d_gemm(const at::Tensor& x, const at::Tensor& w, const float
 // inputs keep the phase convs, which win by up to 1.4x at B * T = 4800 and 1.6-3.3x where
 // Cin * taps = 128. The contributions buffer is capped at 64 MB. With AVX-512 the phase convs
 // run twice as fast and win from B * T = 300 on (1.2x there, 1.7x at 1200; the GEMM still wins
-// 1.4x at 200 and 1.2x at 150; 2-core Zen 5).
+// 1.4x at 200 and 1.2x at 150; 2-core Zen 5). On an Intel AVX-512 host MKL's sgemm is itself
+// AVX-512, and for the deepest phases (Cin * taps >= 1024: the 512 -> 256 k16 layer) the GEMM
+// won everywhere it fits the cap (2-core Xeon, 1 / 2 threads: 1.9x / 2.1x at B * T = 375, 1.3x
+// at 750 and 1.2x / 1.4x at 16 x 75), while the 256 -> 128 k10 phases (512) still won alone.
 bool transposed_by_gemm(int64_t B, int64_t Cin, int64_t T, int64_t Cout, int64_t K, int64_t stride) {
   const int64_t taps = (K + stride - 1) / stride;
-  const int64_t max_columns = cpu::has_avx512() ? 240 : 2400;
+  int64_t max_columns = cpu::has_avx512() ? 240 : 2400;
+  if (cpu::has_avx512() && cpu::is_intel() && Cin * taps >= 1024) max_columns = 4800;
   return Cin * taps >= 256 && B * T <= max_columns && B * T * Cout * K * 4 <= (int64_t{64} << 20);
 }
 
