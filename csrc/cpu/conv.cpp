@@ -68,6 +68,10 @@ using cpu::pack_weights;
 // and 1.1x at four (RESULTS.md), where the engine gets one narrow column tile per item. With
 // AVX-512 the engine runs at twice the rate and the crossover falls to under one tile of columns:
 // on the 2-core Zen 5, 1.2x slower than the sgemm at 40 columns, 1.2x faster at 75 and 2x at 1200.
+// On an Intel AVX-512 host MKL's sgemm is AVX-512 as well (cpu::is_intel): on a 2-core Xeon it
+// beat the engine on the 256 -> 512 downsampler 1.3-1.7x at 75 columns and tied at 375, while the
+// engine won the 128 -> 256 k10 layer (1280-long windows) at 3000; so there the window rows keep
+// windows of 2048 and more up to 400 columns.
 constexpr int64_t kFewOutputsUncached = cpu::kSkinnyRows;
 
 // Rows per parallel chunk for loops of `row_len` elements a row: ~32K elements, so a stream's few
@@ -76,7 +80,7 @@ int64_t grain_for(int64_t row_len) { return std::max<int64_t>(1, (int64_t{1} << 
 
 bool deep_strided_few_columns(const at::Tensor& x, const at::Tensor& w, int64_t stride, int64_t Tout) {
   const int64_t B = x.size(0), Kd = w.size(1) * w.size(2);
-  const int64_t max_columns = cpu::has_avx512() ? 64 : 1200;
+  const int64_t max_columns = !cpu::has_avx512() ? 1200 : cpu::is_intel() && Kd >= 2048 ? 400 : 64;
   return stride >= 4 && Kd >= 1024 && B * Tout <= max_columns && B * Tout * Kd * 4 <= (int64_t{64} << 20);
 }
 
