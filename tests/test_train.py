@@ -1,5 +1,6 @@
 """The training loop end to end on the tiny preset: what it writes, exact resume, bad data and
 non-finite losses, Ctrl-C, the command line, and two-process DDP on CPU."""
+import datetime
 import json
 import os
 import signal
@@ -224,18 +225,54 @@ def test_ctrl_c_finishes_the_step_and_saves_a_checkpoint(tmp_path):
     assert int(rows[-1].split(",")[0]) == step  # every finished step was logged, none after
 
 
+def test_process_group_gets_the_timeout_asked_for(monkeypatch):
+    """--dist-timeout reaches init_process_group, so a rank stuck in a collective fails the run
+    rather than waiting gloo's default 30 min."""
+    from fastcodec.train.__main__ import config_from_args, parser
+
+    argv = ["--dist-timeout", "42", "--out", "x"]
+    cfg = config_from_args(parser().parse_args(argv), argv)
+    assert cfg.dist_timeout == 42.0
+    with pytest.raises(ValueError, match="dist_timeout"):
+        TrainConfig(dist_timeout=0)
+    seen = {}
+    for k, v in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group",
+                        lambda backend, **kw: seen.update(backend=backend, **kw))
+    loop_mod._Dist("cpu", cfg.dist_timeout)
+    assert seen == {"backend": "gloo", "timeout": datetime.timedelta(seconds=42)}
+
+
+def _torchrun(args, timeout):
+    """`torchrun --standalone --nproc_per_node 2 -m fastcodec.train ARGS` on the CPU. Its own session,
+    so a timeout kills the ranks too (killing torchrun alone would leave them running) and the
+    failure shows how far they got."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "fastcodec.train", "--device", "cpu", "--no-progress", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"torchrun still running after {timeout} s; it printed:\n{out[-3000:]}\n{err[-5000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def test_ddp_two_cpu_processes_stay_identical(tmp_path):
     """torchrun with 2 processes (gloo): each rank trains on its own shard; after the steps every
     parameter, optimizer-updated weight and codebook is bit-identical on both ranks."""
     run = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "fastcodec.train", "--out", str(run), "--device", "cpu", "--steps", "3", "--batch-size", "2",
-           "--segment-seconds", "0.25", "--disc-start", "1", "--vq-start", "0", "--eval-every", "3",
-           "--checkpoint-every", "3",
-           "--no-progress"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    # --dist-timeout: a rank stuck in a collective fails the run in 2 min, with the collective named.
+    r = _torchrun(["--out", str(run), "--steps", "3", "--batch-size", "2", "--segment-seconds", "0.25",
+                   "--disc-start", "1", "--vq-start", "0", "--eval-every", "3", "--checkpoint-every", "3",
+                   "--log-every", "1", "--dist-timeout", "120"], timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    assert "FutureWarning" not in r.stderr, r.stderr[-2000:]
     record = json.loads((run / "replicas.json").read_text())
     assert record["step"] == 3 and len(record["fingerprints"]) == 2 and record["identical"]
     assert "x2" in r.stdout  # it said it trained on two processes
@@ -244,9 +281,5 @@ def test_ddp_two_cpu_processes_stay_identical(tmp_path):
 
 
 def test_ddp_with_bad_data_ends_every_rank_with_the_reason(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "fastcodec.train", "--out", str(tmp_path / "run"), "--device", "cpu",
-           "--data", str(tmp_path / "nowhere"), "--no-progress"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    r = _torchrun(["--out", str(tmp_path / "run"), "--data", str(tmp_path / "nowhere")], timeout=300)
     assert r.returncode != 0 and "no such folder" in r.stderr

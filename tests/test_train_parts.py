@@ -18,6 +18,7 @@ from fastcodec.train.data import (
     scan_folder,
     split_files,
 )
+from fastcodec.train import demo_data
 from fastcodec.train.demo_data import demo_clip
 from fastcodec.train.losses import (
     codebook_usage,
@@ -109,6 +110,32 @@ def test_demo_clips_are_deterministic_and_audible():
     assert np.array_equal(a, b) and a.dtype == np.float32 and a.shape == (8000,)
     assert not np.array_equal(a, demo_clip(0, 4, 16000, 0.5))
     assert 0.2 < np.abs(a).max() <= 0.25 + 1e-6 and np.isfinite(a).all()
+
+
+def _speech_direct(rng, n, sr):
+    """The speech event synthesised sample by sample: every harmonic, its formant gain and np.sin at
+    every sample (the demo set's fast path interpolates gains and rotates phasors)."""
+    t = np.arange(n) / sr
+    f0 = np.clip(rng.uniform(90, 260) * np.exp(np.cumsum(rng.normal(0, 0.6, n)) / sr * 2), 60, 400)
+    a, b = demo_data._VOWELS[rng.integers(len(demo_data._VOWELS), size=2)]
+    mix = 0.5 - 0.5 * np.cos(np.pi * np.clip(t / max(t[-1], 1e-9), 0, 1))
+    formants = a[None] * (1 - mix[:, None]) + b[None] * mix[:, None]
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    out = np.zeros(n)
+    for k in range(1, int(sr / 2 / f0.min()) + 1):
+        fk = k * f0
+        gain = sum(np.exp(-0.5 * ((fk - formants[:, j]) / (60 + 40 * j)) ** 2) / (j + 1) for j in range(3))
+        out += gain * (fk < sr / 2) / np.sqrt(k) * np.sin(k * phase)
+    return out * (0.5 - 0.5 * np.cos(2 * np.pi * t * rng.uniform(2, 5)))
+
+
+@pytest.mark.parametrize("n, sr", [(1, 16000), (37, 16000), (2000, 16000), (48000, 24000)])
+def test_demo_speech_matches_direct_synthesis(n, sr):
+    for seed in range(3):
+        fast = demo_data._speech(np.random.default_rng(seed), n, sr)
+        direct = _speech_direct(np.random.default_rng(seed), n, sr)
+        # Gains interpolated over <= 32 samples: within -46 dB of the event's peak (0.4% measured).
+        assert np.abs(fast - direct).max() <= 5e-3 * np.abs(direct).max() + 1e-12, (seed, n)
 
 
 def _write(path, data, sr):

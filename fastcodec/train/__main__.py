@@ -16,7 +16,7 @@ from .data import DataError
 from .loop import Trainer, TrainingError
 
 # Flags whose value may differ from the saved run when resuming (they change how, not what, is trained).
-_RESUMABLE = {"steps", "num_workers", "backend", "compile", "out", "device"}
+_RESUMABLE = {"steps", "num_workers", "backend", "compile", "out", "device", "dist_timeout"}
 
 
 def parser():
@@ -48,6 +48,9 @@ def parser():
     p.add_argument("--amp", choices=("none", "bf16"), default=d.amp)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--num-workers", type=int, default=d.num_workers, help="data loading processes")
+    p.add_argument("--dist-timeout", type=float, default=d.dist_timeout,
+                   help="under torchrun: seconds a rank waits for the others (in a collective) before the run "
+                        "fails with an error instead of hanging; rank 0's evaluation must fit in it")
     p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--log-every", type=int, default=d.log_every)

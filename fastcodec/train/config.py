@@ -63,6 +63,7 @@ class TrainConfig:
     compile: bool = False
     seed: int = 0
     num_workers: int = 0
+    dist_timeout: float = 1800.0      # seconds a rank waits in a collective before the run fails (torchrun)
     holdout_fraction: float = 0.05
     eval_every: int = 250
     eval_clips: int = 8
@@ -96,7 +97,7 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 problems.append(f"{name} must be a non-negative int, got {v!r}")
-        for name in ("lr", "disc_lr", "segment_seconds", "eval_seconds", "grad_clip"):
+        for name in ("lr", "disc_lr", "segment_seconds", "eval_seconds", "grad_clip", "dist_timeout"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 problems.append(f"{name} must be a positive number, got {v!r}")

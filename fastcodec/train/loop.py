@@ -19,7 +19,9 @@ DDP; only rank 0 writes files. Output folder:
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
+import inspect
 import json
 import os
 import signal
@@ -61,7 +63,7 @@ def _seed_for(*parts) -> int:
 class _Dist:
     """Rank, world size and device from torchrun's environment (a single process without it)."""
 
-    def __init__(self, device="auto"):
+    def __init__(self, device="auto", timeout_s=1800.0):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -73,7 +75,10 @@ class _Dist:
         if self.active and not torch.distributed.is_initialized():
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
-            torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            # An explicit timeout: a rank that died or hangs ends the others with an error naming the
+            # collective, instead of a wait of gloo's default 30 min (or NCCL's 10).
+            torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo",
+                                                 timeout=datetime.timedelta(seconds=timeout_s))
 
     @property
     def main(self):
@@ -109,7 +114,7 @@ def prepare_out_dir(out: Path, resume: bool):
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, log=print, progress: bool = True):
         self.cfg, self.log, self.progress = cfg, log, progress
-        self.dist = _Dist(cfg.device)
+        self.dist = _Dist(cfg.device, cfg.dist_timeout)
         self.out = Path(cfg.out)
         resume_from = prepare_out_dir(self.out, resume)
         self.codec_cfg = preset(cfg.preset)
@@ -159,9 +164,12 @@ class Trainer:
         if self.dist.active:
             ddp = torch.nn.parallel.DistributedDataParallel
             ids = [dev.index] if dev.type == "cuda" else None
-            # Codebooks are buffers kept identical by the quantizer's own all-reduce, not broadcast.
-            self.gen = ddp(self.model, device_ids=ids, broadcast_buffers=False)
-            self.crit = ddp(self.critics, device_ids=ids, broadcast_buffers=False)
+            # Codebooks are buffers kept identical by the quantizer's own all-reduce, not broadcast
+            # at every forward. (torch 2.14 renamed the switch; at init all ranks are identical anyway.)
+            no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
+                       else {"broadcast_buffers": False})
+            self.gen = ddp(self.model, device_ids=ids, **no_sync)
+            self.crit = ddp(self.critics, device_ids=ids, **no_sync)
         self.segment = int(round(cfg.segment_seconds * self.codec_cfg.sample_rate))
         self._stop_requested = False
         self.interrupted = False  # set when a Ctrl-C ended the run early (after its checkpoint)
