@@ -51,6 +51,7 @@ inline SimdLevel simd_level() {
 }
 
 inline bool has_avx2_fma() { return simd_level() != SimdLevel::Portable; }
+inline bool has_avx512() { return simd_level() == SimdLevel::Avx512; }
 
 // MKL, whose sgemm some paths call, takes its AVX-512 kernels only on Intel CPUs (AMD ones get its
 // AVX2 code), so where a GEMM beats fastcodec's own kernels depends on the vendor too.
@@ -62,7 +63,6 @@ inline bool is_intel() {
   return false;
 #endif
 }
-inline bool has_avx512() { return simd_level() == SimdLevel::Avx512; }
 
 inline const char* simd_level_name() {
   switch (simd_level()) {

@@ -55,7 +55,8 @@ void dots_generic(const Pass& p, float* out, int64_t ld) {
 }
 
 #ifdef FASTCODEC_X86_SIMD
-__attribute__((target("avx2,fma"), always_inline)) inline float hsum_avx2(__m256 v) {
+// target avx2 alone (no fma), so the AVX-512 tile, whose target implies it, can inline it too.
+__attribute__((target("avx2"), always_inline)) inline float hsum_avx2(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -106,11 +107,8 @@ __attribute__((target("avx2,fma"))) void dots_avx2(const Pass& p, float* out, in
 __attribute__((target("avx512f"), always_inline)) inline float hsum_avx512(__m512 v) {
   const __m512d d = _mm512_castps_pd(v);
   const __mmask8 all = 0xF;
-  const __m256 h = _mm256_add_ps(_mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(all, d, 0)),
-                                 _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(all, d, 1)));
-  __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-  q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-  return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+  return hsum_avx2(_mm256_add_ps(_mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(all, d, 0)),
+                                 _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(all, d, 1))));
 }
 
 // One 16-sample step of the AVX-512 tile; the last, partial step loads under a lane mask.
