@@ -92,6 +92,56 @@ def test_bad_input_is_refused_clearly(codec, tmp_path):
     assert codec.fingerprint != other.fingerprint and len(codec.fingerprint) == 16
 
 
+def test_numpy_integers_are_ints(codec):
+    """Counts that come out of numpy (np.int64 from arrays or arithmetic) are as good as ints."""
+    x = 0.3 * torch.randn(2, 1, 40)
+    enc = codec.encode(x, np.int64(8000), n_q=np.int32(2), lengths=np.array([40, 9]))
+    assert torch.equal(enc.codes, codec.encode(x, 8000, n_q=2, lengths=[40, 9]).codes)
+    assert type(enc.n_q) is int and type(enc.source_rate) is int
+    assert codec.n_q_for_bitrate(np.float32(11.0)) == 2  # 5.33 kbps per stage
+
+
+def test_lengths_must_be_whole_samples_one_per_item(codec):
+    x = 0.3 * torch.randn(2, 1, 40)
+    assert codec.encode(x, 8000, lengths=[40.0, 9.0]).lengths.tolist() == [40, 9]
+    for bad in ([40, 9.5], [[40, 9]], [40], [40, 0], [41, 9]):
+        with pytest.raises(ValueError, match="lengths must be 2 whole numbers of samples in 1..40"):
+            codec.encode(x, 8000, lengths=bad)
+
+
+def test_decode_refuses_codes_frames_and_lengths_that_disagree(codec):
+    """An EncodedAudio edited by hand (or assembled from parts) is checked before decoding: nothing
+    reads past the codes, and a wrong count is an error rather than a torch traceback."""
+    import dataclasses
+
+    enc = codec.encode(0.3 * torch.randn(2, 1, 50), 8000, lengths=[50, 7])  # frames [9, 2], hop 6
+    assert codec.decode(enc).shape == (2, 1, 50)
+    cases = {
+        "frames must be in 1..9": dict(frames=enc.frames + 1),
+        "frames must be in 1..9 ": dict(frames=torch.tensor([9, 0])),
+        "lengths must be in 1..frames x 6": dict(lengths=torch.tensor([55, 7])),
+        "lengths must be in 1..frames x 6 ": dict(lengths=torch.tensor([50, 0])),
+        "frames and lengths must be 2 integers each": dict(lengths=enc.lengths[:1]),
+        "frames and lengths must be 2 integers each ": dict(frames=enc.frames.float()),
+        "but channels=2": dict(channels=2),
+        "n_q=2$": dict(n_q=2),
+        "codes must be a tensor": dict(codes=enc.codes[0]),
+    }
+    for message, change in cases.items():
+        bad = dataclasses.replace(enc, **change)
+        for call in (codec.decode, lambda e: codec.save(e, "/nonexistent/x.fcdc")):
+            with pytest.raises(ValueError, match=message.strip()):
+                call(bad)
+
+
+def test_bitrate_must_be_a_finite_number(codec):
+    for bad in (float("nan"), float("inf"), "6", None, True):
+        with pytest.raises(ValueError, match="bitrate must be a finite number of kbps"):
+            codec.n_q_for_bitrate(bad)
+    with pytest.raises(ValueError, match="below this codec's lowest bitrate"):
+        codec.n_q_for_bitrate(0.01)
+
+
 def test_load_refuses_what_is_not_a_trained_codec(tmp_path):
     _saved_model(tmp_path / "fresh.pt", initialized=False)
     with pytest.raises(CheckpointError, match="never trained"):

@@ -11,12 +11,15 @@ coded to its own frame count and decoded back to its own length.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 
 import numpy as np
 import torch
 
 from ..atomic import atomic_output
 from ..nn import CodecConfig, SoundStream, set_backend
+from ..ops._checks import is_int
 from . import files
 from . import format as fcdc
 from .streaming import StreamingDecoder, StreamingEncoder
@@ -49,6 +52,17 @@ def _resample(x: torch.Tensor, rate_in: int, rate_out: int) -> torch.Tensor:
 
     rows = [soxr.resample(r.double().cpu().numpy(), rate_in, rate_out) for r in x]
     return torch.from_numpy(np.stack(rows)).to(x.dtype).to(x.device)
+
+
+def _lengths(lengths, B: int, T: int) -> torch.Tensor:
+    """encode()'s lengths -> int64 [B], each a whole number of samples in 1..T."""
+    t = torch.as_tensor(lengths)
+    whole = not (t.is_complex() or t.dtype == torch.bool) and (
+        not t.is_floating_point() or bool((t == t.round()).all()))
+    if t.shape != (B,) or not whole or bool((t < 1).any() | (t > T).any()):
+        raise ValueError(f"lengths must be {B} whole numbers of samples in 1..{T} (one per item), got "
+                         f"{t.tolist()}")
+    return t.long()
 
 
 class Codec:
@@ -93,8 +107,9 @@ class Codec:
             raise ValueError(f"audio must be [T], [C, T] or [B, C, T], got shape {list(x.shape)}")
         x = x.reshape((1,) * (3 - x.dim()) + tuple(x.shape))
         B, C, T = x.shape
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 1:
+        if not is_int(sample_rate) or sample_rate < 1:
             raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
+        sample_rate = int(sample_rate)
         if T == 0 or C == 0 or B == 0:
             raise ValueError(f"audio is empty (shape {list(x.shape)})")
         if not bool(torch.isfinite(x).all()):
@@ -102,9 +117,7 @@ class Codec:
         if lengths is None:
             lengths_in = torch.full((B,), T, dtype=torch.long)
         else:
-            lengths_in = torch.as_tensor(lengths, dtype=torch.long).reshape(-1)
-            if lengths_in.shape[0] != B or bool((lengths_in < 1).any()) or bool((lengths_in > T).any()):
-                raise ValueError(f"lengths must be {B} values in 1..{T}, got {lengths_in.tolist()}")
+            lengths_in = _lengths(lengths, B, T)
         dev = self.model.quantizer.codebooks.device
         items = []
         for b in range(B):  # each item resampled and coded alone, so its padding never leaks in
@@ -118,11 +131,30 @@ class Codec:
         return EncodedAudio(codes, frames, out_len, C, n_q, self.fingerprint, sample_rate, lengths_in.clone())
 
     def _check_encoded(self, encoded):
+        """What decode() and save() rely on: the model, and codes, frames and lengths that agree."""
         if not isinstance(encoded, EncodedAudio):
             raise TypeError(f"expected what encode returned (EncodedAudio), got {type(encoded).__name__}")
         if encoded.fingerprint != self.fingerprint:
             raise ValueError(f"these codes were made by model {encoded.fingerprint}; this codec is model "
                              f"{self.fingerprint}")
+        codes = encoded.codes
+        if not isinstance(codes, torch.Tensor) or codes.dim() != 4:
+            raise ValueError(f"codes must be a tensor [B, C, n_q, F], got "
+                             f"{list(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__}")
+        B, C, n_q, F = codes.shape
+        if (encoded.channels, encoded.n_q) != (C, n_q):
+            raise ValueError(f"codes are [B, C={C}, n_q={n_q}, F] but channels={encoded.channels!r}, "
+                             f"n_q={encoded.n_q!r}")
+        self._n_q(n_q)
+        frames, lengths = torch.as_tensor(encoded.frames), torch.as_tensor(encoded.lengths)
+        if frames.shape != (B,) or lengths.shape != (B,) or frames.is_floating_point() or lengths.is_floating_point():
+            raise ValueError(f"frames and lengths must be {B} integers each (one per item), got shapes "
+                             f"{list(frames.shape)} and {list(lengths.shape)}")
+        if B == 0 or bool((frames < 1).any() | (frames > F).any()):
+            raise ValueError(f"frames must be in 1..{F} (the codes' frame count), got {frames.tolist()}")
+        if bool((lengths < 1).any() | (lengths > frames * self.cfg.hop).any()):
+            raise ValueError(f"lengths must be in 1..frames x {self.cfg.hop} (the hop), got {lengths.tolist()} for "
+                             f"frames {frames.tolist()}")
 
     @torch.no_grad()
     def decode(self, encoded: EncodedAudio) -> torch.Tensor:
@@ -173,7 +205,9 @@ class Codec:
     def n_q_for_bitrate(self, kbps: float) -> int:
         """The most stages whose bitrate (per channel) is at most `kbps` kbit/s."""
         per_stage = self.cfg.bitrate(1) / 1000
-        n = int(kbps / per_stage + 1e-9) if kbps == kbps else 0
+        if isinstance(kbps, bool) or not isinstance(kbps, numbers.Real) or not math.isfinite(kbps):
+            raise ValueError(f"the bitrate must be a finite number of kbps, got {kbps!r}")
+        n = int(kbps / per_stage + 1e-9)
         if n < 1:
             raise ValueError(f"{kbps} kbps is below this codec's lowest bitrate, {per_stage:g} kbps (one stage); "
                              f"it offers {', '.join(f'{per_stage * i:g}' for i in range(1, self.cfg.n_q + 1))} kbps")

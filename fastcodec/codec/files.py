@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_output
+from ..ops._checks import is_int
 from . import format as fcdc
 from .errors import AudioError, FormatError
 from .streaming import StreamingDecoder, StreamingEncoder
@@ -119,8 +120,9 @@ def decode_file(codec, src, dst, *, start=0.0, duration=None, sample_rate=None, 
         h = reader.header
         check_model(codec, h, src)
         rate = h.source_rate if sample_rate is None else sample_rate
-        if isinstance(rate, bool) or not isinstance(rate, int) or rate < 1:
+        if not is_int(rate) or rate < 1:
             raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
+        rate = int(rate)
         if not 0 <= start < h.duration:
             raise ValueError(f"start must be in [0, {h.duration:.3f}) seconds (the recording's length), got {start}")
         if duration is not None and not duration > 0:

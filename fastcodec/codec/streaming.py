@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .. import ops
+from ..ops._checks import is_int
 
 
 def _as_channels(audio, channels, what="audio"):
@@ -45,12 +46,13 @@ class StreamingEncoder:
     """
 
     def __init__(self, codec, n_q=None, channels=1, sample_rate=None):
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        if not is_int(channels) or channels < 1:
             raise ValueError(f"channels must be a positive int, got {channels!r}")
-        self.codec, self.n_q, self.channels = codec, codec._n_q(n_q), channels
-        self.sample_rate = codec.sample_rate if sample_rate is None else sample_rate
-        if isinstance(self.sample_rate, bool) or not isinstance(self.sample_rate, int) or self.sample_rate < 1:
+        self.codec, self.n_q, self.channels = codec, codec._n_q(n_q), int(channels)
+        rate = codec.sample_rate if sample_rate is None else sample_rate
+        if not is_int(rate) or rate < 1:
             raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
+        self.sample_rate = int(rate)
         self._resampler = None
         if self.sample_rate != codec.sample_rate:
             import soxr
@@ -111,9 +113,9 @@ class StreamingDecoder:
     to decoding all the codes at once."""
 
     def __init__(self, codec, channels=1):
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        if not is_int(channels) or channels < 1:
             raise ValueError(f"channels must be a positive int, got {channels!r}")
-        self.codec, self.channels = codec, channels
+        self.codec, self.channels = codec, int(channels)
         self._stream = codec.model.decoder.stream()
         self.frames = 0
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from .. import ops
 from ..ops import vq_training as vqt
+from ..ops._checks import is_int
 from .config import CodecConfig
 
 
@@ -54,9 +55,9 @@ class ResidualVQ(nn.Module):
         """n_q, or all Q when None; a clear error unless 1 <= n_q <= Q."""
         if n_q is None:
             return self.cfg.n_q
-        if isinstance(n_q, bool) or not isinstance(n_q, int) or not 1 <= n_q <= self.cfg.n_q:
+        if not is_int(n_q) or not 1 <= n_q <= self.cfg.n_q:
             raise ValueError(f"n_q must be an int in 1..{self.cfg.n_q}, got {n_q!r}")
-        return n_q
+        return int(n_q)
 
     def _rows(self, z):
         """z [B, D, F] -> rows [B*F, D] in the codebooks' dtype (fp32 unless the model was made fp64)."""

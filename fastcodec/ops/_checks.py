@@ -2,6 +2,8 @@
 the argument, what was expected and what was given."""
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from .reference import ACTIVATIONS
@@ -20,8 +22,13 @@ def tensor(name, t, dims=None, floating=True):
         raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
 
 
+def is_int(v) -> bool:
+    """An int that is not a bool; numpy's integers count (they come out of arrays and arithmetic)."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
 def positive_int(name, v):
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+    if not is_int(v) or v < 1:
         raise ValueError(f"{name} must be a positive int, got {v!r}")
 
 
@@ -135,7 +142,7 @@ def rvq(x, codebooks, n_q):
     if K == 0 or Q == 0:
         raise ValueError(f"codebooks {_shape(codebooks)} hold no codes")
     n_q = Q if n_q is None else n_q
-    if isinstance(n_q, bool) or not isinstance(n_q, int) or not 1 <= n_q <= Q:
+    if not is_int(n_q) or not 1 <= n_q <= Q:
         raise ValueError(f"n_q must be an int in [1, {Q}] (the number of codebooks), got {n_q!r}")
     return n_q
 
