@@ -84,6 +84,25 @@ def test_errors_are_one_line(codec_path, tmp_path, capsys, monkeypatch):
     assert e.value.code == 2
 
 
+def test_output_rates_and_subtypes_a_format_cannot_hold_are_refused(codec_path, tmp_path, capsys):
+    """libvorbis crashed the process (segfault) above 200 kHz and libFLAC's refusal came up as a
+    traceback: each format's ceiling is checked before anything is opened."""
+    _wav(tmp_path / "in.wav", seconds=0.05)
+    _run(capsys, "encode", tmp_path / "in.wav", tmp_path / "in.fcdc", "--checkpoint", codec_path)
+    for name, rate, ceiling in (("o.flac", 655351, 655350), ("o.wav", 768001, 768000)):
+        _one_line_error(*_run(capsys, "decode", tmp_path / "in.fcdc", tmp_path / name, "--sample-rate", rate)[::2],
+                        f"{name}: {name[2:].upper()} files are written at up to {ceiling} Hz, asked for {rate} Hz")
+    _one_line_error(*_run(capsys, "decode", tmp_path / "in.fcdc", tmp_path / "o.flac", "--subtype", "FLOAT")[::2],
+                    "o.flac: a FLAC file cannot hold subtype 'FLOAT'; it takes", "PCM_24")
+    # In a child process: were the check gone, the crash would take the test run with it.
+    p = _python_m("decode", tmp_path / "in.fcdc", tmp_path / "o.ogg", "--sample-rate", "200001")
+    out, err = p.communicate(timeout=120)
+    _one_line_error(p.returncode, err, "OGG files are written at up to 200000 Hz")
+    assert not any(tmp_path.glob("o.*")) and not any(tmp_path.glob(".o.*"))
+    rc, out, _ = _run(capsys, "decode", tmp_path / "in.fcdc", tmp_path / "o.ogg", "--sample-rate", 200000)
+    assert rc == 0 and sf.info(str(tmp_path / "o.ogg")).samplerate == 200000
+
+
 def test_encode_dir_is_resumable_and_skips_bad_files(codec_path, tmp_path, capsys):
     src, dst = tmp_path / "corpus", tmp_path / "tokens"
     for name in ("a.wav", "sub/b.flac", "sub/deeper/c.ogg"):

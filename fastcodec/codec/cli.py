@@ -304,6 +304,6 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("fastcodec: interrupted; no partial output was left", file=sys.stderr)
         return 130
-    except (CLIError, FormatError, AudioError, ValueError) as exc:
+    except (CLIError, FormatError, AudioError, ValueError, OSError) as exc:  # OSError: disk full, no permission
         print(f"fastcodec: error: {exc}", file=sys.stderr)
         return 1

@@ -23,6 +23,10 @@ from .errors import AudioError, FormatError
 from .streaming import StreamingDecoder, StreamingEncoder
 
 AUDIO_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
+# The highest output rate each format is written at. libvorbis crashes the process (a segfault,
+# libsndfile 1.2) above 200 kHz and libFLAC refuses rates above 655350 Hz; 768 kHz, the highest
+# rate audio hardware uses, also bounds the resampler's buffers (a chunk's samples x rate).
+MAX_OUTPUT_RATE = {"WAV": 768_000, "FLAC": 655_350, "OGG": 200_000}
 
 
 def soundfile():
@@ -115,6 +119,9 @@ def decode_file(codec, src, dst, *, start=0.0, duration=None, sample_rate=None, 
     fmt = AUDIO_FORMATS.get(Path(dst).suffix.lower())
     if fmt is None:
         raise ValueError(f"{dst}: cannot tell the audio format; use a name ending in {', '.join(AUDIO_FORMATS)}")
+    if subtype is not None and not sf.check_format(fmt, subtype):
+        raise ValueError(f"{dst}: a {fmt} file cannot hold subtype {subtype!r}; it takes "
+                         f"{', '.join(sf.available_subtypes(fmt))}")
     with fcdc._open(src) as f:
         reader = fcdc.Reader(f, src)
         h = reader.header
@@ -123,6 +130,9 @@ def decode_file(codec, src, dst, *, start=0.0, duration=None, sample_rate=None, 
         if not is_int(rate) or rate < 1:
             raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
         rate = int(rate)
+        if rate > MAX_OUTPUT_RATE[fmt]:
+            raise ValueError(f"{dst}: {fmt} files are written at up to {MAX_OUTPUT_RATE[fmt]} Hz, asked for {rate} Hz"
+                             + (" (the encoded audio's rate; pass a lower sample_rate)" if sample_rate is None else ""))
         if not 0 <= start < h.duration:
             raise ValueError(f"start must be in [0, {h.duration:.3f}) seconds (the recording's length), got {start}")
         if duration is not None and not duration > 0:
@@ -141,7 +151,12 @@ def decode_file(codec, src, dst, *, start=0.0, duration=None, sample_rate=None, 
             resampler = soxr.ResampleStream(h.sample_rate, rate, h.channels, dtype="float32")
         written = 0
         with atomic_output(dst) as out:
-            with sf.SoundFile(out, "w", samplerate=rate, channels=h.channels, format=fmt, subtype=subtype) as w:
+            try:
+                w = sf.SoundFile(out, "w", samplerate=rate, channels=h.channels, format=fmt, subtype=subtype)
+            except Exception as exc:  # libsndfile's refusal, e.g. of a rate or channel count the format lacks
+                raise AudioError(f"{dst}: cannot write {fmt} at {rate} Hz, {h.channels} channels "
+                                 f"({str(exc)[:160]})") from None
+            with w:
                 def emit(y, final=False):  # y [C, n] at the codec's rate -> the file, at most `want` samples
                     nonlocal written
                     y = y.T.numpy()
