@@ -45,6 +45,12 @@ def test_schedules():
         TrainConfig(weights={"mel": "loud"})
     with pytest.raises(ValueError, match="unknown loss weights"):
         TrainConfig(weights={"perceptual": 1.0})
+    # A negative weight would train the model to increase that loss; NaN/inf anywhere poisons it.
+    for bad in (-1.0, float("inf"), [[0, 1], [0.3, -0.1]], [[0, 1], [float("nan"), 0.1]]):
+        with pytest.raises(ValueError, match=r"weights\['aux'\]: weights must be finite and non-negative"):
+            TrainConfig(weights={"aux": bad})
+    with pytest.raises(ValueError, match="weights must map loss names to weights"):
+        TrainConfig(weights=[1, 2])
     with pytest.raises(ValueError, match="steps"):
         TrainConfig(steps=0)
     assert TrainConfig(weights={"aux": 0.0}).weight("aux", 10) == 0.0

@@ -82,6 +82,9 @@ class TrainConfig:
         self.betas = tuple(float(b) for b in self.betas)
         self.stft_disc_windows = tuple(int(w) for w in self.stft_disc_windows)
         weights = _default_weights()
+        if not isinstance(self.weights, dict):
+            raise ValueError(f"weights must map loss names to weights, e.g. {{\"aux\": [[0, 1], [0.3, 0.1]]}}; "
+                             f"got {self.weights!r}")
         unknown = sorted(set(self.weights) - set(LOSS_NAMES))
         if unknown:
             raise ValueError(f"unknown loss weights {unknown}; known: {', '.join(LOSS_NAMES)}")
@@ -109,7 +112,7 @@ class TrainConfig:
             problems.append(f"amp must be 'none' or 'bf16', got {self.amp!r}")
         for name, spec in self.weights.items():
             try:
-                schedule_value(spec, 0.0)
+                check_schedule(spec)
             except (TypeError, ValueError) as exc:
                 problems.append(f"weights[{name!r}]: {exc}")
         if problems:
@@ -152,6 +155,15 @@ def schedule_value(spec, progress: float) -> float:
         if progress <= p1:
             return v1 if p1 == p0 else v0 + (v1 - v0) * (progress - p0) / (p1 - p0)
     return pts[-1][1]
+
+
+def check_schedule(spec):
+    """Raises unless spec is a schedule schedule_value() reads with finite, non-negative weights
+    (a negative weight would train the model to increase that loss)."""
+    schedule_value(spec, 0.0)
+    for progress, value in [(0.0, spec)] if isinstance(spec, (int, float)) else spec:
+        if not (math.isfinite(progress) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"weights must be finite and non-negative at finite progress, got {spec!r}")
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
