@@ -155,29 +155,29 @@ class Codec:
         if bool((lengths < 1).any() | (lengths > frames * self.cfg.hop).any()):
             raise ValueError(f"lengths must be in 1..frames x {self.cfg.hop} (the hop), got {lengths.tolist()} for "
                              f"frames {frames.tolist()}")
+        return frames, lengths
 
     @torch.no_grad()
     def decode(self, encoded: EncodedAudio) -> torch.Tensor:
         """-> audio [B, C, max length] at the codec's rate; item b is exact up to lengths[b], zeros after."""
-        self._check_encoded(encoded)
+        frames, lengths = self._check_encoded(encoded)
         codes = encoded.codes
-        B, C, n_q, F = codes.shape
-        self._n_q(n_q)
+        B, C = codes.shape[:2]
         dev = self.model.quantizer.codebooks.device
-        out = torch.zeros(B, C, int(encoded.lengths.max()), device=dev)
+        out = torch.zeros(B, C, int(lengths.max()), device=dev)
         for b in range(B):
-            f, L = int(encoded.frames[b]), int(encoded.lengths[b])
+            f, L = int(frames[b]), int(lengths[b])
             out[b, :, :L] = self.model.decode(codes[b, :, :, :f].to(dev), length=L)[:, 0]
         return out
 
     def save(self, encoded: EncodedAudio, path, item: int = 0):
         """Write item `item` of what encode() returned to the .fcdc file `path` (atomically);
         returns its header. load_codes() reads it back."""
-        self._check_encoded(encoded)
+        frames, lengths = self._check_encoded(encoded)
         B = encoded.codes.shape[0]
-        if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item < B:
+        if not is_int(item) or not 0 <= item < B:
             raise ValueError(f"item must be an int in 0..{B - 1}, got {item!r}")
-        F, L = int(encoded.frames[item]), int(encoded.lengths[item])
+        F, L = int(frames[item]), int(lengths[item])
         rate = encoded.source_rate or self.sample_rate
         source = L if encoded.source_lengths is None else int(encoded.source_lengths[item])
         with atomic_output(path) as f:
