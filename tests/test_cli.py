@@ -72,6 +72,9 @@ def test_errors_are_one_line(codec_path, tmp_path, capsys, monkeypatch):
                           "--bitrate", "2")[::2], "below this codec's lowest bitrate")
     _one_line_error(*_run(capsys, "encode", tmp_path / "in.wav", tmp_path / "x.fcdc", "--checkpoint",
                           tmp_path / "in.wav")[::2], "not a readable checkpoint")
+    # The CLI codes on the CPU, where CUDA kernels cannot run: said when the model loads.
+    _one_line_error(*_run(capsys, "encode", tmp_path / "in.wav", tmp_path / "x.fcdc", "--checkpoint", codec_path,
+                          "--backend", "cuda")[::2], "backend='cuda' cannot run here")
     save_codec(tmp_path / "other.pt", seed=3)
     other = Codec.load(tmp_path / "other.pt")
     _one_line_error(*_run(capsys, "decode", tmp_path / "in.fcdc", tmp_path / "o.wav", "--checkpoint",

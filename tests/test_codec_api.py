@@ -145,6 +145,15 @@ def test_bitrate_must_be_a_finite_number(codec):
         codec.n_q_for_bitrate(0.01)
 
 
+def test_load_refuses_a_backend_that_cannot_run_on_the_device(codec_path):
+    from fastcodec.ops import BackendUnavailable
+
+    with pytest.raises(BackendUnavailable, match="backend='cuda' cannot run here"):
+        Codec.load(codec_path, device="cpu", backend="cuda")
+    with pytest.raises(ValueError, match="unknown backend"):
+        Codec.load(codec_path, backend="fast")
+
+
 def test_load_refuses_what_is_not_a_trained_codec(tmp_path):
     _saved_model(tmp_path / "fresh.pt", initialized=False)
     with pytest.raises(CheckpointError, match="never trained"):

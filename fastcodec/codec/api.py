@@ -17,6 +17,7 @@ import numbers
 import numpy as np
 import torch
 
+from .. import ops
 from ..atomic import atomic_output
 from ..nn import CodecConfig, SoundStream, set_backend
 from ..ops._checks import is_int
@@ -75,7 +76,8 @@ class Codec:
 
     @classmethod
     def load(cls, path, *, device="cpu", backend="auto") -> "Codec":
-        """From a training run's `codec.pt` or any of its checkpoints (read without unpickling)."""
+        """From a training run's `codec.pt` or any of its checkpoints (read without unpickling).
+        ops.BackendUnavailable when `backend` cannot run on `device`."""
         from ..train.checkpoint import CheckpointError, load
 
         state = load(path)
@@ -86,7 +88,10 @@ class Codec:
         if not bool(model.quantizer.initialized):
             raise CheckpointError(f"{path}: its codebooks were never trained (saved before quantization began)")
         set_backend(model, backend)
-        return cls(model.to(device))
+        model = model.to(device)
+        # A backend that cannot run on this device fails here, not at the first encode.
+        ops.resolve_backend(backend, model.quantizer.codebooks)
+        return cls(model)
 
     @property
     def sample_rate(self) -> int:

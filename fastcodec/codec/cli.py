@@ -57,6 +57,7 @@ def remember_model(fingerprint: str, checkpoint) -> None:
 
 
 def _load_codec(checkpoint, backend, fingerprint=None, for_file=None):
+    from ..ops import BackendUnavailable
     from ..train.checkpoint import CheckpointError
     from .api import Codec
 
@@ -67,7 +68,7 @@ def _load_codec(checkpoint, backend, fingerprint=None, for_file=None):
                            f"pass --checkpoint")
     try:
         codec = Codec.load(checkpoint, backend=backend)
-    except CheckpointError as exc:
+    except (CheckpointError, BackendUnavailable) as exc:
         raise CLIError(str(exc)) from None
     remember_model(codec.fingerprint, checkpoint)
     return codec
