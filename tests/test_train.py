@@ -245,13 +245,13 @@ def test_process_group_gets_the_timeout_asked_for(monkeypatch):
     assert seen == {"backend": "gloo", "timeout": datetime.timedelta(seconds=42)}
 
 
-def _torchrun(args, timeout):
+def _torchrun(args, timeout, program=("-m", "fastcodec.train")):
     """`torchrun --standalone --nproc_per_node 2 -m fastcodec.train ARGS` on the CPU. Its own session,
     so a timeout kills the ranks too (killing torchrun alone would leave them running) and the
     failure shows how far they got."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "fastcodec.train", "--device", "cpu", "--no-progress", *args]
+           *program, "--device", "cpu", "--no-progress", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
                             start_new_session=True)
     try:
@@ -278,6 +278,23 @@ def test_ddp_two_cpu_processes_stay_identical(tmp_path):
     assert "x2" in r.stdout  # it said it trained on two processes
     state = ckpt.load(run / "checkpoints" / "step0000003.pt")
     assert bool(state["model"]["quantizer.initialized"]) and state["model"]["quantizer.updates"] == 3
+
+
+def test_a_stuck_rank_ends_the_run_after_the_timeout(tmp_path):
+    """Rank 1 hangs in step 2; rank 0 gives up in its collective after --dist-timeout with one
+    line saying so, torchrun ends rank 1, and step 1's checkpoint is intact."""
+    run = tmp_path / "run"
+    start = time.time()
+    r = _torchrun(["--out", str(run), "--steps", "4", "--batch-size", "2", "--segment-seconds", "0.25",
+                   "--disc-start", "1", "--vq-start", "0", "--eval-every", "100", "--checkpoint-every", "1",
+                   "--log-every", "1", "--dist-timeout", "30"], timeout=300,
+                  program=[str(ROOT / "tests" / "ddp_stuck_rank.py")])
+    # 30 s: rank 0 also waits while rank 1 builds the demo set (~5 s here, slower on a loaded CI box).
+    assert r.returncode != 0 and time.time() - start < 240
+    lines = [ln for ln in r.stderr.splitlines() if "fastcodec.train: error: rank 0" in ln]
+    assert len(lines) == 1 and "the other ranks stopped answering" in lines[0], r.stderr[-4000:]
+    assert [p.name for p in (run / "checkpoints").glob("step*.pt")] == ["step0000001.pt"]
+    assert ckpt.load(run / "checkpoints" / "step0000001.pt")["step"] == 1
 
 
 def test_ddp_with_bad_data_ends_every_rank_with_the_reason(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,17 @@ from .checkpoint import CheckpointError
 from .config import TrainConfig
 from .data import DataError
 from .loop import Trainer, TrainingError
+
+
+def _lost_peers(exc: RuntimeError) -> bool:
+    """Whether exc is a collective that failed because another rank died or stalled past
+    --dist-timeout. DDP's backward raises those as plain RuntimeErrors from gloo or NCCL, so the
+    message is what tells them from a bug (which keeps its traceback)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return False
+    dist_error = getattr(torch.distributed, "DistError", ())
+    return isinstance(exc, dist_error) or any(s in str(exc) for s in ("gloo", "NCCL", "Timed out", "timed out"))
+
 
 # Flags whose value may differ from the saved run when resuming (they change how, not what, is trained).
 _RESUMABLE = {"steps", "num_workers", "backend", "compile", "out", "device", "dist_timeout"}
@@ -90,6 +102,14 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("fastcodec.train: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as exc:
+        if not _lost_peers(exc):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        print(f"fastcodec.train: error: rank {os.environ.get('RANK', '0')}: the other ranks stopped answering "
+              f"({first}); checkpoints already written are intact; --dist-timeout sets how long a rank waits",
+              file=sys.stderr)
+        return 1
     finally:
         # Under torchrun: tear the group down before exit (torch 2.4's gloo otherwise aborted a rank
         # now and then at interpreter shutdown, after training had finished).
