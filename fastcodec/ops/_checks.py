@@ -144,7 +144,7 @@ def rvq(x, codebooks, n_q):
     n_q = Q if n_q is None else n_q
     if not is_int(n_q) or not 1 <= n_q <= Q:
         raise ValueError(f"n_q must be an int in [1, {Q}] (the number of codebooks), got {n_q!r}")
-    return n_q
+    return int(n_q)  # a numpy integer would otherwise travel on into the kernels' launch arguments
 
 
 def rvq_decode(codes, codebooks):
