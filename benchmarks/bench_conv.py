@@ -36,7 +36,7 @@ def _fwd_bwd(fn, inputs, mode):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 @pytest.mark.parametrize("batch", list(BATCHES))
-@pytest.mark.parametrize("layer", encoder_layers(), ids=lambda l: l[0])
+@pytest.mark.parametrize("layer", encoder_layers(), ids=lambda layer: layer[0])
 def test_conv1d(benchmark, layer, batch, dtype, impl, mode):
     name, cin, cout, k, stride, dil, t_per_s, act, res = layer
     B, secs = BATCHES[batch]
@@ -60,7 +60,7 @@ def test_conv1d(benchmark, layer, batch, dtype, impl, mode):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 @pytest.mark.parametrize("batch", list(BATCHES))
-@pytest.mark.parametrize("layer", decoder_up_layers(), ids=lambda l: l[0])
+@pytest.mark.parametrize("layer", decoder_up_layers(), ids=lambda layer: layer[0])
 def test_conv_transpose1d(benchmark, layer, batch, dtype, impl, mode):
     name, cin, cout, k, stride, t_per_s = layer
     B, secs = BATCHES[batch]

@@ -132,8 +132,9 @@ def triton_launches():
             key = ("causal_conv1d", dname, tuple(sorted(ce.items())))
             flops = 2 * 4 * cout * cin * k * tout
             nbytes = e * (cin * T + cout * cin * k + 4 * cout * tout * (2 if res else 1))
-            out.setdefault(key, ("causal_conv1d", conv.causal_conv1d_kernel, dname, mode, True,
-                                 {**ptrs, **ints, "slope": "fp32"}, ce, warps, []))[8].append((name + " 4x1s", flops, nbytes))
+            entry = out.setdefault(key, ("causal_conv1d", conv.causal_conv1d_kernel, dname, mode, True,
+                                         {**ptrs, **ints, "slope": "fp32"}, ce, warps, []))
+            entry[8].append((name + " 4x1s", flops, nbytes))
         for name, cin, cout, k, stride, tps in S.decoder_up_layers():
             cfg = conv.conv_config(cin, cout, tps, dtype)
             warps = cfg.pop("num_warps")
@@ -142,8 +143,9 @@ def triton_launches():
             key = ("causal_conv_transpose1d", dname, tuple(sorted(ce.items())))
             flops = 2 * 4 * cin * cout * k * tps
             nbytes = e * (4 * cin * tps + cin * cout * k + 4 * cout * tps * stride)
-            out.setdefault(key, ("causal_conv_transpose1d", conv.causal_conv_transpose1d_kernel, dname, mode, True,
-                                 {**ptrs, **ints, "slope": "fp32"}, ce, warps, []))[8].append((name + " 4x1s", flops, nbytes))
+            entry = out.setdefault(key, ("causal_conv_transpose1d", conv.causal_conv_transpose1d_kernel, dname, mode,
+                                         True, {**ptrs, **ints, "slope": "fp32"}, ce, warps, []))
+            entry[8].append((name + " 4x1s", flops, nbytes))
         # The snake epilogue (DAC-style models) in the most common tile of each dtype.
         cfg = conv.conv_config(32, 32, 24000, dtype)
         warps = cfg.pop("num_warps")

@@ -33,7 +33,8 @@ def _naive_causal_conv_transpose1d(x, w, b, stride):
     return y + b.view(1, -1, 1)
 
 
-@pytest.mark.parametrize("T,K,stride,dilation", [(1, 3, 1, 1), (2, 7, 1, 9), (13, 4, 2, 1), (23, 3, 5, 3), (8, 1, 8, 1)])
+@pytest.mark.parametrize("T,K,stride,dilation",
+                         [(1, 3, 1, 1), (2, 7, 1, 9), (13, 4, 2, 1), (23, 3, 5, 3), (8, 1, 8, 1)])
 def test_conv1d_ref_matches_definition(T, K, stride, dilation):
     x = torch.randn(2, 3, T, dtype=torch.float64)
     w = torch.randn(4, 3, K, dtype=torch.float64)

@@ -77,7 +77,8 @@ def test_dead_codes_are_reseeded_from_the_batch():
     ema_sums = torch.randn(6, 3)
     alive_before = codebook[[0, 2, 4]].clone()
     x = torch.randn(20, 3)
-    n = vt.replace_dead_codes(codebook, ema_counts, ema_sums, x, threshold=1.0, generator=torch.Generator().manual_seed(0))
+    n = vt.replace_dead_codes(codebook, ema_counts, ema_sums, x, threshold=1.0,
+                              generator=torch.Generator().manual_seed(0))
     assert n == 3
     assert torch.equal(codebook[[0, 2, 4]], alive_before)
     for k in (1, 3, 5):

@@ -66,7 +66,8 @@ def conv1d(x, weight, bias, stride, dilation, act, residual, negative_slope, alp
     tensor("weight", weight, dims=("Cout", "Cin", "K"))
     like("weight", weight, "x", x)
     if weight.shape[1] != x.shape[1]:
-        raise ValueError(f"weight {_shape(weight)} expects {weight.shape[1]} input channels, x {_shape(x)} has {x.shape[1]}")
+        raise ValueError(f"weight {_shape(weight)} expects {weight.shape[1]} input channels, "
+                         f"x {_shape(x)} has {x.shape[1]}")
     if weight.shape[2] < 1:
         raise ValueError(f"weight {_shape(weight)} has kernel size 0")
     positive_int("stride", stride)

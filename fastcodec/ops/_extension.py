@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-REBUILD_HINT = "rebuild it against the installed torch: `pip install --no-build-isolation -e .` in the fastcodec checkout"
+REBUILD_HINT = ("rebuild it against the installed torch: `pip install --no-build-isolation -e .` "
+                "in the fastcodec checkout")
 
 _C = None
 _load_error = None
