@@ -126,8 +126,9 @@ def extensions():
     print(f"fastcodec: building C++ CPU kernels; CUDA kernels: "
           f"{'sm_' + ', sm_'.join(archs) + ' + PTX' if build_cuda else 'no (' + why_not + ')'}")
     gen = write_build_info(build_cuda, archs, why_not)
-    sources = ["csrc/fastcodec.cpp", "csrc/cpu/conv.cpp", "csrc/cpu/conv_gemm.cpp", "csrc/cpu/grouped_conv.cpp", "csrc/cpu/weight_grad.cpp", "csrc/cpu/skinny_gemm.cpp", "csrc/cpu/stream_chain.cpp", "csrc/cpu/weight_cache.cpp",
-               "csrc/cpu/vq.cpp", "csrc/cpu/vq_search.cpp"]
+    cpu = ["conv", "conv_gemm", "grouped_conv", "weight_grad", "skinny_gemm", "stream_chain", "weight_cache",
+           "vq", "vq_search"]
+    sources = ["csrc/fastcodec.cpp"] + [f"csrc/cpu/{name}.cpp" for name in cpu]
     # No -std: torch's builder picks the standard its headers need (C++17 for 2.4, C++20 for 2.14).
     cxx = ["-O3", "-fopenmp"]
     kwargs = dict(include_dirs=[str(gen)], extra_link_args=["-fopenmp"])
