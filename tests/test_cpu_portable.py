@@ -87,6 +87,9 @@ CHECK = textwrap.dedent("""
     codes, q = ops.rvq_encode(xv, cbs, backend="cpp")
     ref_codes, ref_q = ops.rvq_encode_ref(xv, cbs)
     assert (codes == ref_codes).float().mean() > 0.99 and torch.equal(ops.rvq_decode(codes, cbs), q)
+    from test_vq import assert_rows_alone_match_block  # the searches for blocks of 1-4 rows
+    for K in (25, 72, 1024):
+        assert_rows_alone_match_block(K)
     from fastcodec.ops import _extension
     print("simd", _extension.cpu_simd_level())
 """)

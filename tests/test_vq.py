@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import interpreted, noncontiguous
+from conftest import interpreted, noncontiguous, require_backend
 from fastcodec import ops
 
 TIE_RTOL = 1e-5
@@ -79,6 +79,48 @@ def test_vq_nearest_ties_and_duplicates(target):
     x2[1, 5] = 1.0
     index2, _ = ops.vq_nearest(x2, cb2, backend=backend)
     assert index2.tolist() == [0, 5]
+
+
+def assert_rows_alone_match_block(K, D=37, N=41):
+    """The C++ search scans codes for blocks of 4 rows, with kernels of their own for blocks of 1-3
+    live rows (a stream codes one row per item per frame): a row's code and distance must not
+    depend on which rows share its block, bit for bit, or a stream would code differently from the
+    whole signal. Also: duplicated codes go to the lower index, and a NaN row (code 0, as
+    torch.argmin gives) changes nothing for the rows beside it."""
+    cb = torch.randn(K, D)
+    x = torch.randn(N, D)
+    # Midpoints of two codes tie but for rounding: there, summing the products in another order
+    # than the 4-row kernel does picks the other code some of the time.
+    pairs = torch.randint(0, K, (N // 2, 2))
+    x[: N // 2] = (cb[pairs[:, 0]] + cb[pairs[:, 1]]) / 2
+    x[5] = float("nan")
+    cbs = torch.randn(3, K, D) * torch.tensor([1.0, 0.5, 0.25]).view(-1, 1, 1)
+    dup = torch.cat([cb, cb])
+    index, sqdist = ops.vq_nearest(x, cb, backend="cpp")
+    finite = torch.arange(N) != 5
+    assert_nearest(x[finite], cb, index[finite], sqdist[finite])
+    assert index[5] == 0
+    dup_index, _ = ops.vq_nearest(x, dup, backend="cpp")
+    assert torch.equal(dup_index, index), "a duplicated code must go to its lower index"
+    codes, q = ops.rvq_encode(x, cbs, backend="cpp")
+    for n in (1, 2, 3, 5):
+        for s in range(0, N, n):
+            rows = slice(s, s + n)
+            i, d = ops.vq_nearest(x[rows], cb, backend="cpp")
+            assert torch.equal(i, index[rows]), f"rows {s}..{s + n - 1} searched {n} at a time"
+            torch.testing.assert_close(d, sqdist[rows], rtol=0, atol=0, equal_nan=True)
+            assert torch.equal(ops.vq_nearest(x[rows], dup, backend="cpp")[0], index[rows])
+            c, qq = ops.rvq_encode(x[rows], cbs, backend="cpp")
+            assert torch.equal(c, codes[rows])
+            torch.testing.assert_close(qq, q[rows], rtol=0, atol=0, equal_nan=True)
+
+
+# Tile counts odd and even, with and without padding, at both tile widths (24 codes with AVX2, 48
+# with AVX-512); 1024 is the codec's codebook size.
+@pytest.mark.parametrize("K", [1, 24, 25, 47, 72, 97, 1024])
+def test_cpp_rows_searched_alone_match_a_block(K):
+    require_backend("cpp", "cpu")
+    assert_rows_alone_match_block(K)
 
 
 def test_vq_nearest_noncontiguous(target):

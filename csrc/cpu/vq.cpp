@@ -70,7 +70,7 @@ void vq_nearest_f32(const at::Tensor& x, const at::Tensor& cb, at::Tensor& index
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t n0 = blk * cpu::kRows, m = std::min(cpu::kRows, N - n0);
       interleave_rows(xp + n0 * D, m, D, block.data());
-      cpu::nearest_rows(pc, block.data(), ks);
+      cpu::nearest_rows(pc, block.data(), m, ks);
       for (int64_t i = 0; i < m; ++i) {
         ip[n0 + i] = ks[i];
         dp[n0 + i] = sqdist<float, float>(xp + (n0 + i) * D, cp + ks[i] * D, D);
@@ -111,7 +111,7 @@ void rvq_encode_f32(const at::Tensor& x, const at::Tensor& cbs, int64_t n_q, at:
       for (int64_t i = 0; i < n_q; ++i) {
         if (res) save_residuals(r.data(), n0, m, i);
         interleave_rows(r.data(), m, D, block.data());
-        cpu::nearest_rows(packed[i], block.data(), ks);
+        cpu::nearest_rows(packed[i], block.data(), m, ks);
         for (int64_t j = 0; j < m; ++j) {
           codep[(n0 + j) * n_q + i] = ks[j];
           const float* c = cp + (i * K + ks[j]) * D;

@@ -3,6 +3,7 @@
 #include "simd.h"
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <limits>
 
@@ -73,83 +74,114 @@ __attribute__((target("avx2,fma"))) inline void update(float* best, int32_t* idx
   _mm256_store_ps(reinterpret_cast<float*>(idx), k);
 }
 
-__attribute__((target("avx2,fma"))) void nearest_avx2(const PackedCodebook& pc, const float* xp, int64_t* out) {
-  static_assert(kRows == 4, "written for 4 rows x 24 codes");
+// P consecutive tiles from tile t for the first R rows of the block: R x 3 vectors of 8 codes per
+// tile. Each accumulator sums over d in order with one FMA per step, whatever R and P are, so a row
+// gets bit for bit the distances, and so the code, of the 4-row kernel: a stream coding one frame
+// per call picks what the whole signal coded at once picks.
+template <int R, int P>
+__attribute__((target("avx2,fma"))) inline void tiles_avx2(const PackedCodebook& pc, const float* xp, int64_t t,
+                                                           LaneMinima& m) {
   constexpr int64_t kCodes = kCodesAvx2;
-  LaneMinima m;
-  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m256 minus2 = _mm256_set1_ps(-2.0f);
   const int64_t D = pc.D;
-  for (int64_t t = 0; t < pc.tiles; ++t) {
-    const float* ct = pc.ct.data() + t * D * kCodes;
-    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a10 = a00, a11 = a00, a12 = a00;
-    __m256 a20 = a00, a21 = a00, a22 = a00, a30 = a00, a31 = a00, a32 = a00;
-    for (int64_t d = 0; d < D; ++d, ct += kCodes) {
-      const __m256 c0 = _mm256_loadu_ps(ct), c1 = _mm256_loadu_ps(ct + 8), c2 = _mm256_loadu_ps(ct + 16);
-      const float* x = xp + d * kRows;
-      __m256 v = _mm256_broadcast_ss(x);
-      a00 = _mm256_fmadd_ps(v, c0, a00), a01 = _mm256_fmadd_ps(v, c1, a01), a02 = _mm256_fmadd_ps(v, c2, a02);
-      v = _mm256_broadcast_ss(x + 1);
-      a10 = _mm256_fmadd_ps(v, c0, a10), a11 = _mm256_fmadd_ps(v, c1, a11), a12 = _mm256_fmadd_ps(v, c2, a12);
-      v = _mm256_broadcast_ss(x + 2);
-      a20 = _mm256_fmadd_ps(v, c0, a20), a21 = _mm256_fmadd_ps(v, c1, a21), a22 = _mm256_fmadd_ps(v, c2, a22);
-      v = _mm256_broadcast_ss(x + 3);
-      a30 = _mm256_fmadd_ps(v, c0, a30), a31 = _mm256_fmadd_ps(v, c1, a31), a32 = _mm256_fmadd_ps(v, c2, a32);
-    }
-    const float* csq = pc.csq.data() + t * kCodes;
-    const __m256 s0 = _mm256_loadu_ps(csq), s1 = _mm256_loadu_ps(csq + 8), s2 = _mm256_loadu_ps(csq + 16);
-    const __m256i k0 = _mm256_add_epi32(lanes, _mm256_set1_epi32(static_cast<int32_t>(t * kCodes)));
-    const __m256i k1 = _mm256_add_epi32(k0, _mm256_set1_epi32(8)), k2 = _mm256_add_epi32(k0, _mm256_set1_epi32(16));
-    // dist = ||c||^2 - 2 x.c, the same expression as the reference.
-    update(m.best[0], m.idx[0], _mm256_fmadd_ps(minus2, a00, s0), k0);
-    update(m.best[0] + 8, m.idx[0] + 8, _mm256_fmadd_ps(minus2, a01, s1), k1);
-    update(m.best[0] + 16, m.idx[0] + 16, _mm256_fmadd_ps(minus2, a02, s2), k2);
-    update(m.best[1], m.idx[1], _mm256_fmadd_ps(minus2, a10, s0), k0);
-    update(m.best[1] + 8, m.idx[1] + 8, _mm256_fmadd_ps(minus2, a11, s1), k1);
-    update(m.best[1] + 16, m.idx[1] + 16, _mm256_fmadd_ps(minus2, a12, s2), k2);
-    update(m.best[2], m.idx[2], _mm256_fmadd_ps(minus2, a20, s0), k0);
-    update(m.best[2] + 8, m.idx[2] + 8, _mm256_fmadd_ps(minus2, a21, s1), k1);
-    update(m.best[2] + 16, m.idx[2] + 16, _mm256_fmadd_ps(minus2, a22, s2), k2);
-    update(m.best[3], m.idx[3], _mm256_fmadd_ps(minus2, a30, s0), k0);
-    update(m.best[3] + 8, m.idx[3] + 8, _mm256_fmadd_ps(minus2, a31, s1), k1);
-    update(m.best[3] + 16, m.idx[3] + 16, _mm256_fmadd_ps(minus2, a32, s2), k2);
-  }
-  m.reduce(kCodes, out);
-}
-
-// The same search on 48-code tiles: 4 rows x 3 vectors of 16 codes.
-__attribute__((target("avx512f"))) void nearest_avx512(const PackedCodebook& pc, const float* xp, int64_t* out) {
-  constexpr int64_t kCodes = kCodesAvx512;
-  LaneMinima m;
-  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512 minus2 = _mm512_set1_ps(-2.0f);
-  const int64_t D = pc.D;
-  for (int64_t t = 0; t < pc.tiles; ++t) {
-    const float* ct = pc.ct.data() + t * D * kCodes;
-    __m512 acc[kRows][3];
+  __m256 acc[P][R][3];
 #pragma GCC unroll 4
-    for (int i = 0; i < kRows; ++i)
-#pragma GCC unroll 3
-      for (int v = 0; v < 3; ++v) acc[i][v] = _mm512_setzero_ps();
-    for (int64_t d = 0; d < D; ++d, ct += kCodes) {
-      const __m512 c[3] = {_mm512_loadu_ps(ct), _mm512_loadu_ps(ct + 16), _mm512_loadu_ps(ct + 32)};
+  for (int p = 0; p < P; ++p)
 #pragma GCC unroll 4
-      for (int i = 0; i < kRows; ++i) {
-        const __m512 x = _mm512_set1_ps(xp[d * kRows + i]);
+    for (int i = 0; i < R; ++i)
 #pragma GCC unroll 3
-        for (int v = 0; v < 3; ++v) acc[i][v] = _mm512_fmadd_ps(x, c[v], acc[i][v]);
+      for (int v = 0; v < 3; ++v) acc[p][i][v] = _mm256_setzero_ps();
+  const float* ct = pc.ct.data() + t * D * kCodes;
+  // Per tile: its 3 code vectors, then one broadcast row at a time. With R = 4 that is 12
+  // accumulators + 3 codes + 1 row = all 16 ymm registers; holding every row's broadcast at once
+  // would spill.
+  for (int64_t d = 0; d < D; ++d, ct += kCodes) {
+#pragma GCC unroll 4
+    for (int p = 0; p < P; ++p) {
+      __m256 c[3];
+#pragma GCC unroll 3
+      for (int v = 0; v < 3; ++v) c[v] = _mm256_loadu_ps(ct + p * D * kCodes + 8 * v);
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i) {
+        const __m256 x = _mm256_broadcast_ss(xp + d * kRows + i);
+#pragma GCC unroll 3
+        for (int v = 0; v < 3; ++v) acc[p][i][v] = _mm256_fmadd_ps(x, c[v], acc[p][i][v]);
       }
     }
-    const float* csq = pc.csq.data() + t * kCodes;
+  }
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256 minus2 = _mm256_set1_ps(-2.0f);
+#pragma GCC unroll 4
+  for (int p = 0; p < P; ++p) {
+    const float* csq = pc.csq.data() + (t + p) * kCodes;
+#pragma GCC unroll 3
+    for (int v = 0; v < 3; ++v) {
+      const __m256 sq = _mm256_loadu_ps(csq + 8 * v);
+      const __m256i code = _mm256_add_epi32(lanes, _mm256_set1_epi32(static_cast<int32_t>((t + p) * kCodes + 8 * v)));
+      // dist = ||c||^2 - 2 x.c, the same expression as the reference.
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i)
+        update(m.best[i] + 8 * v, m.idx[i] + 8 * v, _mm256_fmadd_ps(minus2, acc[p][i][v], sq), code);
+    }
+  }
+}
+
+// The first R rows of a block: tiles P at a time, then one at a time. Fewer rows than kRows leave
+// FMA latency exposed on 3 accumulators per row, so one row scans two tiles at once (6 chains);
+// R x 3 x P stays within the 16 ymm registers with the codes and x.
+template <int R, int P>
+__attribute__((target("avx2,fma"))) void nearest_avx2(const PackedCodebook& pc, const float* xp, int64_t* out) {
+  static_assert(R >= 1 && R <= kRows && R * 3 * P <= 12, "accumulators must fit in registers");
+  LaneMinima m;
+  int64_t t = 0;
+  for (; t + P <= pc.tiles; t += P) tiles_avx2<R, P>(pc, xp, t, m);
+  for (; t < pc.tiles; ++t) tiles_avx2<R, 1>(pc, xp, t, m);
+  m.reduce(kCodesAvx2, out);
+}
+
+// The same search on 48-code tiles, 3 vectors of 16 codes per tile; R rows and P tiles as in
+// tiles_avx2 (the same order of FMAs, so the same distances bit for bit).
+template <int R, int P>
+__attribute__((target("avx512f"))) inline void tiles_avx512(const PackedCodebook& pc, const float* xp, int64_t t,
+                                                            LaneMinima& m) {
+  constexpr int64_t kCodes = kCodesAvx512;
+  const int64_t D = pc.D;
+  __m512 acc[P][R][3];
+#pragma GCC unroll 4
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i)
+#pragma GCC unroll 3
+      for (int v = 0; v < 3; ++v) acc[p][i][v] = _mm512_setzero_ps();
+  const float* ct = pc.ct.data() + t * D * kCodes;
+  for (int64_t d = 0; d < D; ++d, ct += kCodes) {
+#pragma GCC unroll 4
+    for (int p = 0; p < P; ++p) {
+      __m512 c[3];
+#pragma GCC unroll 3
+      for (int v = 0; v < 3; ++v) c[v] = _mm512_loadu_ps(ct + p * D * kCodes + 16 * v);
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i) {
+        const __m512 x = _mm512_set1_ps(xp[d * kRows + i]);
+#pragma GCC unroll 3
+        for (int v = 0; v < 3; ++v) acc[p][i][v] = _mm512_fmadd_ps(x, c[v], acc[p][i][v]);
+      }
+    }
+  }
+  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512 minus2 = _mm512_set1_ps(-2.0f);
+#pragma GCC unroll 4
+  for (int p = 0; p < P; ++p) {
+    const float* csq = pc.csq.data() + (t + p) * kCodes;
 #pragma GCC unroll 3
     for (int v = 0; v < 3; ++v) {
       const __m512 sq = _mm512_loadu_ps(csq + 16 * v);
-      const __m512i code = _mm512_add_epi32(lanes, _mm512_set1_epi32(static_cast<int32_t>(t * kCodes + 16 * v)));
+      const __m512i code =
+          _mm512_add_epi32(lanes, _mm512_set1_epi32(static_cast<int32_t>((t + p) * kCodes + 16 * v)));
 #pragma GCC unroll 4
-      for (int i = 0; i < kRows; ++i) {
+      for (int i = 0; i < R; ++i) {
         // dist = ||c||^2 - 2 x.c, the same expression as the reference; strictly better only, so
         // earlier tiles keep ties.
-        const __m512 dist = _mm512_fmadd_ps(minus2, acc[i][v], sq);
+        const __m512 dist = _mm512_fmadd_ps(minus2, acc[p][i][v], sq);
         const __m512 b = _mm512_load_ps(m.best[i] + 16 * v);
         const __mmask16 better = _mm512_cmp_ps_mask(dist, b, _CMP_LT_OQ);
         _mm512_store_ps(m.best[i] + 16 * v, _mm512_mask_mov_ps(b, better, dist));
@@ -158,18 +190,34 @@ __attribute__((target("avx512f"))) void nearest_avx512(const PackedCodebook& pc,
       }
     }
   }
-  m.reduce(kCodes, out);
+}
+
+template <int R, int P>
+__attribute__((target("avx512f"))) void nearest_avx512(const PackedCodebook& pc, const float* xp, int64_t* out) {
+  static_assert(R >= 1 && R <= kRows && R * 3 * P <= 12, "accumulators must fit in registers");
+  LaneMinima m;
+  int64_t t = 0;
+  for (; t + P <= pc.tiles; t += P) tiles_avx512<R, P>(pc, xp, t, m);
+  for (; t < pc.tiles; ++t) tiles_avx512<R, 1>(pc, xp, t, m);
+  m.reduce(kCodesAvx512, out);
 }
 #endif
 
 using Search = void (*)(const PackedCodebook&, const float*, int64_t*);
 
-Search pick() {
+// Indexed by the number of live rows in the block, 1 to kRows (a stream's blocks hold one row per
+// item). The portable search always computes kRows rows, and so does AVX-512 for 3 (no faster on
+// Zen 4 than 3 rows alone: benchmarks/RESULTS.md).
+using Searches = std::array<Search, kRows + 1>;
+
+Searches pick() {
 #ifdef FASTCODEC_X86_SIMD
-  if (has_avx512()) return nearest_avx512;
-  if (has_avx2_fma()) return nearest_avx2;
+  if (has_avx512())
+    return {nullptr, nearest_avx512<1, 4>, nearest_avx512<2, 2>, nearest_avx512<4, 1>, nearest_avx512<4, 1>};
+  if (has_avx2_fma())
+    return {nullptr, nearest_avx2<1, 2>, nearest_avx2<2, 2>, nearest_avx2<3, 1>, nearest_avx2<4, 1>};
 #endif
-  return nearest_generic;
+  return {nullptr, nearest_generic, nearest_generic, nearest_generic, nearest_generic};
 }
 
 int64_t tile_width() { return has_avx512() ? kCodesAvx512 : kCodesAvx2; }
@@ -196,9 +244,10 @@ void pack_codebook(const float* cb, int64_t K, int64_t D, PackedCodebook& out) {
   }
 }
 
-void nearest_rows(const PackedCodebook& pc, const float* xp, int64_t* out) {
-  static const Search search = pick();
-  search(pc, xp, out);
+void nearest_rows(const PackedCodebook& pc, const float* xp, int64_t rows, int64_t* out) {
+  static const Searches searches = pick();
+  TORCH_CHECK(rows >= 1 && rows <= kRows, "nearest_rows: ", rows, " rows in a block of ", kRows);
+  searches[rows](pc, xp, out);
 }
 
 }  // namespace cpu

@@ -24,9 +24,11 @@ struct PackedCodebook {
 // cb: [K, D] contiguous.
 void pack_codebook(const float* cb, int64_t K, int64_t D, PackedCodebook& out);
 
-// xp: kRows rows interleaved as xp[d * kRows + i]. Writes the nearest code of each row to out
-// (lowest index on ties; 0 when no distance is finite, as torch.argmin does for all-inf rows).
-void nearest_rows(const PackedCodebook& pc, const float* xp, int64_t* out);
+// xp: kRows rows interleaved as xp[d * kRows + i], of which the first `rows` (1 to kRows) are
+// searched. Writes the nearest code of each row to out[0, rows) (lowest index on ties; 0 when no
+// distance is finite, as torch.argmin does for all-inf rows); out must hold kRows entries. A row's
+// code does not depend on `rows` or on the other rows of the block.
+void nearest_rows(const PackedCodebook& pc, const float* xp, int64_t rows, int64_t* out);
 
 }  // namespace cpu
 }  // namespace fastcodec
