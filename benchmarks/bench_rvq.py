@@ -6,7 +6,8 @@ exact IndexFlatL2, one index per stage, on the CPU.
 On a GPU, triton-fast is the Triton kernel in fast mode (TF32 candidates, exact fp32 re-check).
 
 Shapes: training (N = 16 x 75 = 1200 and 12000, Q=8, K=1024, D=128); factorized DAC-like
-(N=12000, Q in {9, 32}, K=1024, D=8); a large inference batch (N=100,000 on CPU, 1,000,000 on GPU); a stream's frame (N = 1 and 3).
+(N=12000, Q in {9, 32}, K=1024, D=8); a large inference batch (N=100,000 on CPU, 1,000,000 on GPU);
+a stream's frame (N = 1 and 3).
 
 Peak memory goes into extra_info (peak_mem_bytes): on the GPU from the allocator's statistics,
 on the CPU from the profiler's memory timeline of one call (inputs and outputs included; not for

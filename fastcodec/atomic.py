@@ -4,13 +4,42 @@ Shared by checkpoints, training logs and reports, and the codec's .fcdc/.wav/.np
 data goes to a hidden `.NAME.partial` beside the target, is flushed to disk, and is renamed over
 the target only when the block finishes. A failure or Ctrl-C leaves whatever was there before
 untouched. The partial file's name is fixed, so a run killed outright (SIGKILL) leaves at most
-one stray file per target, and the next attempt overwrites it.
+one stray file per target, and the next attempt overwrites it; a writer holds an exclusive lock on
+it, so two outputs (in one process or several) never write through the same partial file.
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 from pathlib import Path
+
+
+def same_file(a, b) -> bool:
+    """Whether paths a and b name one file: the same inode when both exist (through symlinks,
+    hard links and `..`), else the same resolved path."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def check_outputs(inputs=(), outputs=()):
+    """ValueError, before anything is written, if an output is one of the inputs or two outputs
+    are one file (None entries are skipped)."""
+    outputs = [o for o in outputs if o is not None]
+    for o in outputs:
+        for i in inputs:
+            if i is not None and same_file(i, o):
+                raise ValueError(f"{o}: is the input {i}; writing it would destroy the input, so choose "
+                                 f"another output name")
+    for k, o in enumerate(outputs):
+        for other in outputs[k + 1:]:
+            if same_file(o, other):
+                raise ValueError(f"{o}: given as two outputs ({o} and {other}); give each its own name")
 
 
 @contextlib.contextmanager
@@ -22,15 +51,17 @@ def atomic_output(path):
     if not path.parent.is_dir():
         raise ValueError(f"{path}: its folder {path.parent} does not exist")
     tmp = path.with_name(f".{path.name}.partial")
-    try:
-        with open(tmp, "w+b") as f:
+    f = _locked_partial(tmp, path)
+    with f:
+        try:
+            f.truncate(0)  # a stray from a killed run
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+            os.replace(tmp, path)  # while locked: no other writer can be holding this file
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # still ours: locked, and not renamed
+            raise
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -39,3 +70,22 @@ def atomic_output(path):
             os.close(fd)
     except OSError:
         pass
+
+
+def _locked_partial(tmp: Path, target: Path):
+    """tmp opened (w+b, not yet truncated) under an exclusive lock; ValueError when another writer
+    holds it."""
+    while True:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ValueError(f"{target}: is being written by another output now (its temporary file {tmp.name} is "
+                             f"in use); give each output its own name") from None
+        try:  # the file locked must still be the one under tmp's name (not renamed by its last writer)
+            if os.path.samestat(os.fstat(fd), os.stat(tmp)):
+                return os.fdopen(fd, "w+b")
+        except FileNotFoundError:
+            pass
+        os.close(fd)

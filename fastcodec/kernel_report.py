@@ -102,6 +102,8 @@ def judge(k: Kernel):
         k.problems.append(f"local memory: {k.ldl} LDL / {k.stl} STL (stack {k.stack} B)")
     if k.matrix and k.mode in ("tf32", "fp16", "bf16") and not k.tensor_core:
         k.problems.append(f"matrix kernel in {k.mode} mode without tensor-core instructions")
+    if k.mode == "fp32" and k.tensor_core:  # fp32 tensor-core products are TF32: not exact
+        k.problems.append(f"exact fp32 kernel with {k.tensor_core} tensor-core instructions (a TF32 dot?)")
 
 
 # --- Triton ------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@
   so an output element a kernel forgot to write fails the comparison.
 - FASTCODEC_REQUIRE="cpp,triton" (set by .ci/run and gpu_suite.sh) turns "backend unavailable"
   from a skip into a failure, so a broken build can never pass as a run of skips.
+- FASTCODEC_ONLY_GPU_SKIPS=1 (set by .ci/run) prints the skip count at the end and fails the run
+  on any skip that is not a GPU target ("no GPU visible", or a case `needs_gpu` hands to the GPU).
 """
 import os
 import zlib
@@ -47,6 +49,41 @@ def require_backend(backend: str, device: str):
         if backend in REQUIRED and expected_here:
             pytest.fail(f"required backend {backend} unavailable on {device}: {why}")
         pytest.skip(f"{backend} on {device}: {why}")
+
+
+GPU_SKIPS = ("no GPU visible", "needs a GPU: ")
+
+
+def needs_gpu(why: str):
+    """Skip a case that only a GPU runs in reasonable time (the Triton interpreter would take minutes)."""
+    pytest.skip(f"needs a GPU: {why}")
+
+
+_skipped = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _skipped.append((report.nodeid, reason[len("Skipped: "):] if reason.startswith("Skipped: ") else reason))
+
+
+def _not_gpu_skips():
+    return [(node, why) for node, why in _skipped if not why.startswith(GPU_SKIPS)]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("FASTCODEC_ONLY_GPU_SKIPS") == "1" and _not_gpu_skips() and session.exitstatus == 0:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    if os.environ.get("FASTCODEC_ONLY_GPU_SKIPS") != "1":
+        return
+    bad = _not_gpu_skips()
+    terminalreporter.write_line(f"fastcodec: {len(_skipped)} skipped, {len(_skipped) - len(bad)} of them GPU targets")
+    for node, why in bad:
+        terminalreporter.write_line(f"fastcodec: a skip that is not a GPU target fails the run: {node}: {why}")
 
 
 @pytest.fixture(params=KERNEL_TARGETS, ids=[f"{b}-{d}" for b, d in KERNEL_TARGETS])
@@ -112,7 +149,7 @@ def save_codec(path, seed=0, initialized=True, **overrides):
     """Save a checkpoint of a randomly initialised codec (codebooks at the latent's scale) at path;
     returns the model."""
     from fastcodec.nn import CodecConfig, SoundStream
-    from fastcodec.train import checkpoint as ckpt
+    from fastcodec import checkpoint as ckpt
 
     cfg = CodecConfig(**{**SMALL_CODEC, **overrides})
     torch.manual_seed(seed)

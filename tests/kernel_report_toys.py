@@ -26,6 +26,11 @@ def main():
         k = kr.analyze_triton(toy_dot, f32, {"BLOCK": block, "PRECISION": prec}, 4, op="toy_dot", dtype="float32",
                               mode=mode, matrix=True)
         out[prec] = dict(tensor_core=k.tensor_core, ldl=k.ldl, problems=k.problems)
+    # A TF32 dot compiled into a kernel that claims exact fp32: what a launcher passing the wrong
+    # precision would produce.
+    k = kr.analyze_triton(toy_dot, f32, {"BLOCK": 64, "PRECISION": "tf32"}, 4, op="toy_dot", dtype="float32",
+                          mode="fp32", matrix=True)
+    out["tf32_in_exact"] = dict(tensor_core=k.tensor_core, problems=k.problems)
     # A planted spill: the RVQ search with exact-fp32 dots and tiles far too large for registers.
     types = {"x_ptr": "*fp32", "cb_ptr": "*fp32", "codes_ptr": "*i64", "q_ptr": "*fp32", "dist_ptr": "*fp32",
              "res_ptr": "*fp32", "csq_ptr": "*fp32", "cnorm_ptr": "*fp32",

@@ -132,8 +132,8 @@ def test_encode_dir_is_resumable_and_skips_bad_files(codec_path, tmp_path, capsy
     assert rc == 0 and "0 already coded, 3 to code" in out and fcdc.read_header(dst / "a.fcdc").n_q == 3
 
 
-def _python_m(*argv, **kwargs):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+def _python_m(*argv, env=None, **kwargs):
+    env = env or dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     return subprocess.Popen([sys.executable, "-m", "fastcodec", *map(str, argv)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, **kwargs)
 
@@ -182,3 +182,137 @@ def test_console_script_and_info():
         eps = []
     if eps:  # installed (pip install -e .): the script is fastcodec.__main__:main
         assert eps[0].value == "fastcodec.__main__:main"
+
+
+def test_an_output_that_is_an_input_is_refused_before_anything_is_written(codec_path, tmp_path, capsys):
+    """`encode x.wav x.wav` replaced the audio with codes; so did an output reaching the input by a
+    `..` path, a symlink or --npy; and --npy naming the .fcdc output left numpy data under its name."""
+    (tmp_path / "in").mkdir()
+    _wav(tmp_path / "in" / "x.wav")
+    audio = (tmp_path / "in" / "x.wav").read_bytes()
+    (tmp_path / "link.wav").symlink_to(tmp_path / "in" / "x.wav")
+    src = tmp_path / "in" / "x.wav"
+    for out, npy in ((src, None), (tmp_path / "in" / ".." / "in" / "x.wav", None), (tmp_path / "link.wav", None),
+                     (tmp_path / "ok.fcdc", src), (tmp_path / "ok.fcdc", tmp_path / "link.wav")):
+        extra = ["--npy", npy] if npy else []
+        _one_line_error(*_run(capsys, "encode", src, out, "--checkpoint", codec_path, *extra)[::2],
+                        "would destroy the input")
+        assert src.read_bytes() == audio and not (tmp_path / "ok.fcdc").exists()
+    (tmp_path / "out").mkdir()
+    h = tmp_path / "out" / "h.fcdc"
+    _one_line_error(*_run(capsys, "encode", src, h, "--checkpoint", codec_path, "--npy", h)[::2], "two outputs")
+    _one_line_error(*_run(capsys, "encode", src, h, "--checkpoint", codec_path, "--npy",
+                          tmp_path / "out" / "." / "h.fcdc")[::2], "two outputs")
+    assert list((tmp_path / "out").iterdir()) == []
+    codec = Codec.load(codec_path)
+    with pytest.raises(ValueError, match="would destroy the input"):
+        codec.encode_file(src, src)
+    codec.encode_file(src, h)
+    coded = h.read_bytes()
+    (tmp_path / "back.wav").symlink_to(h)
+    with pytest.raises(ValueError, match="would destroy the input"):
+        codec.decode_file(h, tmp_path / "back.wav")
+    assert src.read_bytes() == audio and h.read_bytes() == coded
+
+
+def test_two_writers_never_share_a_partial_file(tmp_path):
+    from fastcodec.atomic import atomic_output
+
+    with atomic_output(tmp_path / "a.bin") as f:
+        f.write(b"first")
+        with pytest.raises(ValueError, match="is being written by another output now"):
+            with atomic_output(tmp_path / "a.bin") as g:
+                g.write(b"second")
+        f.write(b" whole")
+    assert (tmp_path / "a.bin").read_bytes() == b"first whole"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+
+
+def test_audio_shorter_than_its_header_says_is_coded_with_a_warning(codec_path, tmp_path, capsys):
+    import struct
+
+    _wav(tmp_path / "x.wav", seconds=1.0, rate=8000)
+    data = bytearray((tmp_path / "x.wav").read_bytes())
+    at = data.index(b"data")
+    size = struct.unpack_from("<I", data, at + 4)[0]
+    struct.pack_into("<I", data, at + 4, 3 * size)  # claims 3 s
+    struct.pack_into("<I", data, 4, len(data) - 8 + 2 * size)
+    (tmp_path / "x.wav").write_bytes(bytes(data))
+    p = _python_m("encode", tmp_path / "x.wav", tmp_path / "x.fcdc", "--checkpoint", codec_path)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0 and err.strip().splitlines() == [
+        f"fastcodec: warning: {tmp_path / 'x.wav'}: its header claims 24000 samples (3.000 s) but the file holds "
+        f"8000 (1.000 s); coded what it holds"], err
+    assert fcdc.read_header(tmp_path / "x.fcdc").source_samples == 8000
+    from fastcodec import TruncatedAudioWarning
+    with pytest.warns(TruncatedAudioWarning, match="holds 8000"):
+        Codec.load(codec_path).encode_file(tmp_path / "x.wav", tmp_path / "y.fcdc")
+
+
+def test_a_damaged_models_list_never_stops_the_codec(codec_path, tmp_path, capsys, monkeypatch):
+    """models.json under FASTCODEC_CACHE_DIR: bad entries are skipped with one-line warnings, a model
+    that fails to load names the file and why, and a models list that cannot be written is no error."""
+    import json
+
+    from fastcodec import checkpoint as ckpt
+
+    _wav(tmp_path / "in.wav")
+    rc, *_ = _run(capsys, "encode", tmp_path / "in.wav", tmp_path / "in.fcdc", "--checkpoint", codec_path)
+    fp = fcdc.read_header(tmp_path / "in.fcdc").fingerprint
+    registry = tmp_path / "cache" / "models.json"
+    registry.write_text(json.dumps({"0123456789abcdef": 123, "x": [1], fp: str(codec_path)}))
+    rc, out, err = _run(capsys, "decode", tmp_path / "in.fcdc", tmp_path / "o.wav")
+    assert rc == 0 and "Traceback" not in err
+    assert [ln for ln in err.splitlines() if ln.startswith("fastcodec: warning:")] == err.strip().splitlines()
+    assert "'0123456789abcdef': 123 skipped" in err and "'x': [1] skipped" in err
+    for text in ("[1, 2]", "{not json"):
+        registry.write_text(text)
+        rc, _, err = _run(capsys, "decode", tmp_path / "in.fcdc", tmp_path / "o2.wav")
+        warning, error = err.strip().splitlines()
+        assert warning.startswith("fastcodec: warning: ") and "models.json: ignored" in warning
+        _one_line_error(rc, error, "pass --checkpoint")
+    # An entry whose checkpoint lacks weights: the reason and the file, in one line.
+    state = ckpt.load(codec_path)
+    state["model"] = {k: v for k, v in state["model"].items() if "decoder" not in k}
+    ckpt.save(tmp_path / "partial.pt", state)
+    registry.write_text(json.dumps({fp: str(tmp_path / "partial.pt")}))
+    _one_line_error(*_run(capsys, "decode", tmp_path / "in.fcdc", tmp_path / "o2.wav")[::2], "partial.pt",
+                    "its model does not load", "Missing key")
+    # A models list that is a folder: encoding with --checkpoint works and says it could not note it.
+    registry.unlink()
+    registry.mkdir()
+    rc, out, err = _run(capsys, "encode", tmp_path / "in.wav", tmp_path / "again.fcdc", "--checkpoint", codec_path)
+    assert rc == 0 and (tmp_path / "again.fcdc").exists() and "Traceback" not in err
+    assert "could not note model" in err and len(err.strip().splitlines()) <= 2
+    assert not (tmp_path / "o2.wav").exists()
+
+
+def test_ctrl_c_while_encode_dir_starts_prints_one_line(tmp_path):
+    """Ctrl-C (to the whole process group, as a terminal sends it) while the command or its worker
+    processes are still importing, or while they code: one line, exit 130, no partial file."""
+    rate = 8000
+    save_codec(tmp_path / "c.pt", sample_rate=rate, channels=2, strides=(4, 5), code_dim=4, n_q=2)
+    for i in range(4):
+        _wav(tmp_path / "corpus" / f"{i}.wav", seconds=600, rate=rate, seed=i)
+    for delay in (0.2, 1.5, 4.0, "coding"):
+        out_dir = tmp_path / f"out{delay}"
+        p = _python_m("encode-dir", tmp_path / "corpus", out_dir, "--checkpoint", tmp_path / "c.pt",
+                      "--workers", "2", "--no-progress", start_new_session=True,
+                      env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path),
+                               FASTCODEC_CACHE_DIR=str(tmp_path / "cache")))
+        if delay == "coding":  # once a worker is writing its output
+            deadline = time.time() + 120
+            while not list(out_dir.glob(".*.partial")) and p.poll() is None and time.time() < deadline:
+                time.sleep(0.01)
+            assert list(out_dir.glob(".*.partial")), "no worker started writing"
+        else:
+            time.sleep(delay)
+        os.killpg(p.pid, signal.SIGINT)
+        try:
+            out, err = p.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            pytest.fail("encode-dir did not stop after Ctrl-C")
+        assert p.returncode in (0, 130) and "Traceback" not in err and len(err.strip().splitlines()) <= 1, err
+        assert p.returncode == 0 or "interrupted" in err
+        assert not list(tmp_path.rglob("*.partial"))

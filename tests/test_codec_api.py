@@ -1,13 +1,15 @@
 """fastcodec.Codec: load, encode and decode tensors and arrays of any layout, batches of mixed
 lengths, other sample rates, stereo, and clear errors for bad input or another model's codes."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from conftest import save_codec as _saved_model
 
 from fastcodec import Codec, EncodedAudio
-from fastcodec.train import checkpoint as ckpt
-from fastcodec.train.checkpoint import CheckpointError
+from fastcodec import checkpoint as ckpt
+from fastcodec.checkpoint import CheckpointError
 
 
 @pytest.fixture
@@ -198,3 +200,21 @@ def test_save_and_load_codes(codec, tmp_path):
     with pytest.raises(FormatError, match=f"made by model {codec.fingerprint}"):
         other.load_codes(tmp_path / "b1.fcdc")
     assert not (tmp_path / "x.fcdc").exists()
+    # A hand-edited source length or rate that its frames cannot have come from is refused before
+    # anything is written: the file's header would promise audio its codes do not hold.
+    for field, value in (("source_lengths", torch.tensor([700, 30_000_000])), ("source_rate", 1),
+                         ("source_lengths", torch.tensor([700.0, 333.0]))):
+        bad = dataclasses.replace(enc, **{field: value})
+        with pytest.raises(ValueError, match="source_lengths|sample_rate"):
+            codec.save(bad, tmp_path / "x.fcdc", item=1)
+    assert not (tmp_path / "x.fcdc").exists()
+
+
+def test_source_rates_outside_audio_are_refused(codec):
+    # soxr crashed the process upsampling 100,000 samples from 1 Hz; rates run from 1 kHz to 768 kHz.
+    for rate in (1, 999, 768_001, 10 ** 9):
+        with pytest.raises(ValueError, match="sample_rate must be an int from 1000 to 768000 Hz"):
+            codec.encode(torch.randn(100_000), rate)
+        with pytest.raises(ValueError, match="sample_rate must be an int from 1000"):
+            codec.streaming_encoder(sample_rate=rate)
+    assert codec.encode(0.1 * torch.randn(3), 768_000).lengths.tolist() == [1]  # resampled to nothing: one sample

@@ -158,3 +158,34 @@ def test_missing_and_directory_paths(tmp_path):
         fcdc.read_header(tmp_path / "nope.fcdc")
     with pytest.raises(FormatError, match="directory"):
         fcdc.read_header(tmp_path)
+
+
+def test_writer_refuses_more_channels_than_the_format_holds():
+    with pytest.raises(ValueError, match="1 to 1024 channels"):
+        fcdc.Writer(io.BytesIO(), sample_rate=8000, hop=4, codebook_size=16, channels=1025, n_q=1, fingerprint=FP,
+                    source_rate=8000, chunk_frames=4)
+
+
+def test_source_length_must_come_from_the_frames():
+    """source_samples sizes what a decode to the source rate writes, so it must be what the frames
+    hold at the two rates (within the resamplers' rounding); the probe's 480-byte file claiming
+    2^33 samples is refused, naming the field."""
+    h = fcdc.parse_header(GOOD, "x.fcdc")
+    assert fcdc.source_length_fits(h.samples, h.sample_rate, h.source_samples, h.source_rate)
+    for bad in (2 ** 33, 30_000_000, h.source_samples * 2, 0):
+        with pytest.raises(FormatError, match="x.fcdc: invalid header .*source_samples is"):
+            _read(_with_header(GOOD, source_samples=bad))
+    for ok in (h.source_samples - 1, h.source_samples + 1):
+        assert _read(_with_header(GOOD, source_samples=ok))[0].source_samples == ok
+    with pytest.raises(FormatError, match="x.fcdc: invalid header .*samples is 0"):
+        _read(_with_header(GOOD, samples=0, frames=0))
+    with pytest.raises(FormatError, match="x.fcdc: invalid header .*samples is 1844"):
+        _read(_with_header(GOOD, samples=2 ** 64 - 1))
+
+
+def test_a_failing_read_is_a_format_error_naming_the_file():
+    class Broken(io.BytesIO):
+        def read(self, *a):
+            raise OSError(5, "Input/output error")
+    with pytest.raises(FormatError, match="x.fcdc: cannot read \\(Input/output error\\)"):
+        fcdc.Reader(Broken(GOOD), "x.fcdc")

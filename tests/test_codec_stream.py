@@ -3,7 +3,7 @@ decoded frame by frame, the offline audio; resampled streams; clear errors."""
 import numpy as np
 import pytest
 import torch
-from conftest import save_codec
+from conftest import require_backend, save_codec
 
 from fastcodec import Codec
 
@@ -118,3 +118,53 @@ def test_seek_history_bound(tmp_path):
     h = H // 2
     later = codec.streaming_decoder()(codes[:, :, f - h:])
     assert float((later[:, h * hop:] - tail).abs().max()) > 1e-3 * float(tail.abs().max())
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_a_real_preset_streams_its_offline_codes(backend):
+    """The tiny preset (random weights, codebooks k-means-initialised on its latent), streamed in
+    random chunkings. On the C++ kernels the streamed latent is the offline one bit for bit, so are
+    the codes. PyTorch's convs pick their algorithm by length, so there the latent differs by ~1e-6
+    relative and a code may differ where that difference can flip the choice: where the streamed
+    code b, on the offline residual r, is no farther than the offline code a by more than
+    2 |e| |c_a - c_b| (e: the frame's latent difference) plus the search's fp32 rounding (1e-5
+    relative). Decoded frame by frame, the audio is the offline audio within float rounding."""
+    from fastcodec.nn import SoundStream, preset, set_backend
+
+    if backend == "cpp":
+        require_backend("cpp", "cpu")
+    cfg = preset("tiny")
+    torch.manual_seed(0)
+    model = SoundStream(cfg)
+    set_backend(model, backend)
+    x = 0.3 * torch.randn(1, 1, 2 * cfg.sample_rate + 123)
+    with torch.no_grad():
+        z = model.encoder(x)
+        model.quantizer.train()
+        model.quantizer(z)  # k-means initialisation on this latent
+    codec = Codec(model)
+    offline = codec.encode(x[0], cfg.sample_rate).codes[0]
+    rows = z[0].T.double()  # [F, D]
+    cbs = model.quantizer.codebooks.double()
+    rng = np.random.default_rng(1)
+    for largest in (cfg.hop // 3, 5 * cfg.hop):
+        cuts = _chunks(rng, x.shape[2], largest)
+        enc, lat = codec.streaming_encoder(), model.encoder.stream()
+        with torch.no_grad():
+            streamed = torch.cat([enc(x[0, :, a:b]) for a, b in cuts] + [enc.flush()], 2)
+            z_stream = torch.cat([lat(x[:, :, a:b]) for a, b in cuts] + [lat.flush()], 2)[0].T.double()
+        assert streamed.shape == offline.shape
+        if backend == "cpp":
+            assert torch.equal(z_stream, rows) and torch.equal(streamed, offline)
+            continue
+        for f in (streamed != offline).any(1)[0].nonzero().flatten().tolist():
+            s = int((streamed[0, :, f] != offline[0, :, f]).nonzero()[0])  # first stage that differs
+            r = rows[f] - sum(cbs[i][offline[0, i, f]] for i in range(s))
+            ca, cb = cbs[s][offline[0, s, f]], cbs[s][streamed[0, s, f]]
+            da, db = float((r - ca).pow(2).sum()), float((r - cb).pow(2).sum())
+            slack = 2 * float((z_stream[f] - rows[f]).norm() * (ca - cb).norm()) + 1e-5 * da
+            assert db - da <= slack, f"frame {f} stage {s}: {db} vs {da} (allowed {slack})"
+    audio = codec.decode(codec.encode(x[0], cfg.sample_rate))[0]
+    dec = codec.streaming_decoder()
+    out = torch.cat([dec(offline[:, :, i:i + 1]) for i in range(offline.shape[2])], 1)[:, : audio.shape[1]]
+    assert float((out - audio).abs().max()) <= 1e-5 * float(audio.abs().max())

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from conftest import assert_close_to_reference, interpreted, noncontiguous
+from conftest import assert_close_to_reference, interpreted, needs_gpu, noncontiguous
 from fastcodec import ops
 
 # (B, Cin, Cout, T, K, stride, dilation): T=1, T below the receptive field, odd channel counts,
@@ -91,7 +91,7 @@ def _check_conv1d(backend, device, dtype, shape, activation, residual, contiguou
 def test_conv1d_shapes(target, shape):
     backend, device = target
     if interpreted(backend, device) and shape[3] > SMALL:
-        pytest.skip("too slow for the Triton interpreter; covered on GPU")
+        needs_gpu("too slow for the Triton interpreter")
     for dtype in _dtypes(backend, device):
         _check_conv1d(backend, device, dtype, shape, "elu", residual=True)
 

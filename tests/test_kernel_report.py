@@ -1,5 +1,6 @@
-"""The kernel report's check cannot pass vacuously: it finds a planted spill and the tensor-core
-instructions of a TF32 dot, and reports (without failing) an exact-fp32 dot on FMA units."""
+"""The kernel report's check cannot pass vacuously: it finds a planted spill, the tensor-core
+instructions of a TF32 dot, and a TF32 dot inside a kernel that claims exact fp32, and reports
+(without failing) an exact-fp32 dot on FMA units."""
 import json
 import os
 import subprocess
@@ -39,6 +40,12 @@ def test_finds_tensor_cores_in_a_tf32_dot(toys):
 def test_exact_fp32_dot_is_reported_not_failed(toys):
     assert toys["ieee"]["tensor_core"] == 0
     assert toys["ieee"]["problems"] == []
+
+
+def test_finds_a_tf32_dot_in_an_exact_fp32_kernel(toys):
+    k = toys["tf32_in_exact"]
+    assert k["tensor_core"] > 0
+    assert k["problems"] == [f"exact fp32 kernel with {k['tensor_core']} tensor-core instructions (a TF32 dot?)"]
 
 
 def test_judge_fails_a_low_precision_matrix_kernel_without_tensor_cores():

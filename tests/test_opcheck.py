@@ -86,3 +86,18 @@ def test_opcheck_grouped_conv1d(requires_grad):
         torch.library.opcheck(lib.grouped_conv1d_input_grad, (gy, w, 29, 2, 3, 3))
         torch.library.opcheck(lib.grouped_conv1d_weight_grad, (gy, x, 5, 2, 3, 3))
         torch.library.opcheck(lib.conv1d_weight_grad, (torch.randn(2, 4, 29), x, 3, 2, 4))
+
+
+def test_opcheck_stream_kernels():
+    """The explicit-padding conv behind streams and input gradients, and the transposed conv's
+    stream step (cpp, fp32; no autograd of their own), each with and without its optional inputs."""
+    require_backend("cpp", "cpu")
+    lib = torch.ops.fastcodec
+    x, w, b = torch.randn(2, 3, 17), torch.randn(4, 3, 5), torch.randn(4)
+    a, r = torch.rand(4) + 0.5, torch.randn(2, 4, 9)
+    torch.library.opcheck(lib.conv1d_window, (x, w, b, 2, 1, 3, 9, "snake", 0.3, a, r))
+    torch.library.opcheck(lib.conv1d_window, (x, w, None, 1, 2, 0, 9, "none", 0.3, None, None))
+    wt = torch.randn(3, 4, 6)
+    torch.library.opcheck(lib.conv_transpose1d_stream, (x, wt, b, None, 2, "elu", 0.3, None))
+    y, tail = lib.conv_transpose1d_stream(x, wt, b, None, 2, "elu", 0.3, None)
+    torch.library.opcheck(lib.conv_transpose1d_stream, (x, wt, None, tail, 2, "snake", 0.3, a))

@@ -1,5 +1,6 @@
 """The training loop end to end on the tiny preset: what it writes, exact resume, bad data and
 non-finite losses, Ctrl-C, the command line, and two-process DDP on CPU."""
+import dataclasses
 import datetime
 import json
 import os
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from fastcodec.train import TrainConfig, TrainingError, train
-from fastcodec.train import checkpoint as ckpt
+from fastcodec import checkpoint as ckpt
 from fastcodec.train import loop as loop_mod
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,7 +147,8 @@ def test_non_finite_steps_are_skipped_then_training_stops(tmp_path, monkeypatch)
     trainer = loop_mod.Trainer(cfg, progress=False, log=lambda *_: None)
     messages = []
     trainer.log = messages.append
-    with pytest.raises(TrainingError, match="3 steps in a row"):
+    with pytest.raises(TrainingError, match=r"3 steps in a row.*the newest checkpoint that verifies is \S*"
+                                            r"step0000006.pt \(step 6\)"):
         trainer.run()
     # Step 3 was skipped alone (weights untouched), then 5, 6, 7 in a row stopped the run at step 7.
     assert sum("non-finite" in m for m in messages) == 4
@@ -300,3 +302,146 @@ def test_a_stuck_rank_ends_the_run_after_the_timeout(tmp_path):
 def test_ddp_with_bad_data_ends_every_rank_with_the_reason(tmp_path):
     r = _torchrun(["--out", str(tmp_path / "run"), "--data", str(tmp_path / "nowhere")], timeout=300)
     assert r.returncode != 0 and "no such folder" in r.stderr
+
+
+def _flip_a_weight_bit(path, state, name):
+    """Flip one bit inside tensor `name`'s bytes in the checkpoint file at path (torch.save stores
+    tensors uncompressed, so its bytes appear as they are)."""
+    data = bytearray(Path(path).read_bytes())
+    raw = state["model"][name].contiguous().view(torch.uint8).numpy().tobytes()
+    at = data.find(raw[:64])
+    assert at > 0 and data.find(raw[:64], at + 1) < 0, "the weight's bytes must appear once"
+    data[at + 33] ^= 0x04
+    Path(path).write_bytes(bytes(data))
+
+
+def test_a_damaged_checkpoint_is_never_trusted(tmp_path):
+    """A flipped bit in a weight, a truncated file and NaN weights: --resume names each, moves it
+    aside and resumes from the newest checkpoint that verifies, ending exactly where a resume from
+    that checkpoint ends; rotation never deletes that checkpoint; Codec.load refuses each with the
+    reason; with every checkpoint truncated, --resume refuses and touches nothing."""
+    from fastcodec import Codec
+
+    import shutil
+
+    cfg = small(tmp_path, "run", steps=4, checkpoint_every=1, keep_checkpoints=3, eval_every=100)
+    train(cfg, progress=False, log=lambda *_: None)
+    folder = Path(cfg.out) / "checkpoints"
+    assert [p.name for p in sorted(folder.iterdir())] == ["step0000002.pt", "step0000003.pt", "step0000004.pt"]
+    # The reference: the same run resumed from its intact step 2.
+    ref = dataclasses.replace(cfg, out=str(tmp_path / "ref"), steps=6, keep_checkpoints=2)
+    shutil.copytree(cfg.out, ref.out)
+    for n in (3, 4):
+        (Path(ref.out) / "checkpoints" / f"step000000{n}.pt").unlink()
+    train(ref, resume=True, progress=False, log=lambda *_: None)
+    # Step 4: one flipped bit in a weight. Step 3: NaN weights, saved with a correct digest.
+    s4 = ckpt.load(folder / "step0000004.pt")
+    _flip_a_weight_bit(folder / "step0000004.pt", s4, max(s4["model"], key=lambda k: s4["model"][k].numel()))
+    s3 = ckpt.load(folder / "step0000003.pt")
+    name = next(k for k, v in s3["model"].items() if v.is_floating_point() and v.numel() > 4)
+    s3["model"][name] = s3["model"][name].clone().fill_(float("nan"))
+    ckpt.save(folder / "step0000003.pt", s3)
+    for path, reason in ((folder / "step0000004.pt", "failed verification"),
+                         (folder / "step0000003.pt", "holds NaN or Inf values")):
+        with pytest.raises(ckpt.CheckpointError, match=reason):
+            Codec.load(path)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes((folder / "step0000002.pt").read_bytes()[:5000])
+    with pytest.raises(ckpt.CheckpointError, match="truncated.pt: not a readable checkpoint"):
+        Codec.load(truncated)
+
+    messages = []
+    train(dataclasses.replace(cfg, steps=6, keep_checkpoints=2), resume=True, progress=False, log=messages.append)
+    said = "\n".join(messages)
+    assert "step0000004.pt does not verify: moved aside to step0000004.pt.corrupt" in said
+    assert "step0000003.pt does not verify" in said and "holds NaN" in said and "failed verification" in said
+    assert "resumed from" in said and "step0000002.pt at step 2 (sha256 verified)" in said
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["step0000003.pt.corrupt", "step0000004.pt.corrupt", "step0000005.pt", "step0000006.pt"]
+    a = ckpt.load(Path(ref.out) / "checkpoints" / "step0000006.pt")
+    b = ckpt.load(folder / "step0000006.pt")
+    for key in ("model", "critics", "opt_g", "opt_d", "step"):
+        _states_equal(a[key], b[key], key)
+    # With every checkpoint damaged, --resume refuses and changes nothing.
+    for p in folder.glob("step*.pt"):
+        p.write_bytes(p.read_bytes()[:1000])
+    before = sorted(p.name for p in folder.iterdir())
+    with pytest.raises(TrainingError, match="none of the 2 checkpoints .* verifies"):
+        train(dataclasses.replace(cfg, steps=8), resume=True, progress=False, log=lambda *_: None)
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_a_skipped_step_changes_nothing(tmp_path, monkeypatch):
+    """A non-finite critic loss (and, separately, one in the step that runs the codebooks' k-means
+    initialisation) leaves every parameter, buffer and optimizer state as it was."""
+    import copy
+
+    real_hinge = loop_mod.critic_hinge_loss
+    poison = {"steps": set()}
+
+    def hinge(*a):
+        value = real_hinge(*a)
+        return value * float("nan") if trainer.step in poison["steps"] else value
+    monkeypatch.setattr(loop_mod, "critic_hinge_loss", hinge)
+    cfg = small(tmp_path, steps=6, disc_start=1, vq_start=2, eval_every=100, checkpoint_every=100)
+    trainer = loop_mod.Trainer(cfg, progress=False, log=lambda *_: None)
+    from fastcodec.train.data import CropDataset, StepBatches
+
+    data = CropDataset(trainer.train_src, trainer.segment)
+    batches = StepBatches(len(trainer.train_src), cfg.batch_size, cfg.seed, start_step=0, steps=cfg.steps)
+
+    def snapshot():
+        return {"model": {k: v.clone() for k, v in trainer.model.state_dict().items()},
+                "critics": {k: v.clone() for k, v in trainer.critics.state_dict().items()},
+                "opt_g": copy.deepcopy(trainer.opt_g.state_dict()), "opt_d": copy.deepcopy(trainer.opt_d.state_dict())}
+
+    poison["steps"] = {1, 2, 4}  # step 2 quantizes first: its k-means initialisation must be undone
+    for step in range(cfg.steps):
+        x = torch.stack([data[k] for k in batches.batch_for(step)])
+        before = snapshot()
+        row = trainer.train_step(x)
+        if step in poison["steps"]:
+            assert row["bad_steps"] >= 1 and not np.isfinite(row["disc"])
+            _states_equal(snapshot(), before, f"step {step + 1}")
+        else:
+            assert row["bad_steps"] == 0
+    assert bool(trainer.model.quantizer.initialized)  # initialised at step 4, the next quantizing step that held
+
+
+def test_resume_refuses_every_changed_setting_however_it_is_spelled(tmp_path):
+    """Each flag that is not one of the resumable ones, given under --resume with another value than
+    the saved run's, is refused (also as --flag=value); the same value is accepted; the resumable
+    ones are applied; abbreviated flags are an error rather than a way past the check."""
+    from fastcodec.train.__main__ import _RESUMABLE, config_from_args, parser
+
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = TrainConfig(out=str(run))
+    (run / "config.json").write_text(json.dumps({"train": saved.to_dict()}))
+    other = {"data": str(tmp_path), "preset": "seed-16k", "weights": '{"aux": 2}', "amp": "bf16", "device": "cpu",
+             "backend": "torch", "dist_timeout": "5"}
+    flags = [a for a in parser()._actions
+             if a.option_strings and a.dest not in ("help", "resume", "no_progress", "out")]
+    assert len(flags) > 20
+    for action in flags:
+        flag, dest = action.option_strings[0], action.dest
+        if action.nargs == 0:  # --compile
+            argv = [flag]
+        else:
+            value = other.get(dest) or str(getattr(saved, dest) * 2 + 1 if not isinstance(getattr(saved, dest), str)
+                                           else getattr(saved, dest))
+            argv = [f"{flag}={value}"]
+        argv += ["--resume", "--out", str(run)]
+        if dest in _RESUMABLE:
+            cfg = config_from_args(parser().parse_args(argv), argv)
+            assert getattr(cfg, dest) != getattr(saved, dest), flag
+        else:
+            with pytest.raises(TrainingError, match=f"these flags differ from it: {flag}"):
+                config_from_args(parser().parse_args(argv), argv)
+    same = ["--lr", str(saved.lr), "--batch-size", str(saved.batch_size), "--resume", "--out", str(run)]
+    assert config_from_args(parser().parse_args(same), same) == saved
+    for abbreviated in (["--batch", "4"], ["--step", "99"], ["--lr=0.1", "--disc-l", "1"]):
+        with pytest.raises(SystemExit):
+            parser().parse_args(abbreviated + ["--resume"])
+    r = _cli(["--batch", "4", "--resume", "--out", str(run)])
+    assert r.returncode == 2 and "unrecognized arguments: --batch 4" in r.stderr

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastcodec.train import checkpoint as ckpt
+from fastcodec import checkpoint as ckpt
 from fastcodec.train.config import TrainConfig, lr_factor, schedule_value
 from fastcodec.train.data import (
     ArraySource,
@@ -241,8 +241,14 @@ def test_checkpoint_round_trip_and_bad_files(tmp_path):
         def __reduce__(self):
             return (print, ("pwned",))
     torch.save({"format": ckpt.FORMAT, "x": Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(ckpt.CheckpointError):
+    with pytest.raises(ckpt.CheckpointError) as e:
         ckpt.load(tmp_path / "evil.pt")  # weights_only refuses arbitrary objects
+    # One line naming what was refused, without torch's paragraph (and its advice to load unsafely).
+    msg = str(e.value)
+    assert msg == (f"{tmp_path / 'evil.pt'}: refused: it holds a pickled object that is not plain data "
+                   f"(print); fastcodec never unpickles objects from files")
+    with pytest.raises(ckpt.CheckpointError, match=r"junk.pt: not a readable checkpoint \(UnpicklingError: [^\n]*\)$"):
+        ckpt.load(tmp_path / "junk.pt")
 
 
 def test_a_failed_write_keeps_the_old_file(tmp_path):

@@ -11,7 +11,7 @@ mantissa bits itself, so these run for real on CPU.
 import pytest
 import torch
 
-from conftest import interpreted, noncontiguous, require_backend
+from conftest import interpreted, needs_gpu, noncontiguous, require_backend
 from fastcodec import ops
 from test_vq import SMALL_VQ, _recon_error, assert_nearest
 
@@ -46,7 +46,7 @@ def test_fast_vq_nearest_obeys_the_rule(target, shape):
     backend, device = target
     N, K, D = shape
     if interpreted(backend, device) and N * K * D > SMALL_VQ:
-        pytest.skip("too slow for the Triton interpreter; covered on GPU")
+        needs_gpu("too slow for the Triton interpreter")
     x = torch.randn(N, D, device=device)
     cb = torch.randn(K, D, device=device)
     index, sqdist = ops.vq_nearest(x, cb, backend=backend, mode="fast")
@@ -58,7 +58,7 @@ def test_fast_vq_nearest_obeys_the_rule(target, shape):
 def test_fast_rvq_obeys_the_rule(target, N, Q, K, D):
     backend, device = target
     if interpreted(backend, device) and N * Q * K * D > SMALL_VQ * 4:
-        pytest.skip("too slow for the Triton interpreter; covered on GPU")
+        needs_gpu("too slow for the Triton interpreter")
     x = noncontiguous(torch.randn(N, D, device=device))
     cbs = torch.randn(Q, K, D, device=device) * (0.6 ** torch.arange(Q, device=device)).view(-1, 1, 1)
     codes, q = ops.rvq_encode(x, cbs, backend=backend, mode="fast")

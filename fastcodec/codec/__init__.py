@@ -1,7 +1,7 @@
 """The codec in use: `Codec` (load, encode, decode, stream, files), the .fcdc format, the CLI."""
 from .api import Codec, EncodedAudio, model_fingerprint
-from .errors import AudioError, FormatError
+from .errors import AudioError, FormatError, TruncatedAudioWarning
 from .streaming import StreamingDecoder, StreamingEncoder
 
 __all__ = ["AudioError", "Codec", "EncodedAudio", "FormatError", "StreamingDecoder", "StreamingEncoder",
-           "model_fingerprint"]
+           "TruncatedAudioWarning", "model_fingerprint"]

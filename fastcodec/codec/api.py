@@ -23,7 +23,7 @@ from ..nn import CodecConfig, SoundStream, set_backend
 from ..ops._checks import is_int
 from . import files
 from . import format as fcdc
-from .streaming import StreamingDecoder, StreamingEncoder
+from .streaming import StreamingDecoder, StreamingEncoder, check_source_rate
 
 
 @dataclasses.dataclass
@@ -40,7 +40,7 @@ class EncodedAudio:
 
 def model_fingerprint(model: SoundStream) -> str:
     """16 hex digits of a sha256 over the codec's config and every weight and codebook: names a model."""
-    from ..train.checkpoint import state_sha256
+    from ..checkpoint import state_sha256
 
     return state_sha256(model, extra=repr(sorted(model.cfg.to_dict().items())).encode())[:16]
 
@@ -76,15 +76,21 @@ class Codec:
 
     @classmethod
     def load(cls, path, *, device="cpu", backend="auto") -> "Codec":
-        """From a training run's `codec.pt` or any of its checkpoints (read without unpickling).
-        ops.BackendUnavailable when `backend` cannot run on `device`."""
-        from ..train.checkpoint import CheckpointError, load
+        """From a training run's `codec.pt` or any of its checkpoints (read without unpickling, its
+        sha256 digest verified). CheckpointError naming the file and the reason when it is not an
+        intact codec; ops.BackendUnavailable when `backend` cannot run on `device`."""
+        from ..checkpoint import CheckpointError, check_finite, load
 
         state = load(path)
-        if "codec_config" not in state or "model" not in state:
+        if not isinstance(state.get("codec_config"), dict) or not isinstance(state.get("model"), dict):
             raise CheckpointError(f"{path}: holds no codec (expected codec_config and model)")
-        model = SoundStream(CodecConfig.from_dict(state["codec_config"]))
-        model.load_state_dict(state["model"])
+        try:
+            model = SoundStream(CodecConfig.from_dict(state["codec_config"]))
+            model.load_state_dict(state["model"])
+        except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: its model does not load ({type(exc).__name__}: "
+                                  f"{' '.join(str(exc).split())[:200]})") from None
+        check_finite(path, state, "model")
         if not bool(model.quantizer.initialized):
             raise CheckpointError(f"{path}: its codebooks were never trained (saved before quantization began)")
         set_backend(model, backend)
@@ -112,9 +118,7 @@ class Codec:
             raise ValueError(f"audio must be [T], [C, T] or [B, C, T], got shape {list(x.shape)}")
         x = x.reshape((1,) * (3 - x.dim()) + tuple(x.shape))
         B, C, T = x.shape
-        if not is_int(sample_rate) or sample_rate < 1:
-            raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
-        sample_rate = int(sample_rate)
+        sample_rate = check_source_rate(sample_rate)
         if T == 0 or C == 0 or B == 0:
             raise ValueError(f"audio is empty (shape {list(x.shape)})")
         if not bool(torch.isfinite(x).all()):
@@ -183,8 +187,16 @@ class Codec:
         if not is_int(item) or not 0 <= item < B:
             raise ValueError(f"item must be an int in 0..{B - 1}, got {item!r}")
         F, L = int(frames[item]), int(lengths[item])
-        rate = encoded.source_rate or self.sample_rate
-        source = L if encoded.source_lengths is None else int(encoded.source_lengths[item])
+        rate = self.sample_rate if encoded.source_rate is None else check_source_rate(encoded.source_rate)
+        source = L
+        if encoded.source_lengths is not None:
+            src = torch.as_tensor(encoded.source_lengths)
+            if src.shape != (B,) or src.is_floating_point() or src.is_complex():
+                raise ValueError(f"source_lengths must be {B} integers (one per item), got {src.tolist()}")
+            source = int(src[item])
+        if not fcdc.source_length_fits(L, self.sample_rate, source, rate):
+            raise ValueError(f"source_lengths[{item}] is {source}, but {L} samples at {self.sample_rate} Hz come "
+                             f"from ~{L * rate / self.sample_rate:.0f} at source_rate {rate} Hz")
         with atomic_output(path) as f:
             w = fcdc.Writer(f, sample_rate=self.sample_rate, hop=self.cfg.hop, codebook_size=self.cfg.codebook_size,
                             channels=encoded.channels, n_q=encoded.n_q, fingerprint=self.fingerprint,

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import signal
 import sys
 from pathlib import Path
 
@@ -32,19 +34,41 @@ def _registry_path() -> Path:
     return Path(root) / "models.json"
 
 
-def _read_registry() -> dict:
-    try:
-        data = json.loads(_registry_path().read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+def _warn(msg):
+    print(f"fastcodec: warning: {msg}", file=sys.stderr)
+
+
+def _read_registry(quiet=False) -> dict:
+    """{fingerprint: checkpoint path} from the registry; a file that cannot be read or parsed, and
+    each entry that is not a fingerprint naming a path, is skipped with a one-line warning."""
+    path = _registry_path()
+    if not path.exists():
         return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        if not quiet:
+            _warn(f"{path}: ignored, not a readable models list ({type(exc).__name__}: {str(exc)[:120]})")
+        return {}
+    if not isinstance(data, dict):
+        if not quiet:
+            _warn(f"{path}: ignored, not a models list (a JSON object of fingerprint: checkpoint path)")
+        return {}
+    good = {}
+    for fp, ckpt in data.items():
+        if re.fullmatch(r"[0-9a-f]{16}", fp) and isinstance(ckpt, str) and ckpt:
+            good[fp] = ckpt
+        elif not quiet:
+            _warn(f"{path}: entry {fp!r}: {ckpt!r} skipped (expected 16 hex digits: a checkpoint path)")
+    return good
 
 
 def remember_model(fingerprint: str, checkpoint) -> None:
-    """Note which checkpoint has this fingerprint; best effort (a read-only home is no error)."""
-    from ..train.checkpoint import atomic_write
+    """Note which checkpoint has this fingerprint; best effort (a read-only home, or a registry path
+    that is not a writable file, is no error)."""
+    from ..checkpoint import atomic_write
 
-    reg = _read_registry()
+    reg = _read_registry(quiet=True)
     path = str(Path(checkpoint).resolve())
     if reg.get(fingerprint) == path:
         return
@@ -52,16 +76,18 @@ def remember_model(fingerprint: str, checkpoint) -> None:
     try:
         _registry_path().parent.mkdir(parents=True, exist_ok=True)
         atomic_write(_registry_path(), lambda f: f.write(json.dumps(reg, indent=1).encode()))
-    except OSError:
-        pass
+    except (OSError, ValueError) as exc:
+        _warn(f"could not note model {fingerprint} in {_registry_path()} ({str(exc)[:160]}); decoding its files "
+              f"will need --checkpoint")
 
 
 def _load_codec(checkpoint, backend, fingerprint=None, for_file=None):
     from ..ops import BackendUnavailable
-    from ..train.checkpoint import CheckpointError
+    from ..checkpoint import CheckpointError
     from .api import Codec
 
-    if checkpoint is None:
+    known = checkpoint is None
+    if known:
         checkpoint = _read_registry().get(fingerprint)
         if checkpoint is None or not Path(checkpoint).is_file():
             raise CLIError(f"{for_file}: made by model {fingerprint}, whose checkpoint this machine does not know; "
@@ -69,7 +95,11 @@ def _load_codec(checkpoint, backend, fingerprint=None, for_file=None):
     try:
         codec = Codec.load(checkpoint, backend=backend)
     except (CheckpointError, BackendUnavailable) as exc:
-        raise CLIError(str(exc)) from None
+        raise CLIError(str(exc) + (f" (the checkpoint {_registry_path()} lists for model {fingerprint}; pass "
+                                   f"--checkpoint)" if known else "")) from None
+    if known and codec.fingerprint != fingerprint:
+        raise CLIError(f"{for_file}: made by model {fingerprint}, but {checkpoint} (which {_registry_path()} lists "
+                       f"for it) is now model {codec.fingerprint}; pass --checkpoint")
     remember_model(codec.fingerprint, checkpoint)
     return codec
 
@@ -136,17 +166,33 @@ def _done(codec, target: Path, n_q, npy: bool) -> bool:
 _WORKER = {}
 
 
+def _stop_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds: an atomic output in progress removes its partial file
+
+
 def _worker_init(checkpoint, backend, threads):
+    """In each encode-dir worker. Ctrl-C is the parent's to handle (it was ignored when the worker
+    started, so an interrupt while it imports torch prints nothing); the parent stops workers with
+    SIGTERM, which unwinds like an exception. A model that fails to load is reported per file."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    _one_line_warnings()
     import torch
 
+    from ..checkpoint import CheckpointError
     from .api import Codec
 
     torch.set_num_threads(threads)
-    _WORKER["codec"] = Codec.load(checkpoint, backend=backend)
+    try:
+        _WORKER["codec"] = Codec.load(checkpoint, backend=backend)
+    except (CheckpointError, ValueError, OSError) as exc:
+        _WORKER["error"] = f"the worker could not load {checkpoint} ({exc})"
 
 
 def _encode_one(src, dst, n_q, npy, codec=None):
     """(src, None) on success, (src, one-line reason) when the file cannot be coded."""
+    if codec is None and "error" in _WORKER:
+        return str(src), f"{src}: {_WORKER['error']}"
     codec = codec or _WORKER["codec"]
     dst = Path(dst)
     try:
@@ -155,6 +201,10 @@ def _encode_one(src, dst, n_q, npy, codec=None):
     except (AudioError, FormatError, ValueError, OSError) as exc:
         return str(src), str(exc)
     return str(src), None
+
+
+def _encode_job(job):
+    return _encode_one(*job)
 
 
 def _progress(total, enabled):
@@ -196,20 +246,26 @@ def cmd_encode_dir(args):
             for s, d in todo:
                 finished(*_encode_one(s, d, n_q, args.npy, codec))
         else:
-            import concurrent.futures as cf
             import multiprocessing as mp
 
             threads = max(1, torch.get_num_threads() // workers)
-            with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                                        initargs=(str(args.checkpoint), args.backend, threads)) as pool:
-                futures = [pool.submit(_encode_one, str(s), str(d), n_q, args.npy) for s, d in todo]
-                try:
-                    for fut in cf.as_completed(futures):
-                        finished(*fut.result())
-                except BaseException:
-                    for fut in futures:
-                        fut.cancel()
-                    raise
+            # Workers start with Ctrl-C ignored (an ignored signal stays ignored in a spawned
+            # interpreter), so an interrupt reaches this process alone, which then stops them.
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                pool = mp.get_context("spawn").Pool(workers, initializer=_worker_init,
+                                                    initargs=(str(args.checkpoint), args.backend, threads))
+            finally:
+                signal.signal(signal.SIGINT, previous)
+            try:
+                for result in pool.imap_unordered(_encode_job, [(str(s), str(d), n_q, args.npy) for s, d in todo]):
+                    finished(*result)
+                pool.close()
+            except BaseException:
+                pool.terminate()  # SIGTERM: each worker's output in progress removes its partial file
+                raise
+            finally:
+                pool.join()
     finally:
         if bar:
             bar.close()
@@ -251,7 +307,9 @@ def cmd_info(args):
 
 # ---------------------------------------------------------------- parsing
 def _parser():
-    p = argparse.ArgumentParser(prog="fastcodec", description="fastcodec neural audio codec")
+    # No abbreviated flags (as in `python -m fastcodec.train`): a prefix that matches today may
+    # mean another flag tomorrow.
+    p = argparse.ArgumentParser(prog="fastcodec", description="fastcodec neural audio codec", allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
 
     def model_args(q, required=True):
@@ -264,13 +322,13 @@ def _parser():
                        help="the most stages within this many kbit/s per channel")
         g.add_argument("--n-q", type=int, metavar="N", help="residual quantizer stages (default: all)")
 
-    e = sub.add_parser("encode", help="audio file -> .fcdc")
+    e = sub.add_parser("encode", help="audio file -> .fcdc", allow_abbrev=False)
     e.add_argument("input")
     e.add_argument("output")
     model_args(e)
     rate_args(e)
     e.add_argument("--npy", metavar="PATH", help="also write the codes as a .npy array [C, n_q, frames]")
-    d = sub.add_parser("decode", help=".fcdc -> audio file (.wav, .flac, .ogg)")
+    d = sub.add_parser("decode", help=".fcdc -> audio file (.wav, .flac, .ogg)", allow_abbrev=False)
     d.add_argument("input")
     d.add_argument("output")
     model_args(d, required=False)
@@ -280,7 +338,8 @@ def _parser():
     g.add_argument("--sample-rate", type=int, help="output rate (default: the encoded audio's)")
     g.add_argument("--model-rate", action="store_true", help="output at the codec's own rate (no resampling)")
     d.add_argument("--subtype", help="soundfile subtype, e.g. PCM_16 (default for WAV), PCM_24, FLOAT")
-    r = sub.add_parser("encode-dir", help="every audio file under a folder -> .fcdc files (resumable)")
+    r = sub.add_parser("encode-dir", help="every audio file under a folder -> .fcdc files (resumable)",
+                       allow_abbrev=False)
     r.add_argument("input")
     r.add_argument("output")
     model_args(r)
@@ -288,7 +347,8 @@ def _parser():
     r.add_argument("--npy", action="store_true", help="also write each file's codes as .npy beside its .fcdc")
     r.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     r.add_argument("--no-progress", action="store_true")
-    i = sub.add_parser("info", help="versions and backends; or describe .fcdc files and checkpoints")
+    i = sub.add_parser("info", help="versions and backends; or describe .fcdc files and checkpoints",
+                       allow_abbrev=False)
     i.add_argument("paths", nargs="*", metavar="FILE")
     return p
 
@@ -296,10 +356,23 @@ def _parser():
 COMMANDS = {"encode": cmd_encode, "decode": cmd_decode, "encode-dir": cmd_encode_dir, "info": cmd_info}
 
 
+def _one_line_warnings():
+    """Warnings (a truncated audio file, an unverified old checkpoint) as one line each from now
+    on; returns the formatter it replaced."""
+    import warnings
+
+    previous = warnings.formatwarning
+    warnings.formatwarning = lambda message, category, *rest, **kw: f"fastcodec: warning: {message}\n"
+    return previous
+
+
 def main(argv=None) -> int:
+    import warnings
+
     args = _parser().parse_args(argv)
     if getattr(args, "workers", 1) < 1:
         _parser().error("--workers must be at least 1")
+    previous = _one_line_warnings()
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
@@ -308,3 +381,5 @@ def main(argv=None) -> int:
     except (CLIError, FormatError, AudioError, ValueError, OSError) as exc:  # OSError: disk full, no permission
         print(f"fastcodec: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        warnings.formatwarning = previous

@@ -9,3 +9,7 @@ class FormatError(ValueError):
 
 class AudioError(ValueError):
     """Audio that cannot be coded: an unreadable or empty file, NaN or Inf samples. Names the file."""
+
+
+class TruncatedAudioWarning(UserWarning):
+    """An audio file that ends before its header says: what it holds was coded. Names the file."""

@@ -11,15 +11,17 @@ half-written file under the target's name and never touches a file already there
 """
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..atomic import atomic_output
+from ..atomic import atomic_output, check_outputs
 from ..ops._checks import is_int
 from . import format as fcdc
-from .errors import AudioError, FormatError
+from .errors import AudioError, FormatError, TruncatedAudioWarning
 from .streaming import StreamingDecoder, StreamingEncoder
 
 AUDIO_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
@@ -27,6 +29,8 @@ AUDIO_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
 # libsndfile 1.2) above 200 kHz and libFLAC refuses rates above 655350 Hz; 768 kHz, the highest
 # rate audio hardware uses, also bounds the resampler's buffers (a chunk's samples x rate).
 MAX_OUTPUT_RATE = {"WAV": 768_000, "FLAC": 655_350, "OGG": 200_000}
+# Frames x channels decoded per call: a second of stereo at 75 frames/s.
+DECODE_FRAME_CHANNELS = 150
 
 
 def soundfile():
@@ -61,13 +65,27 @@ def _read_block(f, frames, src, at_seconds):
                          f"{str(exc)[:160]})") from None
 
 
+def _claimed_frames(f) -> int:
+    """The frames the audio file's header claims. libsndfile clamps a WAV's data size to what the
+    file holds and notes the claim in its log ("data : 48000 (should be 16000)"), so a header that
+    lies is seen there; otherwise its frame count."""
+    m = re.search(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", f.extra_info or "", re.MULTILINE)
+    if m and int(m.group(2)) > 0:
+        return max(f.frames, round(f.frames * int(m.group(1)) / int(m.group(2))))
+    return f.frames
+
+
 def encode_file(codec, src, dst, n_q=None, *, block_seconds=1.0, chunk_seconds=1.0, npy=None):
     """Encode audio file `src` (any rate, any channel count) to the .fcdc file `dst`; returns its
-    header. npy: also write the codes as a .npy array [C, n_q, F] (int16) at that path."""
+    header. npy: also write the codes as a .npy array [C, n_q, F] (int16) at that path. An output
+    that is the input, or both outputs one file, is refused before anything is written. Audio
+    that ends before its header says gets a TruncatedAudioWarning saying how much was coded."""
     sf = soundfile()
     n_q = codec._n_q(n_q)
+    check_outputs([src], [dst, npy])
     with _open_audio(sf, src) as f:
         rate, channels = int(f.samplerate), int(f.channels)
+        claimed = _claimed_frames(f)
         enc = StreamingEncoder(codec, n_q, channels, rate)
         with atomic_output(dst) as out:
             writer = fcdc.Writer(out, sample_rate=codec.sample_rate, hop=codec.cfg.hop,
@@ -87,6 +105,10 @@ def encode_file(codec, src, dst, n_q=None, *, block_seconds=1.0, chunk_seconds=1
                 raise AudioError(f"{src}: holds no audio (0 samples)")
             writer.write(enc.flush().numpy())
             header = writer.finish(enc.samples, enc.samples_in)
+            if enc.samples_in < claimed:
+                warnings.warn(f"{src}: its header claims {claimed} samples ({claimed / rate:.3f} s) but the file holds "
+                              f"{enc.samples_in} ({enc.samples_in / rate:.3f} s); coded what it holds",
+                              TruncatedAudioWarning, stacklevel=3)
             if npy is not None:
                 out.seek(0)
                 codes = fcdc.Reader(out, dst).codes()
@@ -116,6 +138,7 @@ def decode_file(codec, src, dst, *, start=0.0, duration=None, sample_rate=None, 
     starts at the chunk holding `start`, `Decoder.history_frames()` frames early so the output is
     the one a decode from the beginning gives. Returns (samples written, output rate)."""
     sf = soundfile()
+    check_outputs([src], [dst])
     fmt = AUDIO_FORMATS.get(Path(dst).suffix.lower())
     if fmt is None:
         raise ValueError(f"{dst}: cannot tell the audio format; use a name ending in {', '.join(AUDIO_FORMATS)}")
@@ -166,13 +189,20 @@ def decode_file(codec, src, dst, *, start=0.0, duration=None, sample_rate=None, 
                     w.write(y)
                     written += len(y)
 
+                # A chunk is decoded a piece at a time, so memory does not follow the file's own
+                # chunk size (which a writer chooses, or a hostile file sets to millions of frames).
+                piece = max(1, DECODE_FRAME_CHANNELS // h.channels)
                 while pos < last and chunk < h.n_chunks:
-                    y = dec(reader.chunk(chunk))
-                    lo, hi = max(first - pos, 0), min(last - pos, y.shape[1])
-                    pos += y.shape[1]
+                    codes = reader.chunk(chunk)
                     chunk += 1
-                    if hi > lo:
-                        emit(y[:, lo:hi])
+                    for p0 in range(0, codes.shape[2], piece):
+                        if pos >= last:
+                            break
+                        y = dec(codes[:, :, p0: p0 + piece])
+                        lo, hi = max(first - pos, 0), min(last - pos, y.shape[1])
+                        pos += y.shape[1]
+                        if hi > lo:
+                            emit(y[:, lo:hi])
                 emit(torch.zeros(h.channels, 0), final=True)
                 if written < want:  # the resampler's rounding can leave a sample or two short
                     w.write(np.zeros((want - written, h.channels), dtype=np.float32))

@@ -14,12 +14,15 @@ Chunks let a decoder start at any time without reading what comes before (a seek
 decoder warm-up, see Codec.decode_file); the index sits at the end so a writer can stream
 codes out as they are made and fill in the counts when the recording ends.
 
-Reading never trusts a length field: every size is checked against the file's real size before
-anything is allocated, so a corrupt or hostile file costs at most its own size in memory. No
-pickle: the whole format is `struct` and numpy bit operations.
+Reading never trusts a length field: every size is checked against the file's real size, and every
+length the codes imply (samples, source_samples) against what the frames can produce, before
+anything is allocated; so a corrupt or hostile file costs memory in proportion to its own size.
+Every problem a reader finds is a FormatError naming the file. No pickle: the whole format is
+`struct` and numpy bit operations.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import struct
@@ -37,6 +40,10 @@ _HEADER_SIZE = _HEADER.size + 4                 # 68
 _INDEX_ENTRY = struct.Struct("<QII")            # offset, frames, crc32
 _FOOTER = struct.Struct("<QII4s")               # index offset, chunks, index crc32, magic
 _MAX_INDEX_BYTES = 1 << 31                       # an index beyond this is corrupt (billions of frames)
+# libsndfile's limit, so every file a fastcodec writes can be decoded to an audio file; it also
+# bounds a decoder's per-channel state that one frame of codes can demand.
+MAX_CHANNELS = 1024
+_MAX_COUNT = 1 << 62                             # sample and frame counts must fit an int64 with room
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,13 +86,24 @@ class Header:
 
     def check(self, where="header"):
         problems = []
-        for name in ("sample_rate", "hop", "channels", "n_q", "chunk_frames", "source_rate"):
+        for name in ("sample_rate", "hop", "channels", "n_q", "chunk_frames", "source_rate", "samples"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} is {getattr(self, name)}")
         if self.codebook_size < 2:
             problems.append(f"codebook_size is {self.codebook_size}")
-        if self.frames != -(-self.samples // max(self.hop, 1)):
+        if self.channels > MAX_CHANNELS:
+            problems.append(f"channels is {self.channels}, more than the format's {MAX_CHANNELS}")
+        for name in ("samples", "source_samples", "frames"):
+            if getattr(self, name) >= _MAX_COUNT:
+                problems.append(f"{name} is {getattr(self, name)}")
+        if problems:
+            raise FormatError(f"{where}: invalid header ({'; '.join(problems)})")
+        if self.frames != -(-self.samples // self.hop):
             problems.append(f"{self.frames} frames do not cover {self.samples} samples at hop {self.hop}")
+        if not source_length_fits(self.samples, self.sample_rate, self.source_samples, self.source_rate):
+            problems.append(f"source_samples is {self.source_samples}, but {self.samples} samples at "
+                            f"{self.sample_rate} Hz are ~{self.samples * self.source_rate / self.sample_rate:.0f} at "
+                            f"source_rate {self.source_rate} Hz")
         if problems:
             raise FormatError(f"{where}: invalid header ({'; '.join(problems)})")
 
@@ -102,6 +120,13 @@ class Header:
         return body + struct.pack("<I", zlib.crc32(body))
 
 
+def source_length_fits(samples: int, rate: int, source_samples: int, source_rate: int) -> bool:
+    """Whether source_samples at source_rate is the length that `samples` at `rate` came from:
+    within one source period of the rate ratio, plus one sample (a resampler rounds each end),
+    so a header cannot claim more source audio than its frames decode to."""
+    return abs(source_samples * rate - samples * source_rate) <= source_rate + rate
+
+
 def pack_codes(codes: np.ndarray, bits: int) -> bytes:
     """codes: integers [n] in 0..2^bits-1 -> ceil(n * bits / 8) bytes, each code LSB first."""
     v = np.ascontiguousarray(codes, dtype=np.uint32).reshape(-1)
@@ -110,10 +135,14 @@ def pack_codes(codes: np.ndarray, bits: int) -> bytes:
 
 
 def unpack_codes(data: bytes, count: int, bits: int) -> np.ndarray:
-    """Inverse of pack_codes: the first `count` codes of `data` as int64 [count]."""
+    """Inverse of pack_codes: the first `count` codes of `data` as int64 [count]. Holds one byte
+    per bit besides the result (not an int64 per bit)."""
     planes = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=count * bits, bitorder="little")
-    weights = np.left_shift(np.int64(1), np.arange(bits, dtype=np.int64))
-    return planes.reshape(count, bits).astype(np.int64) @ weights
+    planes = planes.reshape(count, bits)
+    out = np.zeros(count, dtype=np.int64)
+    for b in range(bits):
+        out |= planes[:, b].astype(np.int64) << b
+    return out
 
 
 class Writer:
@@ -132,6 +161,8 @@ class Writer:
         self.header = Header(sample_rate, hop, codebook_size, channels, n_q, chunk_frames, source_rate, 0, 0, 0,
                              fingerprint)
         self.header.pack()  # validates the fingerprint before anything is written
+        if not 1 <= channels <= MAX_CHANNELS:
+            raise ValueError(f"a .fcdc file holds 1 to {MAX_CHANNELS} channels, got {channels}")
         self.start = f.tell()
         f.write(b"\0" * _HEADER_SIZE)
         self.pending = np.zeros((0, channels, n_q), dtype=np.int64)  # [n, C, n_q] frame-major
@@ -206,6 +237,24 @@ class Reader:
 
     def __init__(self, f, name="file"):
         self.f, self.name = f, str(name)
+        with self._errors():
+            self._open()
+
+    @contextlib.contextmanager
+    def _errors(self):
+        """Whatever reading raises becomes a FormatError naming the file (an OSError says it could
+        not be read)."""
+        try:
+            yield
+        except FormatError:
+            raise
+        except OSError as exc:
+            raise FormatError(f"{self.name}: cannot read ({exc.strerror or exc})") from None
+        except (ValueError, OverflowError, struct.error) as exc:
+            raise FormatError(f"{self.name}: corrupt ({type(exc).__name__}: {str(exc)[:160]})") from None
+
+    def _open(self):
+        f = self.f
         f.seek(0, 2)
         size = f.tell()
         f.seek(0)
@@ -240,6 +289,10 @@ class Reader:
 
     def chunk(self, i: int) -> np.ndarray:
         """Codes of chunk i: int64 [channels, n_q, frames]."""
+        with self._errors():
+            return self._chunk(i)
+
+    def _chunk(self, i):
         h = self.header
         off, frames, crc = self.index[i]
         self.f.seek(off)

@@ -23,6 +23,21 @@ from .. import ops
 from ..ops._checks import is_int
 
 
+# The input rates an encoder accepts: below 1 kHz is not audio, and the resampler's buffers grow
+# with the ratio (soxr crashed the process upsampling 100,000 samples from 1 Hz); 768 kHz is the
+# highest rate audio hardware records at.
+MIN_SOURCE_RATE, MAX_SOURCE_RATE = 1000, 768_000
+
+
+def check_source_rate(rate, given=None) -> int:
+    """rate as an int, or a ValueError unless it is a whole number of Hz in the accepted range.
+    given: what the caller passed, for the message (rate may be a default derived from it)."""
+    if not is_int(rate) or not MIN_SOURCE_RATE <= rate <= MAX_SOURCE_RATE:
+        raise ValueError(f"sample_rate must be an int from {MIN_SOURCE_RATE} to {MAX_SOURCE_RATE} Hz, got "
+                         f"{rate if given is None else given!r}")
+    return int(rate)
+
+
 def _as_channels(audio, channels, what="audio"):
     """audio [C, T] or [T] (tensor or array) -> float32 tensor [C, T]."""
     x = audio if isinstance(audio, torch.Tensor) else torch.as_tensor(np.asarray(audio))
@@ -49,10 +64,7 @@ class StreamingEncoder:
         if not is_int(channels) or channels < 1:
             raise ValueError(f"channels must be a positive int, got {channels!r}")
         self.codec, self.n_q, self.channels = codec, codec._n_q(n_q), int(channels)
-        rate = codec.sample_rate if sample_rate is None else sample_rate
-        if not is_int(rate) or rate < 1:
-            raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
-        self.sample_rate = int(rate)
+        self.sample_rate = check_source_rate(codec.sample_rate if sample_rate is None else sample_rate, sample_rate)
         self._resampler = None
         if self.sample_rate != codec.sample_rate:
             import soxr

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..nn import PRESETS
-from .checkpoint import CheckpointError
+from ..checkpoint import CheckpointError
 from .config import TrainConfig
 from .data import DataError
 from .loop import Trainer, TrainingError
@@ -32,8 +32,10 @@ _RESUMABLE = {"steps", "num_workers", "backend", "compile", "out", "device", "di
 
 
 def parser():
+    # No abbreviations: --resume compares the flags given with the saved run's, and `--batch 4` must
+    # be an error rather than a flag that slips past that comparison.
     p = argparse.ArgumentParser(prog="python -m fastcodec.train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     d = TrainConfig()
     p.add_argument("--data", default=None, help="folder of .wav/.flac/.ogg files (searched recursively); "
                    "default: the built-in procedural demo set")
@@ -70,6 +72,14 @@ def parser():
     return p
 
 
+def given_flags(argv) -> set:
+    """The settings argv gives explicitly (as argparse parsed them, so `--lr=0.1` counts)."""
+    p = parser()
+    for action in p._actions:  # a parser that records only what argv sets
+        action.default = argparse.SUPPRESS
+    return set(vars(p.parse_args(argv)))
+
+
 def config_from_args(args, argv) -> TrainConfig:
     fields = {k: v for k, v in vars(args).items() if k not in ("resume", "no_progress")}
     if fields["weights"] is None:
@@ -80,8 +90,10 @@ def config_from_args(args, argv) -> TrainConfig:
     if not saved.exists():
         raise TrainingError(f"--resume: {saved} not found; is {args.out} a fastcodec run folder?")
     base = json.loads(saved.read_text())["train"]
-    given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
-    changed = sorted(k for k in given & set(fields) if k not in _RESUMABLE and fields[k] != base.get(k))
+    given = given_flags(argv)
+    # Compared as the saved run holds them (a JSON round trip: tuples are lists there).
+    changed = sorted(k for k in given & set(fields)
+                     if k not in _RESUMABLE and json.loads(json.dumps(fields[k])) != base.get(k))
     if changed:
         raise TrainingError(f"--resume continues the saved run exactly; these flags differ from it: "
                             f"{', '.join('--' + c.replace('_', '-') for c in changed)} (see {saved})")

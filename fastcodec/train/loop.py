@@ -4,14 +4,17 @@ One step: the codec reconstructs a batch of crops (quantizer dropout draws each 
 the generator loss is the weighted sum of multi-scale mel distance, commitment, the stage-mean
 auxiliary loss and, once `disc_start` steps have passed, the critics' hinge and feature-matching
 terms; then the critics take their hinge step on the same batch. Codebooks follow by EMA after the
-generator's optimizer step. A step whose loss or gradient is not finite changes nothing (weights,
-codebooks, optimizer moments) and is counted; `max_bad_steps` in a row stop training.
+generator's optimizer step. A step whose loss or gradient (the generator's or the critics') is not
+finite changes nothing (weights, codebooks, EMA statistics, either optimizer) and is counted;
+`max_bad_steps` in a row stop training.
 
 Everything random in a step is seeded from (seed, rank, step), so `--resume` repeats exactly the
 steps an uninterrupted run would take. Under torchrun every rank trains on its own data shard with
 DDP; only rank 0 writes files. Output folder:
     config.json               codec and training settings (a run is rebuilt from it)
-    checkpoints/stepNNNNNNN.pt  full training state (the newest `keep_checkpoints` are kept)
+    checkpoints/stepNNNNNNN.pt  full training state (the newest `keep_checkpoints` are kept; each carries a
+                              digest verified on every load, and --resume moves one that fails aside to
+                              NAME.corrupt and falls back to the newest that verifies)
     codec.pt                  the newest model alone (codec config + weights), for inference
     metrics.csv, eval.csv     training and evaluation metrics (and tensorboard/ when installed)
     eval/                     spectrogram PNGs and decoded wav files of the held-out clips
@@ -32,7 +35,7 @@ import torch
 
 from .. import ops
 from ..nn import SoundStream, preset, set_backend
-from . import checkpoint as ckpt
+from .. import checkpoint as ckpt
 from .config import TrainConfig, lr_factor
 from .data import CropDataset, StepBatches, build_sources, eval_batch
 from .discriminators import Critics
@@ -84,6 +87,14 @@ class _Dist:
     def main(self):
         return self.rank == 0
 
+    def same_on_all(self, value: int) -> bool:
+        """Whether every rank holds the same integer."""
+        if not self.active:
+            return True
+        t = torch.tensor([value, -value], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return int(t[0]) == value and int(-t[1]) == value
+
     def all_true(self, flag: bool) -> bool:
         """Whether flag holds on every rank (so all ranks take the same branch)."""
         if not self.active:
@@ -99,12 +110,12 @@ def _checkpoints(out: Path):
 
 def prepare_out_dir(out: Path, resume: bool):
     """The run folder: a new run refuses one that already holds a run (nothing is overwritten);
-    --resume needs one with a checkpoint."""
+    --resume needs one with a checkpoint, and gets them newest first."""
     existing = _checkpoints(out) if out.exists() else []
     if resume:
         if not existing:
             raise TrainingError(f"--resume: {out} holds no checkpoint (checkpoints/step*.pt) to resume from")
-        return existing[-1]
+        return existing[::-1]
     if out.exists() and any((out / n).exists() for n in ("config.json", "checkpoints", "metrics.csv")):
         raise TrainingError(f"{out} already holds a training run; pass --resume to continue it or choose "
                             f"another --out")
@@ -153,7 +164,7 @@ class Trainer:
                                        weight_decay=cfg.weight_decay)
         self.step, self.bad_streak = 0, 0
         if resume_from is not None:
-            self._load(resume_from)
+            self._resume(resume_from)
 
         if cfg.compile:
             # The convs compile into one graph each; the quantizer (k-means on its first batch, EMA
@@ -204,9 +215,25 @@ class Trainer:
         ckpt.save(path, self._state())
         ckpt.save(self.out / "codec.pt", {"step": self.step, "codec_config": self.codec_cfg.to_dict(),
                                           "model": self.model.state_dict()})
+        # Older checkpoints go only once the new one reads back and verifies, so the newest
+        # checkpoint that verifies is never the one deleted.
+        try:
+            ckpt.load(path)
+        except ckpt.CheckpointError as exc:
+            self._say(f"warning: the checkpoint just written does not verify ({exc}); older checkpoints are kept")
+            return path
         for old in _checkpoints(self.out)[: -self.cfg.keep_checkpoints]:
             old.unlink()
         return path
+
+    def newest_verified_checkpoint(self):
+        """(path, step) of the newest checkpoint in the run folder that loads and verifies, else None."""
+        for path in _checkpoints(self.out)[::-1]:
+            try:
+                return path, int(ckpt.load(path)["step"])
+            except (ckpt.CheckpointError, KeyError, TypeError, ValueError):
+                continue
+        return None
 
     def _check_replicas(self):
         fp = ckpt.state_sha256(self.model, self.critics)
@@ -218,10 +245,35 @@ class Trainer:
         if len(set(prints)) != 1:
             raise TrainingError(f"replicas diverged at step {self.step}: parameter fingerprints {prints}")
 
-    def _load(self, path):
-        state = ckpt.load(path)
+    def _resume(self, candidates):
+        """Load the newest of `candidates` (newest first) that verifies; each newer one that does not
+        is named, and moved aside (to NAME.corrupt) so that neither rotation nor the next --resume
+        takes it for a checkpoint."""
+        failed, state = [], None
+        for path in candidates:
+            try:
+                state = ckpt.load(path)
+                ckpt.check_finite(path, state, "model", "critics", "opt_g", "opt_d")
+                break
+            except ckpt.CheckpointError as exc:
+                failed.append(path)
+                self._say(f"warning: {exc}")
+                state = None
+        if state is None:
+            raise TrainingError(f"--resume: none of the {len(candidates)} checkpoints in {self.out / 'checkpoints'} "
+                                f"verifies (each is named above); nothing was changed")
+        path = candidates[len(failed)]
+        if not self.dist.same_on_all(int(state["step"])):
+            raise TrainingError(f"--resume: the ranks found different newest intact checkpoints in "
+                                f"{self.out / 'checkpoints'}; is the folder shared by every rank?")
         if state["codec_config"] != self.codec_cfg.to_dict():
             raise TrainingError(f"{path} was trained with another model configuration than --preset {self.cfg.preset}")
+        if self.dist.main:
+            for bad in failed:
+                aside = bad.with_name(bad.name + ".corrupt")
+                bad.rename(aside)
+                self._say(f"warning: {bad.name} does not verify: moved aside to {aside.name}; resuming from "
+                          f"{path.name}, the newest checkpoint that verifies (training repeats the steps after it)")
         self.model.load_state_dict(state["model"])
         self.critics.load_state_dict(state["critics"])
         self.opt_g.load_state_dict(state["opt_g"])
@@ -230,7 +282,7 @@ class Trainer:
         if torch.cuda.is_available() and len(state["rng_cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         self.step, self.bad_streak = int(state["step"]), int(state["bad_streak"])
-        self._say(f"resumed from {path} at step {self.step}")
+        self._say(f"resumed from {path} at step {self.step} ({ckpt.verified(state)})")
 
     # ---- one step ---------------------------------------------------------------------------
     def _autocast(self):
@@ -246,14 +298,14 @@ class Trainer:
         critics_on = step >= cfg.disc_start and (w["adv"] > 0 or w["feat"] > 0)
         # The learning rate is a function of the step (warmup, then cosine), so resuming needs no scheduler state.
         factor = lr_factor(step, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
-        for opt, base in ((self.opt_g, cfg.lr), (self.opt_d, cfg.disc_lr)):
-            for group in opt.param_groups:
-                group["lr"] = base * factor
         row = {"step": step + 1, "lr": cfg.lr * factor}
 
+        quantize = step >= cfg.vq_start
+        q = self.model.quantizer
+        before_init = ({k: v.clone() for k, v in q.state_dict().items()} if quantize and not bool(q.initialized)
+                       else None)
         self.critics.requires_grad_(False)  # the generator step needs no critic weight gradients
         with self._autocast():
-            quantize = step >= cfg.vq_start
             out = self.gen(x, return_stages=w["aux"] > 0, generator=gen_rng, quantize=quantize)
             y = out.audio
             terms = {"mel": mel_distance(self.mel(y), self.mel(x)), "wave": waveform_loss(y, x),
@@ -274,16 +326,9 @@ class Trainer:
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        ok = self.dist.all_true(bool(torch.isfinite(loss)) and bool(torch.isfinite(gnorm)))
-        if ok:
-            self.opt_g.step()
-            if quantize:
-                self.model.quantizer.update_codebooks(generator=gen_rng)
-        else:
-            self.model.quantizer.discard_pending()
         row.update({k: float(v.detach()) for k, v in terms.items()}, loss=float(loss.detach()), grad_norm=float(gnorm))
-
-        if critics_on and ok:
+        checked = [loss, gnorm]
+        if critics_on:
             self.critics.requires_grad_(True)
             with self._autocast():
                 # Through the DDP wrapper, so the critics' gradients are all-reduced; the real half's graph
@@ -292,18 +337,33 @@ class Trainer:
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             dnorm = torch.nn.utils.clip_grad_norm_(self.critics.parameters(), cfg.grad_clip)
-            d_ok = self.dist.all_true(bool(torch.isfinite(d_loss)) and bool(torch.isfinite(dnorm)))
-            if d_ok:
-                self.opt_d.step()
-            ok = ok and d_ok
+            checked += [d_loss, dnorm]
             row["disc"] = float(d_loss.detach())
+        # A step is taken whole or not at all, on every rank alike: nothing (weights, codebooks,
+        # EMA statistics, either optimizer) moves unless every loss and gradient norm is finite.
+        ok = self.dist.all_true(all(bool(torch.isfinite(v)) for v in checked))
+        if ok:
+            for opt, base in ((self.opt_g, cfg.lr), (self.opt_d, cfg.disc_lr)):
+                for group in opt.param_groups:
+                    group["lr"] = base * factor
+            self.opt_g.step()
+            if quantize:
+                self.model.quantizer.update_codebooks(generator=gen_rng)
+            if critics_on:
+                self.opt_d.step()
+        else:
+            self.model.quantizer.discard_pending()
+            if before_init is not None:  # this step's forward ran the k-means initialisation
+                self.model.quantizer.load_state_dict(before_init)
         self.step += 1
         if ok:
             self.bad_streak = 0
         else:
             self.bad_streak += 1
-            self._say(f"step {self.step}: non-finite loss or gradient (loss {float(loss.detach()):.4g}, grad norm "
-                      f"{float(gnorm):.4g}); step skipped, weights unchanged ({self.bad_streak} in a row)")
+            self._say(f"step {self.step}: non-finite loss or gradient (loss {row['loss']:.4g}, grad norm "
+                      f"{row['grad_norm']:.4g}" + (f", critic loss {row['disc']:.4g}" if "disc" in row else "")
+                      + f"); step skipped, weights, codebooks and optimizer states unchanged "
+                        f"({self.bad_streak} in a row)")
         row["bad_steps"] = self.bad_streak
         return row
 
@@ -396,10 +456,13 @@ class Trainer:
                 x = x.to(dist.device, non_blocking=True)
                 row = self.train_step(x)
                 if self.bad_streak >= cfg.max_bad_steps:
+                    newest = self.newest_verified_checkpoint() if dist.main else None
+                    kept = (f"the newest checkpoint that verifies is {newest[0]} (step {newest[1]})" if newest else
+                            f"no checkpoint in {self.out / 'checkpoints'} verifies")
                     raise TrainingError(
                         f"training stopped at step {self.step}: {self.bad_streak} steps in a row had a non-finite "
-                        f"loss or gradient. Weights were not updated by them; the newest checkpoint in "
-                        f"{self.out / 'checkpoints'} is intact. Try a lower --lr, --amp none, or check the data.")
+                        f"loss or gradient. They changed no weight; {kept}. Try a lower --lr, --amp none, or "
+                        f"check the data.")
                 audio_done += x.shape[0] * x.shape[2] * dist.world / self.codec_cfg.sample_rate
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     now = time.perf_counter()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import atomic_write
+from ..checkpoint import atomic_write
 
 
 class CSVLog:
