@@ -6,7 +6,9 @@ streaming, one 13.3 ms frame at a time on one thread.
 Each model's arithmetic per second of audio (FLOPs counted by torch's FlopCounterMode on the torch
 backend, plus EnCodec's LSTM, which it does not count) goes beside its speed, and achieved GFLOP/s
 beside the machine's sgemm rate measured in the same run, because the SoundStream preset does
-about 3.7x EnCodec's arithmetic: real-time factors alone would compare unlike work.
+about 3.0x EnCodec's arithmetic: real-time factors alone would compare unlike work. (3.0x is this
+suite's own count: 9.3 against 3.1 GFLOP per audio second to encode, 9.2 against 3.0 to decode, in
+the measured table of benchmarks/RESULTS.md, "CPU: the codec end to end, and streaming".)
 
     pytest benchmarks/bench_codec.py --benchmark-json out.json
 """
