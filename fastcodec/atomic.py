@@ -10,9 +10,14 @@ it, so two outputs (in one process or several) never write through the same part
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 from pathlib import Path
+
+
+class OutputBusy(ValueError):
+    """Another writer (this process or another) is writing the same output now."""
 
 
 def same_file(a, b) -> bool:
@@ -60,7 +65,9 @@ def atomic_output(path):
             os.fsync(f.fileno())
             os.replace(tmp, path)  # while locked: no other writer can be holding this file
         except BaseException:
-            tmp.unlink(missing_ok=True)  # still ours: locked, and not renamed
+            with contextlib.suppress(OSError):  # only while the name is still our file (not renamed)
+                if os.path.samestat(os.fstat(f.fileno()), os.stat(tmp)):
+                    tmp.unlink()
             raise
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
@@ -79,10 +86,12 @@ def _locked_partial(tmp: Path, target: Path):
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):  # a filesystem without flock
+                return os.fdopen(fd, "w+b")
             os.close(fd)
-            raise ValueError(f"{target}: is being written by another output now (its temporary file {tmp.name} is "
-                             f"in use); give each output its own name") from None
+            raise OutputBusy(f"{target}: is being written by another output now (its temporary file {tmp.name} "
+                             f"is in use); give each output its own name") from None
         try:  # the file locked must still be the one under tmp's name (not renamed by its last writer)
             if os.path.samestat(os.fstat(fd), os.stat(tmp)):
                 return os.fdopen(fd, "w+b")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -26,7 +27,14 @@ DIGEST_KEY = "sha256"
 
 
 class CheckpointError(ValueError):
-    """A file that is not a readable, intact fastcodec checkpoint; the message names it and says why."""
+    """A file that is not a readable, intact fastcodec checkpoint; the message names it and says why.
+    damaged: the file was one and its bytes changed since (a failed digest, a broken zip, NaN or
+    Inf values), as opposed to a file that could not be read now, is not a checkpoint, or is newer
+    than this fastcodec."""
+
+    def __init__(self, message, damaged=False):
+        super().__init__(message)
+        self.damaged = damaged
 
 
 class UnverifiedCheckpointWarning(UserWarning):
@@ -58,7 +66,8 @@ def _feed(h, obj):
     elif isinstance(obj, float):
         h.update(f"F{obj.hex()}".encode())
     elif isinstance(obj, (str, bytes)):
-        data = obj.encode() if isinstance(obj, str) else obj
+        # surrogatepass: a path from a non-UTF-8 argv holds lone surrogates, which pickle keeps
+        data = obj.encode("utf-8", "surrogatepass") if isinstance(obj, str) else obj
         h.update(f"{'S' if isinstance(obj, str) else 'Y'}{len(data)}:".encode() + data)
     else:  # bool, int, None and the like: their repr is their value
         h.update(f"{type(obj).__name__}:{obj!r}".encode())
@@ -92,6 +101,14 @@ def load(path) -> dict:
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, MemoryError) as exc:
+        # torch's zip reader fails a truncated file with an OSError too; a complete zip whose read
+        # failed is the machine's trouble (EIO, no memory), not the file's.
+        if isinstance(exc, OSError) and not isinstance(exc, (PermissionError, FileNotFoundError)) \
+                and not zipfile.is_zipfile(path):
+            raise CheckpointError(f"{path}: not a readable checkpoint (not a complete zip archive: truncated?)",
+                                  damaged=True) from None
+        raise CheckpointError(f"{path}: cannot read it now ({type(exc).__name__}: {_one_line(str(exc))})") from None
     except Exception as exc:
         msg = str(exc)
         blocked = re.search(r"GLOBAL ([\w.]+)", msg)
@@ -101,7 +118,8 @@ def load(path) -> dict:
         # torch's weights-only refusal is a paragraph of advice around the one line that matters.
         detail = re.search(r"WeightsUnpickler error:(.*?)(Check the documentation|$)", msg, re.DOTALL)
         msg = detail.group(1) if detail and detail.group(1).strip() else msg
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {_one_line(msg)})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {_one_line(msg)})",
+                              damaged=True) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a fastcodec checkpoint")
     version = state.get("version", 0)
@@ -112,7 +130,8 @@ def load(path) -> dict:
         stored = state.get(DIGEST_KEY)
         if not isinstance(stored, str) or stored != digest(state):
             raise CheckpointError(f"{path}: failed verification: its content does not match the sha256 digest it was "
-                                  f"written with (changed on disk since: a flipped bit, a partial copy or an edit)")
+                                  f"written with (changed on disk since: a flipped bit, a partial copy or an edit)",
+                                  damaged=True)
     else:
         warnings.warn(f"{path}: written by an older fastcodec without a digest; loaded unverified",
                       UnverifiedCheckpointWarning, stacklevel=2)
@@ -130,7 +149,7 @@ def check_finite(path, state: dict, *keys):
         for name, t in _tensors(state.get(key), key):
             if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
                 raise CheckpointError(f"{path}: holds NaN or Inf values ({name}); it cannot be trained on or decoded "
-                                      f"with")
+                                      f"with", damaged=True)
 
 
 def _tensors(obj, prefix):

@@ -63,7 +63,7 @@ _skipped = []
 
 
 def pytest_runtest_logreport(report):
-    if report.skipped:
+    if report.skipped and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         _skipped.append((report.nodeid, reason[len("Skipped: "):] if reason.startswith("Skipped: ") else reason))
 

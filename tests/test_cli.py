@@ -198,6 +198,11 @@ def test_an_output_that_is_an_input_is_refused_before_anything_is_written(codec_
         _one_line_error(*_run(capsys, "encode", src, out, "--checkpoint", codec_path, *extra)[::2],
                         "would destroy the input")
         assert src.read_bytes() == audio and not (tmp_path / "ok.fcdc").exists()
+    # The model is an input too.
+    model = codec_path.read_bytes()
+    _one_line_error(*_run(capsys, "encode", src, codec_path, "--checkpoint", codec_path)[::2],
+                    "would destroy the input")
+    assert codec_path.read_bytes() == model
     (tmp_path / "out").mkdir()
     h = tmp_path / "out" / "h.fcdc"
     _one_line_error(*_run(capsys, "encode", src, h, "--checkpoint", codec_path, "--npy", h)[::2], "two outputs")
@@ -228,6 +233,22 @@ def test_two_writers_never_share_a_partial_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
 
 
+def test_a_filesystem_without_locks_still_gets_atomic_output(tmp_path, monkeypatch):
+    """Lustre without -o flock (ENOSYS), some NFS and FUSE mounts (ENOLCK, EOPNOTSUPP): only a lock
+    held by another writer means "busy"; any other refusal writes without the lock."""
+    import errno
+    import fcntl
+
+    from fastcodec.atomic import atomic_output
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with atomic_output(tmp_path / "a.bin") as f:
+        f.write(b"data")
+    assert (tmp_path / "a.bin").read_bytes() == b"data" and [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+
+
 def test_audio_shorter_than_its_header_says_is_coded_with_a_warning(codec_path, tmp_path, capsys):
     import struct
 
@@ -247,6 +268,13 @@ def test_audio_shorter_than_its_header_says_is_coded_with_a_warning(codec_path, 
     from fastcodec import TruncatedAudioWarning
     with pytest.warns(TruncatedAudioWarning, match="holds 8000"):
         Codec.load(codec_path).encode_file(tmp_path / "x.wav", tmp_path / "y.fcdc")
+    # A WAV written to a pipe cannot know its length and says 0xFFFFFFFF: complete, no warning.
+    struct.pack_into("<I", data, at + 4, 0xFFFFFFFF)
+    (tmp_path / "x.wav").write_bytes(bytes(data))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Codec.load(codec_path).encode_file(tmp_path / "x.wav", tmp_path / "z.fcdc")
 
 
 def test_a_damaged_models_list_never_stops_the_codec(codec_path, tmp_path, capsys, monkeypatch):

@@ -205,7 +205,7 @@ def test_save_and_load_codes(codec, tmp_path):
     for field, value in (("source_lengths", torch.tensor([700, 30_000_000])), ("source_rate", 1),
                          ("source_lengths", torch.tensor([700.0, 333.0]))):
         bad = dataclasses.replace(enc, **{field: value})
-        with pytest.raises(ValueError, match="source_lengths|sample_rate"):
+        with pytest.raises(ValueError, match=field):
             codec.save(bad, tmp_path / "x.fcdc", item=1)
     assert not (tmp_path / "x.fcdc").exists()
 

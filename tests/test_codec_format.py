@@ -177,6 +177,8 @@ def test_source_length_must_come_from_the_frames():
             _read(_with_header(GOOD, source_samples=bad))
     for ok in (h.source_samples - 1, h.source_samples + 1):
         assert _read(_with_header(GOOD, source_samples=ok))[0].source_samples == ok
+    with pytest.raises(FormatError, match="x.fcdc: invalid header .*source_rate is 768001 Hz, above the format's"):
+        _read(_with_header(GOOD, source_rate=768_001))
     with pytest.raises(FormatError, match="x.fcdc: invalid header .*samples is 0"):
         _read(_with_header(GOOD, samples=0, frames=0))
     with pytest.raises(FormatError, match="x.fcdc: invalid header .*samples is 1844"):

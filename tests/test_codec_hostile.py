@@ -13,7 +13,7 @@ import pytest
 
 from conftest import save_codec
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"),
+pytestmark = pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK),
                                 reason="peak RSS is read and reset through /proc (Linux)")
 
 FIELDS = ["magic", "version", "header_size", "sample_rate", "hop", "codebook_size", "channels", "n_q",

@@ -353,8 +353,8 @@ def test_a_damaged_checkpoint_is_never_trusted(tmp_path):
     messages = []
     train(dataclasses.replace(cfg, steps=6, keep_checkpoints=2), resume=True, progress=False, log=messages.append)
     said = "\n".join(messages)
-    assert "step0000004.pt does not verify: moved aside to step0000004.pt.corrupt" in said
-    assert "step0000003.pt does not verify" in said and "holds NaN" in said and "failed verification" in said
+    assert "step0000004.pt is damaged (said above): moved aside to step0000004.pt.corrupt" in said
+    assert "step0000003.pt is damaged" in said and "holds NaN" in said and "failed verification" in said
     assert "resumed from" in said and "step0000002.pt at step 2 (sha256 verified)" in said
     names = sorted(p.name for p in folder.iterdir())
     assert names == ["step0000003.pt.corrupt", "step0000004.pt.corrupt", "step0000005.pt", "step0000006.pt"]
@@ -362,6 +362,13 @@ def test_a_damaged_checkpoint_is_never_trusted(tmp_path):
     b = ckpt.load(folder / "step0000006.pt")
     for key in ("model", "critics", "opt_g", "opt_d", "step"):
         _states_equal(a[key], b[key], key)
+    # A checkpoint from a newer fastcodec is not damaged: --resume stops, naming it, and moves nothing.
+    newer = ckpt.load(folder / "step0000006.pt")
+    newer["version"] = ckpt.VERSION + 1
+    torch.save(newer, folder / "step0000007.pt")
+    with pytest.raises(TrainingError, match="step0000007.pt: checkpoint version 3 is newer .* nothing was changed"):
+        train(dataclasses.replace(cfg, steps=8), resume=True, progress=False, log=lambda *_: None)
+    (folder / "step0000007.pt").unlink()
     # With every checkpoint damaged, --resume refuses and changes nothing.
     for p in folder.glob("step*.pt"):
         p.write_bytes(p.read_bytes()[:1000])

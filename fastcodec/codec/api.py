@@ -187,7 +187,8 @@ class Codec:
         if not is_int(item) or not 0 <= item < B:
             raise ValueError(f"item must be an int in 0..{B - 1}, got {item!r}")
         F, L = int(frames[item]), int(lengths[item])
-        rate = self.sample_rate if encoded.source_rate is None else check_source_rate(encoded.source_rate)
+        rate = (self.sample_rate if encoded.source_rate is None
+                else check_source_rate(encoded.source_rate, name="source_rate"))
         source = L
         if encoded.source_lengths is not None:
             src = torch.as_tensor(encoded.source_lengths)

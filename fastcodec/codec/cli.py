@@ -14,10 +14,10 @@ import argparse
 import json
 import os
 import re
-import signal
 import sys
 from pathlib import Path
 
+from ..atomic import check_outputs
 from .errors import AudioError, FormatError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
@@ -66,6 +66,7 @@ def _read_registry(quiet=False) -> dict:
 def remember_model(fingerprint: str, checkpoint) -> None:
     """Note which checkpoint has this fingerprint; best effort (a read-only home, or a registry path
     that is not a writable file, is no error)."""
+    from ..atomic import OutputBusy
     from ..checkpoint import atomic_write
 
     reg = _read_registry(quiet=True)
@@ -76,6 +77,8 @@ def remember_model(fingerprint: str, checkpoint) -> None:
     try:
         _registry_path().parent.mkdir(parents=True, exist_ok=True)
         atomic_write(_registry_path(), lambda f: f.write(json.dumps(reg, indent=1).encode()))
+    except OutputBusy:  # another fastcodec is updating it now; the next encode notes this model
+        pass
     except (OSError, ValueError) as exc:
         _warn(f"could not note model {fingerprint} in {_registry_path()} ({str(exc)[:160]}); decoding its files "
               f"will need --checkpoint")
@@ -112,6 +115,7 @@ def _n_q(codec, args):
 
 # ---------------------------------------------------------------- commands
 def cmd_encode(args):
+    check_outputs([args.input, args.checkpoint], [args.output, args.npy])
     codec = _load_codec(args.checkpoint, args.backend)
     n_q = _n_q(codec, args)
     h = codec.encode_file(args.input, args.output, n_q, npy=args.npy)
@@ -124,6 +128,7 @@ def cmd_encode(args):
 def cmd_decode(args):
     from . import format as fcdc
 
+    check_outputs([args.input, args.checkpoint], [args.output])
     header = fcdc.read_header(args.input)
     codec = _load_codec(args.checkpoint, args.backend, header.fingerprint, args.input)
     rate = codec.sample_rate if args.model_rate else args.sample_rate
@@ -163,37 +168,25 @@ def _done(codec, target: Path, n_q, npy: bool) -> bool:
     return h.fingerprint == codec.fingerprint and h.n_q == n_q
 
 
-_WORKER = {}
-
-
-def _stop_on_sigterm(signum, frame):
-    raise SystemExit(128 + signum)  # unwinds: an atomic output in progress removes its partial file
-
-
 def _worker_init(checkpoint, backend, threads):
-    """In each encode-dir worker. Ctrl-C is the parent's to handle (it was ignored when the worker
-    started, so an interrupt while it imports torch prints nothing); the parent stops workers with
-    SIGTERM, which unwinds like an exception. A model that fails to load is reported per file."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    """In each encode-dir worker (see workers.py): the codec, or why it could not be loaded (then
+    each file the worker is handed fails with that reason)."""
     _one_line_warnings()
     import torch
 
-    from ..checkpoint import CheckpointError
     from .api import Codec
 
     torch.set_num_threads(threads)
     try:
-        _WORKER["codec"] = Codec.load(checkpoint, backend=backend)
-    except (CheckpointError, ValueError, OSError) as exc:
-        _WORKER["error"] = f"the worker could not load {checkpoint} ({exc})"
+        return Codec.load(checkpoint, backend=backend)
+    except Exception as exc:  # reported per file, never a worker that dies and is restarted
+        return f"the worker could not load {checkpoint} ({type(exc).__name__}: {exc})"
 
 
-def _encode_one(src, dst, n_q, npy, codec=None):
+def _encode_one(src, dst, n_q, npy, codec):
     """(src, None) on success, (src, one-line reason) when the file cannot be coded."""
-    if codec is None and "error" in _WORKER:
-        return str(src), f"{src}: {_WORKER['error']}"
-    codec = codec or _WORKER["codec"]
+    if isinstance(codec, str):  # the worker's model did not load
+        return str(src), f"{src}: {codec}"
     dst = Path(dst)
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -203,8 +196,8 @@ def _encode_one(src, dst, n_q, npy, codec=None):
     return str(src), None
 
 
-def _encode_job(job):
-    return _encode_one(*job)
+def _encode_job(codec, job):
+    return _encode_one(*job, codec)
 
 
 def _progress(total, enabled):
@@ -225,6 +218,8 @@ def cmd_encode_dir(args):
     n_q = _n_q(codec, args)
     src, dst = Path(args.input), Path(args.output)
     jobs = _targets(src, dst)
+    for _, d in jobs:  # (the outputs were checked against each other by _targets)
+        check_outputs([args.checkpoint], [d, d.with_suffix(".npy") if args.npy else None])
     todo = [(s, d) for s, d in jobs if not _done(codec, d, n_q, args.npy)]
     print(f"{len(jobs)} audio files, {len(jobs) - len(todo)} already coded, {len(todo)} to code "
           f"({n_q} stages, {codec.bitrate(n_q) / 1000:g} kbps per channel)")
@@ -246,26 +241,13 @@ def cmd_encode_dir(args):
             for s, d in todo:
                 finished(*_encode_one(s, d, n_q, args.npy, codec))
         else:
-            import multiprocessing as mp
+            from . import workers as pool
 
             threads = max(1, torch.get_num_threads() // workers)
-            # Workers start with Ctrl-C ignored (an ignored signal stays ignored in a spawned
-            # interpreter), so an interrupt reaches this process alone, which then stops them.
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-            try:
-                pool = mp.get_context("spawn").Pool(workers, initializer=_worker_init,
-                                                    initargs=(str(args.checkpoint), args.backend, threads))
-            finally:
-                signal.signal(signal.SIGINT, previous)
-            try:
-                for result in pool.imap_unordered(_encode_job, [(str(s), str(d), n_q, args.npy) for s, d in todo]):
-                    finished(*result)
-                pool.close()
-            except BaseException:
-                pool.terminate()  # SIGTERM: each worker's output in progress removes its partial file
-                raise
-            finally:
-                pool.join()
+            pool.run([(str(s), str(d), n_q, args.npy) for s, d in todo], workers, _worker_init,
+                     (str(args.checkpoint), args.backend, threads), _encode_job,
+                     on_result=lambda job, result: finished(*result),
+                     on_lost=lambda job, why: finished(job[0], f"{job[0]}: {why}"))
     finally:
         if bar:
             bar.close()

@@ -70,7 +70,8 @@ def _claimed_frames(f) -> int:
     file holds and notes the claim in its log ("data : 48000 (should be 16000)"), so a header that
     lies is seen there; otherwise its frame count."""
     m = re.search(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", f.extra_info or "", re.MULTILINE)
-    if m and int(m.group(2)) > 0:
+    # A writer streaming to a pipe cannot know the length: it leaves 0xFFFFFFFF (or 0x7FFFFFFF).
+    if m and int(m.group(2)) > 0 and int(m.group(1)) < 0x7FFFFFFF:
         return max(f.frames, round(f.frames * int(m.group(1)) / int(m.group(2))))
     return f.frames
 

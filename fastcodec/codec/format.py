@@ -43,6 +43,10 @@ _MAX_INDEX_BYTES = 1 << 31                       # an index beyond this is corru
 # libsndfile's limit, so every file a fastcodec writes can be decoded to an audio file; it also
 # bounds a decoder's per-channel state that one frame of codes can demand.
 MAX_CHANNELS = 1024
+# The source rates an encoder accepts (fastcodec.codec.streaming.check_source_rate): below 1 kHz is
+# not audio, 768 kHz is the highest rate audio hardware records at. A reader refuses a source rate
+# above it: decoding back to it would write audio no format holds.
+MIN_SOURCE_RATE, MAX_SOURCE_RATE = 1000, 768_000
 _MAX_COUNT = 1 << 62                             # sample and frame counts must fit an int64 with room
 
 
@@ -93,6 +97,8 @@ class Header:
             problems.append(f"codebook_size is {self.codebook_size}")
         if self.channels > MAX_CHANNELS:
             problems.append(f"channels is {self.channels}, more than the format's {MAX_CHANNELS}")
+        if self.source_rate > MAX_SOURCE_RATE:
+            problems.append(f"source_rate is {self.source_rate} Hz, above the format's {MAX_SOURCE_RATE}")
         for name in ("samples", "source_samples", "frames"):
             if getattr(self, name) >= _MAX_COUNT:
                 problems.append(f"{name} is {getattr(self, name)}")

@@ -21,19 +21,15 @@ import torch
 
 from .. import ops
 from ..ops._checks import is_int
+from .format import MAX_SOURCE_RATE, MIN_SOURCE_RATE
 
 
-# The input rates an encoder accepts: below 1 kHz is not audio, and the resampler's buffers grow
-# with the ratio (soxr crashed the process upsampling 100,000 samples from 1 Hz); 768 kHz is the
-# highest rate audio hardware records at.
-MIN_SOURCE_RATE, MAX_SOURCE_RATE = 1000, 768_000
-
-
-def check_source_rate(rate, given=None) -> int:
-    """rate as an int, or a ValueError unless it is a whole number of Hz in the accepted range.
-    given: what the caller passed, for the message (rate may be a default derived from it)."""
+def check_source_rate(rate, given=None, name="sample_rate") -> int:
+    """rate as an int, or a ValueError unless it is a whole number of Hz in the range the format
+    takes (the resampler's buffers grow with the ratio: soxr crashed the process upsampling
+    100,000 samples from 1 Hz). given: what the caller passed, for the message."""
     if not is_int(rate) or not MIN_SOURCE_RATE <= rate <= MAX_SOURCE_RATE:
-        raise ValueError(f"sample_rate must be an int from {MIN_SOURCE_RATE} to {MAX_SOURCE_RATE} Hz, got "
+        raise ValueError(f"{name} must be an int from {MIN_SOURCE_RATE} to {MAX_SOURCE_RATE} Hz, got "
                          f"{rate if given is None else given!r}")
     return int(rate)
 

@@ -256,6 +256,8 @@ class Trainer:
                 ckpt.check_finite(path, state, "model", "critics", "opt_g", "opt_d")
                 break
             except ckpt.CheckpointError as exc:
+                if not exc.damaged:  # unreadable now, foreign or too new: not ours to move aside
+                    raise TrainingError(f"--resume: {exc}; nothing was changed") from None
                 failed.append(path)
                 self._say(f"warning: {exc}")
                 state = None
@@ -272,7 +274,7 @@ class Trainer:
             for bad in failed:
                 aside = bad.with_name(bad.name + ".corrupt")
                 bad.rename(aside)
-                self._say(f"warning: {bad.name} does not verify: moved aside to {aside.name}; resuming from "
+                self._say(f"warning: {bad.name} is damaged (said above): moved aside to {aside.name}; resuming from "
                           f"{path.name}, the newest checkpoint that verifies (training repeats the steps after it)")
         self.model.load_state_dict(state["model"])
         self.critics.load_state_dict(state["critics"])

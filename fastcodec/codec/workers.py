@@ -1,0 +1,96 @@
+"""Worker processes for `fastcodec encode-dir`: jobs handed out one at a time over a pipe per
+worker, so the parent always knows which job each worker holds.
+
+- A worker that dies (a crash in a library, the OOM killer) fails its job with the exit code and
+  is replaced while jobs remain; nothing waits for a result that cannot come. A worker that dies
+  before it took a job is not replaced; if none is left, the remaining jobs fail with the reason.
+- Ctrl-C is the parent's: workers start with SIGINT ignored (an ignored signal stays ignored in a
+  spawned interpreter, so an interrupt while they import torch prints nothing); on any exception,
+  the parent stops them with SIGTERM, which raises SystemExit in them, so their atomic outputs
+  remove their partial files.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import multiprocessing.connection
+import signal
+
+
+def _stop_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds: an atomic output in progress removes its partial file
+
+
+def _serve(conn, init, init_args, work):
+    """A worker: init(*init_args), then work(job) for each job the parent sends, until None."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    state = init(*init_args)
+    conn.send(None)  # ready
+    while True:
+        job = conn.recv()
+        if job is None:
+            return
+        conn.send(work(state, job))
+
+
+def run(jobs, workers, init, init_args, work, on_result, on_lost):
+    """Run work(init(*init_args), job) for every job in `workers` spawned processes; calls
+    on_result(job, result) as results come (in the parent, in completion order) and on_lost(job,
+    reason) for a job whose worker died. init and work must be importable module-level functions."""
+    ctx = mp.get_context("spawn")
+    pending = list(jobs)[::-1]
+    live = {}  # parent end of a worker's pipe -> [process, job it holds or None]
+
+    def start():
+        parent, child = ctx.Pipe()
+        p = ctx.Process(target=_serve, args=(child, init, init_args, work), daemon=True)
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            p.start()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        child.close()
+        live[parent] = [p, None]
+
+    def hand_out(conn):
+        job = pending.pop() if pending else None
+        live[conn][1] = job
+        conn.send(job)
+
+    for _ in range(min(workers, len(pending))):
+        start()
+    try:
+        while live:
+            by_sentinel = {entry[0].sentinel: conn for conn, entry in live.items()}
+            for ready in multiprocessing.connection.wait(list(live) + list(by_sentinel)):
+                conn = by_sentinel.get(ready, ready)
+                if conn not in live:
+                    continue
+                p, job = live[conn]
+                try:
+                    while conn.poll():
+                        message = conn.recv()
+                        if job is not None:
+                            on_result(job, message)
+                        hand_out(conn)
+                        job = live[conn][1]
+                except (EOFError, OSError):  # the worker is gone
+                    pass
+                if p.is_alive():
+                    continue
+                p.join()
+                conn.close()
+                del live[conn]
+                if job is not None:
+                    on_lost(job, f"the worker process coding it died (exit code {p.exitcode})")
+                    if pending:
+                        start()
+        for job in pending[::-1]:  # every worker died before it took a job
+            on_lost(job, "no worker process could start")
+    except BaseException:
+        for p, _ in live.values():
+            p.terminate()
+        raise
+    finally:
+        for p, _ in live.values():
+            p.join()
