@@ -85,7 +85,8 @@ def main(argv=None):
             frac = floor_cols(group, impl, median)[1]
             print(f"{group[:64]:64} {impl:11} {median * 1e3:10.3f} {ratio:7.2f} {gflops or 0:9.1f} {frac:>8}")
     for impl, g in sorted(geomean_speedups(all_rows).items()):
-        print(f"geometric-mean speedup over the reference, {impl}: {g:.2f}x")
+        worst = min((r for r in all_rows if r[1] == impl and r[3] == r[3]), key=lambda r: r[3])
+        print(f"geometric-mean speedup over the reference, {impl}: {g:.2f}x (worst {worst[3]:.2f}x: {worst[0]})")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,10 @@ TORCH_LIBRARY(fastcodec, m) {
   m.def("rvq_decode(Tensor codes, Tensor codebooks) -> Tensor");
 }
 
+// The op schemas and classes this file registers, as a number: raised with any change to them, and
+// checked once when fastcodec loads the build (fastcodec/ops/_extension.py: API_VERSION).
+constexpr int kApiVersion = 1;
+
 // A plain C module (no pybind11): importing it runs the registrations above, and its constants say
 // what this binary was built with, so fastcodec can explain a mismatch instead of crashing.
 static PyObject* set_weight_cache(PyObject* /*self*/, PyObject* arg) {
@@ -68,7 +72,8 @@ static PyModuleDef fastcodec_module = {PyModuleDef_HEAD_INIT, "_C",
 PyMODINIT_FUNC PyInit__C(void) {
   PyObject* m = PyModule_Create(&fastcodec_module);
   if (m == nullptr) return nullptr;
-  if (PyModule_AddIntConstant(m, "with_cuda", FASTCODEC_WITH_CUDA) < 0 ||
+  if (PyModule_AddIntConstant(m, "api_version", kApiVersion) < 0 ||
+      PyModule_AddIntConstant(m, "with_cuda", FASTCODEC_WITH_CUDA) < 0 ||
       PyModule_AddStringConstant(m, "cuda_archs", FASTCODEC_CUDA_ARCHS) < 0 ||
       PyModule_AddStringConstant(m, "torch_version", FASTCODEC_TORCH_VERSION) < 0 ||
       PyModule_AddStringConstant(m, "cuda_version", FASTCODEC_CUDA_VERSION) < 0 ||

@@ -8,7 +8,7 @@ import sys
 import torch
 
 import fastcodec
-from fastcodec.ops import _backend, _extension
+from fastcodec.ops import _backend, _extension, dispatch, tuning
 
 
 def _version(module: str) -> str:
@@ -53,12 +53,33 @@ def report() -> str:
             ok, note = _backend.status(name, device)
             lines.append(f"{name:8} {device:7} {'yes' if ok else 'no':7} {note}")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    picks = ", ".join(f"{d} -> {_backend._auto(d, torch.float32)}" for d in devices)
-    lines += ["", f"auto picks for float32: {picks}"]
+    picks = ", ".join(f"{d} -> {dispatch.usable('causal_conv1d', d, torch.float32)[0]}" for d in devices)
+    lines += ["", f"auto picks for float32 by the static rule: {picks}"]
+    lines.append(_tuning_report())
     env = _backend.ENV_VAR
     if os.environ.get(env):
         lines.append(f"{env}={os.environ[env]} overrides 'auto'")
     return "\n".join(lines)
+
+
+def tuning_table(limit=None) -> list:
+    """Lines describing the measured 'auto' choices this machine has cached."""
+    path = tuning.cache_path()
+    if not tuning.enabled():
+        return [f"tuning: off (FASTCODEC_TUNE=0): 'auto' follows the static rules; cache {path}"]
+    entries = tuning.table()
+    lines = [f"tuning: {len(entries)} measured choices in {path}"]
+    for key, e in sorted(entries.items())[:limit]:
+        times = ", ".join(f"{b} {ms:.3g} ms" for b, ms in sorted(e["ms"].items(), key=lambda kv: kv[1]))
+        moved = f"; the static rule's {e['static']}" if e.get("static", e["backend"]) != e["backend"] else ""
+        lines.append(f"  {key} -> {e['backend']} ({times}{moved})")
+    if limit is not None and len(entries) > limit:
+        lines.append(f"  ... and {len(entries) - limit} more (python -m fastcodec tune --show lists them all)")
+    return lines
+
+
+def _tuning_report() -> str:
+    return "\n".join(tuning_table(limit=20))
 
 
 def main() -> int:

@@ -15,6 +15,9 @@ import zlib
 
 import torch
 
+# The static rules unless a run asks for measured 'auto' (FASTCODEC_TUNE=1): deterministic choices.
+os.environ.setdefault("FASTCODEC_TUNE", "0")
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
     # Import it now, under that setting: Triton 3.0 decides at import whether its own @jit helpers

@@ -13,7 +13,7 @@ import fastcodec
 
 from conftest import require_backend
 from fastcodec import ops
-from fastcodec.ops import BackendUnavailable, _backend
+from fastcodec.ops import BackendUnavailable, _backend, dispatch
 
 
 def _args():
@@ -136,12 +136,16 @@ def test_info_command_reports_backends():
         assert "built for sm_" in out and "no GPU visible" in out
 
 
-def test_auto_passes_over_a_backend_that_cannot_take_the_shape():
-    limits = lambda b: "too wide" if b == "cpp" else None  # noqa: E731
-    assert _backend._auto("cpu", torch.float32, limits) == "torch"
+def test_auto_passes_over_a_backend_that_cannot_take_the_shape(monkeypatch):
     require_backend("cpp", "cpu")
-    with pytest.raises(BackendUnavailable, match="cannot take this call: too wide"):
-        _backend.resolve("cpp", torch.device("cpu"), torch.float32, limits)
+    limited = dict(dispatch.TABLE["vq_nearest"], cpp=dispatch.Impl((torch.float32,), lambda D=None, **_: (
+        "too wide" if D > 8 else None)))
+    monkeypatch.setitem(dispatch.TABLE, "vq_nearest", limited)
+    cpu = torch.device("cpu")
+    assert dispatch.choose("vq_nearest", "auto", cpu, torch.float32, shape={"D": 9}) == "torch"
+    assert dispatch.choose("vq_nearest", "auto", cpu, torch.float32, shape={"D": 8}) == "cpp"
+    with pytest.raises(BackendUnavailable, match="backend='cpp' cannot run here: too wide"):
+        dispatch.choose("vq_nearest", "cpp", cpu, torch.float32, shape={"D": 9})
 
 
 def test_triton_rvq_names_its_code_dimension_limit():

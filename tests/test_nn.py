@@ -212,9 +212,12 @@ def _chunked(fn, x, generator, most):
 
 
 @pytest.mark.parametrize("T", [1, 5, 6, 37, 400])
-def test_streaming_encoder_and_decoder_equal_offline(T):
+def test_streaming_encoder_and_decoder_equal_offline(T, monkeypatch):
     """Audio in chunks of any size gives exactly the offline codes (float64: the latent matches to
-    the last bit, so no near-tie can flip a code) and, decoded in chunks, the offline audio."""
+    the last bit, so no near-tie can flip a code) and, decoded in chunks, the offline audio. On
+    the static rules: measured 'auto' may run a stream's shapes and the offline ones on different
+    backends, which round differently."""
+    monkeypatch.setenv("FASTCODEC_TUNE", "0")
     torch.manual_seed(5)
     m = SoundStream(SMALL).double().eval()
     with torch.no_grad():
@@ -237,7 +240,8 @@ def test_streaming_encoder_and_decoder_equal_offline(T):
         m.encoder.stream().flush()
 
 
-def test_streaming_in_fp32_stays_within_float_tolerance():
+def test_streaming_in_fp32_stays_within_float_tolerance(monkeypatch):
+    monkeypatch.setenv("FASTCODEC_TUNE", "0")  # one backend for the stream and the offline pass
     torch.manual_seed(6)
     m = SoundStream(preset("tiny")).eval()
     x = torch.randn(1, 1, 2000)

@@ -265,9 +265,12 @@ def _torchrun(args, timeout, program=("-m", "fastcodec.train")):
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-def test_ddp_two_cpu_processes_stay_identical(tmp_path):
+def test_ddp_two_cpu_processes_stay_identical(tmp_path, monkeypatch):
     """torchrun with 2 processes (gloo): each rank trains on its own shard; after the steps every
-    parameter, optimizer-updated weight and codebook is bit-identical on both ranks."""
+    parameter, optimizer-updated weight and codebook is bit-identical on both ranks. With measured
+    'auto' on: rank 0 tunes a step's shapes and the ranks share its table."""
+    monkeypatch.setenv("FASTCODEC_TUNE", "1")
+    monkeypatch.setenv("FASTCODEC_CACHE_DIR", str(tmp_path / "cache"))
     run = tmp_path / "run"
     # --dist-timeout: a rank stuck in a collective fails the run in 2 min, with the collective named.
     r = _torchrun(["--out", str(run), "--steps", "3", "--batch-size", "2", "--segment-seconds", "0.25",
@@ -280,6 +283,7 @@ def test_ddp_two_cpu_processes_stay_identical(tmp_path):
     assert "x2" in r.stdout  # it said it trained on two processes
     state = ckpt.load(run / "checkpoints" / "step0000003.pt")
     assert bool(state["model"]["quantizer.initialized"]) and state["model"]["quantizer.updates"] == 3
+    assert len(list((tmp_path / "cache").glob("tuning-*.json"))) == 1  # rank 0's measurements, kept
 
 
 def test_a_stuck_rank_ends_the_run_after_the_timeout(tmp_path):

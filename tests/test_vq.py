@@ -12,6 +12,7 @@ import torch
 
 from conftest import interpreted, needs_gpu, noncontiguous, require_backend
 from fastcodec import ops
+from fastcodec.ops import dispatch
 
 TIE_RTOL = 1e-5
 
@@ -55,7 +56,7 @@ def test_vq_nearest(target, shape):
     for dtype in _dtypes(backend, device):
         x = torch.randn(N, D, dtype=dtype, device=device)
         cb = torch.randn(K, D, dtype=dtype, device=device)
-        if ops._vq_limits(D, dtype)(backend):  # e.g. triton fp32 beyond D = 256: refused, by name
+        if dispatch.refusal("vq_nearest", backend, device, dtype, {"D": D}):  # triton fp32 beyond D = 256
             with pytest.raises(ops.BackendUnavailable, match="got D = "):
                 ops.vq_nearest(x, cb, backend=backend)
             continue

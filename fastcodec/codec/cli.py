@@ -1,4 +1,4 @@
-"""The command line: `python -m fastcodec {encode,decode,encode-dir,info}` (and the `fastcodec` script).
+"""The command line: `python -m fastcodec {encode,decode,encode-dir,tune,info}` (and the `fastcodec` script).
 
 Errors a user can fix (a bad file, a wrong argument, another model's codes) print one line and
 exit 1; argument mistakes exit 2; Ctrl-C exits 130. Nothing is written under an output's name
@@ -329,13 +329,25 @@ def _parser():
     r.add_argument("--npy", action="store_true", help="also write each file's codes as .npy beside its .fcdc")
     r.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     r.add_argument("--no-progress", action="store_true")
+    t = sub.add_parser("tune", help="measure 'auto's fastest backends for a preset's shapes on this machine",
+                       allow_abbrev=False)
+    from ..tune import add_arguments
+
+    add_arguments(t)
     i = sub.add_parser("info", help="versions and backends; or describe .fcdc files and checkpoints",
                        allow_abbrev=False)
     i.add_argument("paths", nargs="*", metavar="FILE")
     return p
 
 
-COMMANDS = {"encode": cmd_encode, "decode": cmd_decode, "encode-dir": cmd_encode_dir, "info": cmd_info}
+def cmd_tune(args):
+    from ..tune import main as tune_main
+
+    return tune_main(args)
+
+
+COMMANDS = {"encode": cmd_encode, "decode": cmd_decode, "encode-dir": cmd_encode_dir, "tune": cmd_tune,
+            "info": cmd_info}
 
 
 def _one_line_warnings():

@@ -16,6 +16,8 @@ latency is one hop, 13.3 ms for the 24 kHz preset); its audio is out when its co
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -32,6 +34,16 @@ def check_source_rate(rate, given=None, name="sample_rate") -> int:
         raise ValueError(f"{name} must be an int from {MIN_SOURCE_RATE} to {MAX_SOURCE_RATE} Hz, got "
                          f"{rate if given is None else given!r}")
     return int(rate)
+
+
+def _live(method):
+    """A stream's call: no gradients, and 'auto' takes cached or static choices without timing
+    anything (a frame must never stall; `python -m fastcodec tune` measures a stream's shapes)."""
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        with torch.no_grad(), ops.tuning.no_measuring():
+            return method(*args, **kwargs)
+    return call
 
 
 def _as_channels(audio, channels, what="audio"):
@@ -82,7 +94,7 @@ class StreamingEncoder:
         y = self._resampler.resample_chunk(np.ascontiguousarray(x.T.numpy()), last=last)
         return torch.from_numpy(np.ascontiguousarray(y.T)).float()
 
-    @torch.no_grad()
+    @_live
     def __call__(self, audio) -> torch.Tensor:
         """audio [C, T] (or [T]) -> codes int64 [C, n_q, n] of the frames now complete."""
         if self.finished:
@@ -95,7 +107,7 @@ class StreamingEncoder:
         dev = self.codec.model.quantizer.codebooks.device
         return self._codes(self._stream(x[:, None, :].to(dev)))
 
-    @torch.no_grad()
+    @_live
     def flush(self) -> torch.Tensor:
         """End the stream: codes [C, n_q, n] of what is left, the last frame zero-padded as offline."""
         if self.finished:
@@ -127,7 +139,7 @@ class StreamingDecoder:
         self._stream = codec.model.decoder.stream()
         self.frames = 0
 
-    @torch.no_grad()
+    @_live
     def __call__(self, codes) -> torch.Tensor:
         c = codes if isinstance(codes, torch.Tensor) else torch.as_tensor(np.asarray(codes))
         if c.dim() != 3 or c.shape[0] != self.channels:

@@ -68,6 +68,12 @@ class ResidualVQ(nn.Module):
         """z [B, D, F] -> codes [B, n_q, F] int64."""
         return self._encode(z, n_q)[0]
 
+    def search(self, rows):
+        """The training forward's search over every stage: rows [N, D] (detached, the codebooks'
+        dtype) -> (codes [N, Q] int64, residuals [N, Q + 1, D]); see ops.rvq_residuals."""
+        with vqt._fp32():
+            return ops.rvq_residuals(rows, self.codebooks, self.cfg.n_q, backend=self.backend)
+
     def _encode(self, z, n_q):
         """(codes [B, n_q, F], quantized [B, D, F] in the codebooks' dtype) from one fused search."""
         n_q = self.check_n_q(n_q)
@@ -106,7 +112,7 @@ class ResidualVQ(nn.Module):
                 self._kmeans_init(x.detach(), generator)
             # One search gives the codes and the residual each stage saw (res[:, i]) and left
             # (res[:, i + 1]): everything below, without gathering the codewords again.
-            codes, res = ops.rvq_residuals(x.detach(), self.codebooks, Q, backend=self.backend)  # [N, Q], [N, Q+1, D]
+            codes, res = self.search(x.detach())                                  # [N, Q], [N, Q+1, D]
             n_q = self._draw_n_q(B, z.device, generator)                          # [B]
             active = torch.arange(Q, device=z.device).view(1, Q) < n_q.view(B, 1)  # [B, Q]
             active = active.unsqueeze(1).expand(B, F, Q).reshape(B * F, Q)

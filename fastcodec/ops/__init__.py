@@ -10,9 +10,9 @@
 | grouped_conv1d            | x [B,Cin,T], w [Cout,Cin/g,K] -> [B,Cout,T']        | torch, cpp (fp32)          |
 
 Each op has a `*_ref` twin in `reference.py` (the spec). `backend` is 'auto' | 'torch' | 'cpp' |
-'cuda' | 'triton'; 'auto' defers to FASTCODEC_BACKEND, then picks the best available for the
-tensors' device and dtype (see `_backend.py`). Codes are int64 (torch.long) everywhere, so they
-index tensors directly.
+'cuda' | 'triton'; 'auto' defers to FASTCODEC_BACKEND, then takes the fastest backend measured for
+the call's shape on this machine, or the static rule for the device (dispatch.py, tuning.py).
+Codes are int64 (torch.long) everywhere, so they index tensors directly.
 
 Searches (vq_nearest, rvq_encode, rvq_residuals) take mode='exact' (default) or 'fast'. Exact
 ranks codes by fp32 distances. Fast may rank by lower-precision products first and re-check the
@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _backend, _checks
+from . import _checks, dispatch, tuning
 from . import _extension  # noqa: F401  (loads fastcodec._C; registers its fake kernels and autograd)
 from ._backend import BACKENDS, BackendUnavailable
 from .reference import (
@@ -62,8 +62,9 @@ SEARCH_MODES = _checks.SEARCH_MODES
 
 
 def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
-    """The backend an op would use for `tensor` (its device and dtype) when asked for `backend`."""
-    return _backend.resolve(backend, tensor.device, tensor.dtype)
+    """The backend a causal conv on `tensor` (its device and dtype) would use when asked for
+    `backend`, by the static rule; BackendUnavailable when a named one cannot run there."""
+    return dispatch.choose("causal_conv1d", backend, tensor.device, tensor.dtype)
 
 
 def _compiled(name: str, backend: str):
@@ -72,10 +73,16 @@ def _compiled(name: str, backend: str):
         from .triton import OPS
 
         return OPS[name]
-    op = getattr(torch.ops.fastcodec, name, None)
-    if op is None:  # a fastcodec._C built before this op existed
-        raise _backend.BackendUnavailable(f"fastcodec._C has no {name}; {_extension.REBUILD_HINT}")
-    return op
+    return getattr(torch.ops.fastcodec, name)
+
+
+def _grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _key(op, x, bucket):
+    """The tuning key of a call (computed only when 'auto' measures)."""
+    return lambda: tuning.key(op, x.device, x.dtype, bucket())
 
 
 def causal_conv1d(x, weight, bias=None, *, stride=1, dilation=1, activation=None, residual=None,
@@ -88,7 +95,15 @@ def causal_conv1d(x, weight, bias=None, *, stride=1, dilation=1, activation=None
     [B, Cout, ceil(T/stride)], added after the activation. Non-contiguous inputs are accepted.
     """
     _checks.conv1d(x, weight, bias, stride, dilation, activation, residual, negative_slope, alpha)
-    be = _backend.resolve(backend, x.device, x.dtype)
+    args = (x, weight, bias, stride, dilation, activation, negative_slope, alpha, residual)
+    be = dispatch.choose("causal_conv1d", backend, x.device, x.dtype, key=_key("causal_conv1d", x, lambda: (
+        f"{x.shape[1]}>{weight.shape[0]} k{weight.shape[2]} s{stride} d{dilation} {activation} "
+        f"{'res' if residual is not None else '-'} B{x.shape[0]} T{tuning.size_bucket(x.shape[2])} "
+        f"grad{int(_grad(x, weight, bias, alpha, residual))}")), run=_conv1d_on, args=args)
+    return _conv1d_on(be, *args)
+
+
+def _conv1d_on(be, x, weight, bias, stride, dilation, activation, negative_slope, alpha, residual):
     if be == "torch":
         return causal_conv1d_ref(x, weight, bias, stride=stride, dilation=dilation, activation=activation,
                                  residual=residual, negative_slope=negative_slope, alpha=alpha)
@@ -105,7 +120,16 @@ def causal_conv_transpose1d(x, weight, bias=None, *, stride, activation=None, ba
     that has not arrived. activation as in causal_conv1d.
     """
     _checks.conv_transpose1d(x, weight, bias, stride, activation, negative_slope, alpha)
-    be = _backend.resolve(backend, x.device, x.dtype)
+    args = (x, weight, bias, stride, activation, negative_slope, alpha)
+    be = dispatch.choose("causal_conv_transpose1d", backend, x.device, x.dtype, key=_key(
+        "causal_conv_transpose1d", x, lambda: (
+            f"{x.shape[1]}>{weight.shape[1]} k{weight.shape[2]} s{stride} {activation} B{x.shape[0]} "
+            f"T{tuning.size_bucket(x.shape[2])} grad{int(_grad(x, weight, bias, alpha))}")),
+        run=_conv_transpose1d_on, args=args)
+    return _conv_transpose1d_on(be, *args)
+
+
+def _conv_transpose1d_on(be, x, weight, bias, stride, activation, negative_slope, alpha):
     if be == "torch":
         return causal_conv_transpose1d_ref(x, weight, bias, stride=stride, activation=activation,
                                            negative_slope=negative_slope, alpha=alpha)
@@ -113,41 +137,25 @@ def causal_conv_transpose1d(x, weight, bias=None, *, stride, activation=None, ba
                                                     float(negative_slope), alpha)
 
 
-def _grouped_conv_limits(dtype):
-    def limits(backend):
-        if backend in ("cuda", "triton"):
-            return f"grouped_conv1d has no {backend} kernel (the torch backend runs it on cuDNN)"
-        if backend == "cpp" and dtype != torch.float32:
-            return f"the cpp grouped_conv1d is fp32 only, got {str(dtype).removeprefix('torch.')}"
-        return None
-    return limits
-
-
 def grouped_conv1d(x, weight, bias=None, *, stride=1, padding=0, groups=1, backend="auto"):
     """A plain grouped conv zero-padded by `padding` on both sides (F.conv1d's semantics, no
     dilation): the training critics' layers. x: [B, Cin, T], weight: [Cout, Cin/groups, K],
     bias: [Cout] -> y: [B, Cout, (T + 2*padding - K) // stride + 1]. Differentiable in x, weight
-    and bias. Backends: torch, and cpp for fp32 CPU tensors ('auto' picks it there). The cpp
-    kernels are built for few channels per group (3-9x oneDNN at 4 per group); on wide ungrouped
-    convs oneDNN is faster (512 -> 512, k5: 1.2x forward, 2x weight gradient), so the critics use
-    it there.
+    and bias. Backends: torch, and cpp for fp32 CPU tensors (the static choice there; the
+    measured one per shape: see benchmarks/RESULTS.md for where oneDNN wins).
     """
     _checks.grouped_conv1d(x, weight, bias, stride, padding, groups)
-    be = _backend.resolve(backend, x.device, x.dtype, _grouped_conv_limits(x.dtype))
+    args = (x, weight, bias, stride, padding, groups)
+    be = dispatch.choose("grouped_conv1d", backend, x.device, x.dtype, key=_key("grouped_conv1d", x, lambda: (
+        f"{x.shape[1]}>{weight.shape[0]} g{groups} k{weight.shape[2]} s{stride} p{padding} B{x.shape[0]} "
+        f"T{tuning.size_bucket(x.shape[2])} grad{int(_grad(x, weight, bias))}")), run=_grouped_conv1d_on, args=args)
+    return _grouped_conv1d_on(be, *args)
+
+
+def _grouped_conv1d_on(be, x, weight, bias, stride, padding, groups):
     if be == "torch":
         return grouped_conv1d_ref(x, weight, bias, stride=stride, padding=padding, groups=groups)
     return _compiled("grouped_conv1d", be)(x, weight, bias, stride, padding, groups)
-
-
-def _vq_limits(D, dtype):
-    """Per-backend limits on the code dimension (the Triton search keeps a row in registers)."""
-    def limits(backend):
-        if backend != "triton":
-            return None
-        from .triton.vq import unsupported_reason
-
-        return unsupported_reason(D, dtype)
-    return limits
 
 
 def vq_nearest(x, codebook, *, backend="auto", mode="exact"):
@@ -158,7 +166,14 @@ def vq_nearest(x, codebook, *, backend="auto", mode="exact"):
     """
     _checks.vq(x, codebook)
     _checks.search_mode(mode)
-    be = _backend.resolve(backend, x.device, x.dtype, _vq_limits(x.shape[1], x.dtype))
+    args = (x, codebook, mode)
+    be = dispatch.choose("vq_nearest", backend, x.device, x.dtype, shape={"D": x.shape[1]}, key=_key(
+        "vq_nearest", x, lambda: f"N{tuning.size_bucket(x.shape[0])} K{codebook.shape[0]} D{x.shape[1]} {mode}"),
+        run=_vq_nearest_on, args=args)
+    return _vq_nearest_on(be, *args)
+
+
+def _vq_nearest_on(be, x, codebook, mode):
     if be == "torch":
         with torch.no_grad():
             return vq_nearest_ref(x, codebook)
@@ -182,7 +197,7 @@ def rvq_encode(x, codebooks, n_q=None, *, backend="auto", mode="exact"):
     codewords (rvq_decode(codes) reproduces it exactly). n_q (default Q) sets the bitrate.
     mode: 'exact' | 'fast' (see the module's docstring). No gradient flows through the result.
     """
-    return _rvq_search("rvq_encode", rvq_encode_ref, x, codebooks, n_q, backend, mode)
+    return _rvq_search("rvq_encode", x, codebooks, n_q, backend, mode)
 
 
 def rvq_residuals(x, codebooks, n_q=None, *, backend="auto", mode="exact"):
@@ -194,17 +209,27 @@ def rvq_residuals(x, codebooks, n_q=None, *, backend="auto", mode="exact"):
     (x - residuals[:, n]) from one search. Codes equal rvq_encode's in the same mode. No gradient
     flows through the result.
     """
-    return _rvq_search("rvq_residuals", rvq_residuals_ref, x, codebooks, n_q, backend, mode)
+    return _rvq_search("rvq_residuals", x, codebooks, n_q, backend, mode)
 
 
-def _rvq_search(name, ref, x, codebooks, n_q, backend, mode):
+_RVQ_REFS = {"rvq_encode": rvq_encode_ref, "rvq_residuals": rvq_residuals_ref}
+
+
+def _rvq_search(name, x, codebooks, n_q, backend, mode):
     """The checks and backend choice both RVQ searches share."""
     n_q = _checks.rvq(x, codebooks, n_q)
     _checks.search_mode(mode)
-    be = _backend.resolve(backend, x.device, x.dtype, _vq_limits(x.shape[1], x.dtype))
+    args = (name, x, codebooks, n_q, mode)
+    be = dispatch.choose(name, backend, x.device, x.dtype, shape={"D": x.shape[1]}, key=_key(name, x, lambda: (
+        f"N{tuning.size_bucket(x.shape[0])} Q{n_q} K{codebooks.shape[1]} D{x.shape[1]} {mode}")),
+        run=_rvq_search_on, args=args)
+    return _rvq_search_on(be, *args)
+
+
+def _rvq_search_on(be, name, x, codebooks, n_q, mode):
     if be == "torch":
         with torch.no_grad():
-            return ref(x, codebooks, n_q)
+            return _RVQ_REFS[name](x, codebooks, n_q)
     return _search_op(name, be, mode, x.dtype)(x, codebooks, n_q)
 
 
@@ -214,8 +239,15 @@ def rvq_decode(codes, codebooks, *, backend="auto"):
     Differentiable in the codebooks. Codes outside [0, K) raise ValueError.
     """
     _checks.rvq_decode(codes, codebooks)
-    be = _backend.resolve(backend, codebooks.device, codebooks.dtype)
     codes = codes.long()
+    be = dispatch.choose("rvq_decode", backend, codebooks.device, codebooks.dtype, key=_key(
+        "rvq_decode", codebooks, lambda: (f"N{tuning.size_bucket(codes.shape[0])} Q{codes.shape[1]} "
+                                          f"D{codebooks.shape[2]} grad{int(_grad(codebooks))}")),
+        run=_rvq_decode_on, args=(codes, codebooks))
+    return _rvq_decode_on(be, codes, codebooks)
+
+
+def _rvq_decode_on(be, codes, codebooks):
     if be == "torch":
         return rvq_decode_ref(codes, codebooks)
     return _compiled("rvq_decode", be)(codes, codebooks)

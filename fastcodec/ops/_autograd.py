@@ -288,6 +288,6 @@ _NEEDS_LIB = {"causal_conv1d", "causal_conv_transpose1d", "grouped_conv1d"}
 def register(namespace: str, ops=None):
     lib = getattr(torch.ops, namespace)
     for name, (backward, setup) in AUTOGRAD.items():
-        if (ops is None or name in ops) and hasattr(lib, name):  # (a C++ build older than an op lacks it)
+        if (ops is None or name in ops) and hasattr(lib, name):  # (the fast searches are Triton's only)
             fn = functools.partial(backward, lib) if name in _NEEDS_LIB else backward
             torch.library.register_autograd(f"{namespace}::{name}", fn, setup_context=setup)

@@ -6,6 +6,8 @@ together with how to rebuild.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 REBUILD_HINT = ("rebuild it against the installed torch: `pip install --no-build-isolation -e .` "
@@ -18,10 +20,18 @@ try:
 except Exception as exc:  # ImportError, OSError (undefined symbols, missing libs), anything a broken .so raises
     _load_error = f"{type(exc).__name__}: {exc}"
 
+# The op schemas and classes csrc/fastcodec.cpp registers (its kApiVersion): a build from another
+# checkout would lack ops or take other arguments, so it is not used at all.
+API_VERSION = 1
+
 if _C is not None and _C.torch_version != torch.__version__:
     # Loaded, but compiled against another torch: the C++ ABI may differ in ways that only show as
     # a crash later, so the kernels are not used.
     _load_error = f"built against torch {_C.torch_version}, running torch {torch.__version__}"
+    _C = None
+elif _C is not None and getattr(_C, "api_version", 0) != API_VERSION:
+    _load_error = (f"built from another fastcodec checkout (its ops are version {getattr(_C, 'api_version', 0)}, "
+                   f"this one's {API_VERSION})")
     _C = None
 
 
@@ -43,6 +53,14 @@ def native_class(name: str):
         return None
 
 
+def build_id() -> str | None:
+    """Names this build of fastcodec._C (its file's size and time): a rebuild re-measures tuning."""
+    if _C is None:
+        return None
+    st = os.stat(_C.__file__)
+    return f"{st.st_size}-{st.st_mtime_ns}"
+
+
 def cuda_build_archs() -> list[str]:
     """The SM architectures the CUDA kernels were compiled for, e.g. ['80', '90']; [] if none."""
     if _C is None or not _C.with_cuda:
@@ -56,8 +74,6 @@ def cpu_simd_level() -> str | None:
     when FASTCODEC_CPU_SIMD names no level."""
     if _C is None:
         return None
-    if not hasattr(_C, "cpu_simd"):  # built before the level was reported
-        return "unknown (rebuild to see it)"
     return _C.cpu_simd()
 
 
@@ -95,8 +111,7 @@ def register():
     # CPU-only kernels: streaming, the critics' grouped conv, a stride-1 conv's weight gradient
     for name in ("conv1d_window", "conv_transpose1d_stream", "grouped_conv1d", "grouped_conv1d_input_grad",
                  "grouped_conv1d_weight_grad", "conv1d_weight_grad"):
-        if hasattr(torch.ops.fastcodec, name):  # (a build older than them lacks them)
-            torch.library.register_fake(f"fastcodec::{name}")(getattr(_fake, name))
+        torch.library.register_fake(f"fastcodec::{name}")(getattr(_fake, name))
     _autograd.register("fastcodec")
 
 

@@ -76,5 +76,5 @@ def conv1d_weight_grad(gz, x, K, dilation, pad):
 def register(namespace: str, ops=None):
     lib = getattr(torch.ops, namespace)
     for name, fn in FAKES.items():
-        if (ops is None or name in ops) and hasattr(lib, name):  # (a C++ build older than an op lacks it)
+        if (ops is None or name in ops) and hasattr(lib, name):  # (the fast searches are Triton's only)
             torch.library.register_fake(f"{namespace}::{name}")(fn)

@@ -17,15 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from . import _backend, _checks, _extension, causal_conv1d, causal_conv_transpose1d
+from . import _checks, _extension, causal_conv1d, causal_conv_transpose1d, dispatch
 from .reference import DEFAULT_NEGATIVE_SLOPE, activation_ref
-
-
-def _stream_kernel_fits(backend, x, tensors, op):
-    """Whether the C++ streaming kernel `op` can run on these tensors: the cpp backend, fp32."""
-    if _backend.resolve(backend, x.device, x.dtype) != "cpp" or not hasattr(torch.ops.fastcodec, op):
-        return False
-    return all(t.dtype == torch.float32 for t in tensors if t is not None)
 
 
 def _wants_grad(tensors):
@@ -34,9 +27,18 @@ def _wants_grad(tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _stream_kernel_fits(backend, x, tensors, op):
+    """Whether the native step of stream `op` (dispatch.TABLE) runs this chunk: the conv's backend
+    is cpp by the static rule (a stream's frames are never timed: they must not stall), and every
+    tensor is of a dtype the step takes. The gradient is asked separately (_window_kernel)."""
+    if dispatch.choose(op.removesuffix("_stream"), backend, x.device, x.dtype) != "cpp":
+        return False
+    return all(dispatch.refusal(op, "cpp", t.device.type, t.dtype) is None for t in tensors if t is not None)
+
+
 def _window_kernel(backend, x, weight, *others):
-    return _stream_kernel_fits(backend, x, (x, weight) + others, "conv1d_window") and not _wants_grad(
-        (x, weight) + others)
+    tensors = (x, weight) + others
+    return _stream_kernel_fits(backend, x, tensors, "causal_conv1d_stream") and not _wants_grad(tensors)
 
 
 def _check_state(state, want_shape, x, what):
@@ -139,7 +141,7 @@ class CausalConv1dStream:
         if self._fits is None:
             _checks.conv1d(x, self.weight, self.bias, self.stride, self.dilation, self.activation, None,
                            self.negative_slope, self.alpha)
-            self._fits = _stream_kernel_fits(self.backend, x, (x,) + params, "conv1d_window")
+            self._fits = _stream_kernel_fits(self.backend, x, (x,) + params, "causal_conv1d_stream")
         if not self._fits or _wants_grad((x, residual) + params):
             y, self.state = causal_conv1d_stream(
                 x, self.weight, self.bias, state=self.state, stride=self.stride, dilation=self.dilation,
@@ -179,7 +181,7 @@ class CausalConvTranspose1dStream:
         if self._fits is None:
             _checks.conv_transpose1d(x, self.weight, self.bias, self.stride, self.activation, self.negative_slope,
                                      self.alpha)
-            self._fits = _stream_kernel_fits(self.backend, x, (x,) + params, "conv_transpose1d_stream")
+            self._fits = _stream_kernel_fits(self.backend, x, (x,) + params, "causal_conv_transpose1d_stream")
         if not self._fits or _wants_grad((x,) + params):
             y, self.state = causal_conv_transpose1d_stream(
                 x, self.weight, self.bias, state=self.state, stride=self.stride, activation=self.activation,
@@ -233,8 +235,8 @@ class StreamChain:
             return False
         if self._native_ok is None:  # decided at the first fp32 CPU chunk: the backends and weights
             kernel_ok = all(_stream_kernel_fits(s.backend, x, (x, s.weight, s.bias, s.alpha),
-                                                "conv1d_window" if isinstance(s, CausalConv1dStream)
-                                                else "conv_transpose1d_stream") for s in self.streams)
+                                                "causal_conv1d_stream" if isinstance(s, CausalConv1dStream)
+                                                else "causal_conv_transpose1d_stream") for s in self.streams)
             self._native_ok = kernel_ok and _extension.native_class("StreamChain") is not None
         return self._native_ok
 

@@ -19,7 +19,7 @@ from . import _extension
 @contextlib.contextmanager
 def weight_cache(enabled: bool = True):
     lib = _extension._C
-    if lib is None or not hasattr(lib, "set_weight_cache"):
+    if lib is None:
         yield
         return
     previous = lib.set_weight_cache(enabled)

@@ -80,8 +80,9 @@ class _FastcodecConvMixin:
     def _conv_forward(self, x, weight, bias):
         if self.backend != "torch" and x.dtype == torch.float32 and autocast_dtype(x) is None \
                 and ops.resolve_backend(self.backend, x) == "cpp":
+            # The op's 'auto' picks between the C++ kernel and oneDNN per shape, measured.
             return ops.grouped_conv1d(x, weight, bias, stride=self.stride[0], padding=self.padding[0],
-                                      groups=self.groups, backend="cpp")
+                                      groups=self.groups, backend=self.backend)
         return super()._conv_forward(x, weight, bias)
 
 

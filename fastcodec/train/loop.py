@@ -165,6 +165,16 @@ class Trainer:
         self.step, self.bad_streak = 0, 0
         if resume_from is not None:
             self._resume(resume_from)
+        self.segment = int(round(cfg.segment_seconds * self.codec_cfg.sample_rate))
+        if self.dist.active and ops.tuning.enabled():
+            # Ranks do not time calls on their own (it would need a collective at every call site):
+            # rank 0 measures a training step's shapes on a copy of the model, and every rank takes its table.
+            if self.dist.main:
+                from ..tune import tune_model
+
+                tune_model(self.model, cfg.batch_size, self.segment, inference=False, stream=False,
+                           context=self._autocast)
+            ops.tuning.share()
 
         if cfg.compile:
             # The convs compile into one graph each; the quantizer (k-means on its first batch, EMA
@@ -181,7 +191,6 @@ class Trainer:
                        else {"broadcast_buffers": False})
             self.gen = ddp(self.model, device_ids=ids, **no_sync)
             self.crit = ddp(self.critics, device_ids=ids, **no_sync)
-        self.segment = int(round(cfg.segment_seconds * self.codec_cfg.sample_rate))
         self._stop_requested = False
         self.interrupted = False  # set when a Ctrl-C ended the run early (after its checkpoint)
 

@@ -1,0 +1,88 @@
+"""`python -m fastcodec tune`: measure 'auto's choices for the shapes a preset trains and codes at,
+and keep them in the tuning cache ($FASTCODEC_CACHE_DIR), so later runs on this machine start with
+them (see fastcodec.ops.tuning).
+
+    python -m fastcodec tune --preset soundstream-24k --batch-size 16
+    python -m fastcodec tune --show                 # what is cached, nothing measured
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+
+import torch
+
+
+def tune_model(model, batch_size: int, samples: int, inference: bool = True, stream: bool = True,
+               context=contextlib.nullcontext) -> dict:
+    """Measure every keyed op call of one training step of `model` (batch_size x samples, forward
+    and backward) and, with `inference`, of coding batch 1 x 10 s and 4 x 1 s, and with `stream`,
+    of a stream's frame. Runs on a copy; context() wraps the training step (the run's autocast).
+    Returns the entries measured {key: entry}."""
+    from .ops import tuning
+
+    model = copy.deepcopy(model)
+    device = model.quantizer.codebooks.device
+    rate, hop = model.cfg.sample_rate, model.cfg.hop
+    before = set(tuning.table())
+    with tuning.measuring():
+        # The step's convs, forward and backward, and its search; without the quantizer's training
+        # forward, whose codebook initialisation is a collective under torch.distributed.
+        model.train()
+        with context():
+            out = model(0.1 * torch.randn(batch_size, 1, samples, device=device), quantize=False)
+        out.audio.float().pow(2).mean().backward()
+        z = out.quantizer.quantized.detach()
+        model.quantizer.search(z.to(model.quantizer.codebooks.dtype).transpose(1, 2).reshape(-1, z.shape[1]))
+        model.eval()
+        with torch.no_grad():
+            shapes = [(1, 10 * rate), (4, rate)] if inference else []
+            for b, n in shapes:
+                model.decode(model.encode(0.1 * torch.randn(b, 1, n, device=device)))
+            if stream:  # what a stream's frame asks outside its native conv steps: the search and lookup
+                z = model.encoder(0.1 * torch.randn(1, 1, hop, device=device))
+                model.decode(model.encode(0.1 * torch.randn(1, 1, hop, device=device)))
+                model.quantizer.encode(z)
+    return {k: v for k, v in tuning.table().items() if k not in before}
+
+
+def main(args) -> int:
+    from .info import tuning_table
+    from .nn import SoundStream, preset
+    from .ops import tuning
+
+    if args.show:
+        print("\n".join(tuning_table()))
+        return 0
+    if not tuning.enabled():
+        print("fastcodec: error: FASTCODEC_TUNE=0 turns measured choices off; unset it to tune")
+        return 1
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cfg = preset(args.preset)
+    torch.manual_seed(0)
+    model = SoundStream(cfg).to(device)
+    if args.fresh:
+        stale = [k for k in tuning.table() if f"|{device.type}|" in k]
+        for k in stale:
+            del tuning.table()[k]
+    start = time.perf_counter()
+    new = tune_model(model, args.batch_size, round(args.segment_seconds * cfg.sample_rate))
+    took = time.perf_counter() - start
+    print(f"{args.preset} on {device}: {len(new)} call shapes measured in {took:.1f} s "
+          f"(training step {args.batch_size} x {args.segment_seconds:g} s, coding 1 x 10 s and 4 x 1 s, a stream's "
+          f"frame); saved to {tuning.cache_path()}")
+    for key, e in sorted(new.items()):
+        times = ", ".join(f"{b} {ms:.3g} ms" for b, ms in sorted(e["ms"].items(), key=lambda kv: kv[1]))
+        moved = f"; the static rule's {e['static']}" if e.get("static", e["backend"]) != e["backend"] else ""
+        print(f"  {key} -> {e['backend']} ({times}{moved})")
+    return 0
+
+
+def add_arguments(p):
+    p.add_argument("--preset", default="soundstream-24k")
+    p.add_argument("--batch-size", type=int, default=8, help="the training run's, per process")
+    p.add_argument("--segment-seconds", type=float, default=1.0, help="the training run's crop length")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when a GPU is visible")
+    p.add_argument("--fresh", action="store_true", help="measure again the shapes already cached for this device")
+    p.add_argument("--show", action="store_true", help="print the cached choices; measure nothing")

@@ -1,0 +1,226 @@
+"""The dispatch table and measured 'auto' (fastcodec/ops/dispatch.py, tuning.py): the table answers
+for every op, backend, device and dtype; the tuner takes the faster of two fakes with known costs
+and keeps the static choice inside the margin; the cache survives a round trip, is redone for other
+versions, ignores corrupt and truncated files, and keeps what two processes tuning at once wrote;
+two gloo ranks agree; nothing is timed under torch.compile, in a live stream or with
+FASTCODEC_TUNE=0; a named backend is never swapped."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import require_backend
+from fastcodec import ops
+from fastcodec.ops import BackendUnavailable, _backend, dispatch, tuning
+
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def tuned(tmp_path, monkeypatch):
+    """Tuning on, with this test's own cache folder."""
+    monkeypatch.setenv("FASTCODEC_TUNE", "1")
+    monkeypatch.setenv("FASTCODEC_CACHE_DIR", str(tmp_path / "cache"))
+    tuning.forget()
+    yield tmp_path / "cache"
+    tuning.forget()
+
+
+def _busy(seconds):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def _fake(costs, calls=None):
+    """run(backend) that takes costs[backend] seconds (busy, so it is what a timer sees)."""
+    def run(backend, *args):
+        if calls is not None:
+            calls.append(backend)
+        _busy(costs[backend])
+    return run
+
+
+def test_the_table_answers_for_every_op_backend_device_and_dtype():
+    for op, impls in dispatch.TABLE.items():
+        for device in ("cpu", "cuda"):
+            for dtype in DTYPES:
+                for backend in _backend.BACKENDS:
+                    why = dispatch.refusal(op, backend, device, dtype, {"D": 64})
+                    assert why is None or (isinstance(why, str) and why), (op, backend, device, dtype)
+                    if backend not in impls:
+                        assert why == f"{op} has no {backend} implementation"
+                    if why is None:
+                        assert dispatch.choose(op, backend, torch.device(device), dtype, shape={"D": 64}) == backend
+                    else:
+                        with pytest.raises(BackendUnavailable, match="cannot run here"):
+                            dispatch.choose(op, backend, torch.device(device), dtype, shape={"D": 64})
+                order = dispatch.usable(op, device, dtype, {"D": 64})
+                assert order == [b for b in dispatch.ORDER.get(device, ()) + ("torch",) if b in order]
+
+
+def test_auto_is_the_static_rule_without_a_key():
+    require_backend("cpp", "cpu")
+    assert dispatch.choose("causal_conv1d", "auto", CPU, torch.float32) == "cpp"
+    assert dispatch.choose("causal_conv1d", "auto", CPU, torch.bfloat16) == "torch"
+    assert dispatch.choose("grouped_conv1d", "auto", CPU, torch.float64) == "torch"
+    assert dispatch.choose("causal_conv1d_stream", "auto", CPU, torch.float32) == "cpp"
+    with pytest.raises(BackendUnavailable, match="no backend runs causal_conv1d_stream on cpu float64"):
+        dispatch.choose("causal_conv1d_stream", "auto", CPU, torch.float64)
+
+
+def test_decide_needs_the_margin_and_the_rounds():
+    assert tuning.decide({"cpp": [2, 2, 2, 2, 2], "torch": [1, 1, 1, 1, 1]}, "cpp") == "torch"
+    assert tuning.decide({"cpp": [1, 1, 1, 1, 1], "torch": [0.95, 0.95, 0.95, 0.95, 0.95]}, "cpp") == "cpp"
+    # faster in the median, but slower in two rounds of five: noise, the default stays
+    assert tuning.decide({"cpp": [2, 2, 2, 1, 1], "torch": [1, 1, 1, 1.5, 1.5]}, "cpp") == "cpp"
+    assert tuning.decide({"cpp": [2, 2, 2], "torch": [1, 1, 1], "cuda": [0.5, 0.5, 0.5]}, "cpp") == "cuda"
+
+
+def test_the_tuner_takes_the_faster_of_two_fakes_and_keeps_the_default_inside_the_margin(tuned):
+    key = lambda: "fake|cpu|float32|a"  # noqa: E731
+    assert tuning.choose("fake", CPU, key, ["cpp", "torch"], _fake({"cpp": 3e-3, "torch": 1e-3}), ()) == "torch"
+    entry = tuning.table()["fake|cpu|float32|a"]
+    assert entry["backend"] == "torch" and entry["static"] == "cpp" and entry["ms"]["cpp"] > 2 * entry["ms"]["torch"]
+    key = lambda: "fake|cpu|float32|b"  # noqa: E731
+    assert tuning.choose("fake", CPU, key, ["cpp", "torch"], _fake({"cpp": 1e-3, "torch": 0.97e-3}), ()) == "cpp"
+    # Known now: the next call takes the cached choice without timing anything.
+    calls = []
+    assert tuning.choose("fake", CPU, key, ["cpp", "torch"], _fake({"cpp": 1, "torch": 1}, calls), ()) == "cpp"
+    assert calls == []
+
+
+def test_the_cache_round_trip_versions_and_damaged_files(tuned, monkeypatch):
+    run = _fake({"cpp": 3e-3, "torch": 1e-3})
+    tuning.choose("fake", CPU, lambda: "k1", ["cpp", "torch"], run, ())
+    path = tuning.cache_path()
+    assert path.parent == tuned and json.loads(path.read_text())["entries"]["k1"]["backend"] == "torch"
+    tuning.forget()
+    calls = []
+    assert tuning.choose("fake", CPU, lambda: "k1", ["cpp", "torch"], _fake({"cpp": 0, "torch": 0}, calls), ()) \
+        == "torch" and calls == []  # read back from the file
+    # Other versions (a new torch, another CPU): another file, measured again.
+    real = tuning.versions()
+    monkeypatch.setattr(tuning, "versions", lambda: dict(real, torch="9.9"))
+    tuning.forget()
+    assert tuning.cache_path() != path and tuning.table() == {}
+    monkeypatch.setattr(tuning, "versions", lambda: real)
+    # A file that claims other versions under this name is not trusted.
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps(dict(data, versions=dict(real, cpu="another"))))
+    tuning.forget()
+    with pytest.warns(tuning.TuningWarning, match="not a tuning cache of this machine"):
+        assert tuning.table() == {}
+    for damaged in (b"{not json", json.dumps(data).encode()[: len(json.dumps(data)) // 2], b"\xff\xfe", b"[]"):
+        path.write_bytes(damaged)
+        tuning.forget()
+        with pytest.warns(tuning.TuningWarning, match="ignored"):
+            assert tuning.table() == {}
+    # ... and the next measurement replaces it with a good file.
+    tuning.choose("fake", CPU, lambda: "k2", ["cpp", "torch"], run, ())
+    tuning.forget()
+    assert set(tuning.table()) == {"k2"}
+
+
+_WORKER = textwrap.dedent("""
+    import sys, time
+    from fastcodec.ops import tuning
+    import torch
+    name, start = sys.argv[1], float(sys.argv[2])
+    while time.time() < start:
+        time.sleep(0.001)
+    def run(backend, *args):
+        end = time.perf_counter() + (0.002 if backend == "cpp" else 0.001)
+        while time.perf_counter() < end:
+            pass
+    for i in range(8):
+        tuning.choose("fake", torch.device("cpu"), lambda: f"{name}{i}", ["cpp", "torch"], run, ())
+""")
+
+
+def test_two_processes_tuning_at_once_keep_each_others_choices(tuned):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    start = time.time() + 3
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, name, str(start)], env=env, stderr=subprocess.PIPE,
+                              text=True) for name in ("a", "b")]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()[-2000:]
+    tuning.forget()
+    assert set(tuning.table()) == {f"{n}{i}" for n in "ab" for i in range(8)}
+    assert not list(tuned.glob(".*.partial"))
+
+
+_RANKS = textwrap.dedent("""
+    import json, os, torch
+    import torch.distributed as dist
+    from fastcodec import ops
+    from fastcodec.ops import tuning
+    dist.init_process_group("gloo")
+    torch.manual_seed(0)
+    x, w = torch.randn(2, 8, 3000), torch.randn(8, 8, 7)
+    # A rank alone does not time anything under torch.distributed (a collective at an arbitrary
+    # call site could deadlock): rank 0 measures inside measuring(), then share() hands its table on.
+    ops.causal_conv1d(x, w, activation="elu")
+    assert tuning.table() == {}, tuning.table()
+    if dist.get_rank() == 0:
+        with tuning.measuring():
+            ops.causal_conv1d(x, w, activation="elu")
+    tuning.share()
+    print("TABLE " + json.dumps({k: v["backend"] for k, v in tuning.table().items()}, sort_keys=True), flush=True)
+    dist.destroy_process_group()
+""")
+
+
+def test_two_gloo_ranks_agree(tuned, tmp_path):
+    require_backend("cpp", "cpu")
+    script = tmp_path / "ranks.py"
+    script.write_text(_RANKS)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    tables = [json.loads(ln.split(" ", 1)[1]) for ln in r.stdout.splitlines() if ln.startswith("TABLE ")]
+    assert len(tables) == 2 and tables[0] == tables[1] and len(tables[0]) == 1
+
+
+def test_nothing_is_timed_under_torch_compile(tuned):
+    require_backend("cpp", "cpu")
+    torch._dynamo.reset()
+    x, w = torch.randn(1, 4, 300), torch.randn(6, 4, 3)
+    f = torch.compile(lambda x, w: ops.causal_conv1d(x, w, activation="elu"), backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(f(x, w), ops.causal_conv1d_ref(x, w, activation="elu"))
+    assert tuning.table() == {} and not tuning.cache_path().exists()
+
+
+def test_nothing_is_timed_in_a_live_stream_or_with_tuning_off(tuned, monkeypatch, codec_path):
+    from fastcodec import Codec
+
+    codec = Codec.load(codec_path)
+    enc = codec.streaming_encoder()
+    codes = torch.cat([enc(0.1 * torch.randn(37)) for _ in range(20)] + [enc.flush()], 2)
+    dec = codec.streaming_decoder()
+    dec(codes)
+    assert tuning.table() == {}
+    monkeypatch.setenv("FASTCODEC_TUNE", "0")
+    codec.decode(codec.encode(0.1 * torch.randn(800), 8000))
+    assert tuning.table() == {} and not tuning.cache_path().exists()
+    monkeypatch.setenv("FASTCODEC_TUNE", "1")
+    codec.decode(codec.encode(0.1 * torch.randn(800), 8000))  # offline: measured and kept
+    assert tuning.table() and tuning.cache_path().exists()
+
+
+def test_a_named_backend_is_never_swapped(tuned):
+    require_backend("cpp", "cpu")
+    x, w = torch.randn(1, 4, 300, requires_grad=True), torch.randn(6, 4, 3)
+    key = tuning.key("causal_conv1d", CPU, torch.float32, "4>6 k3 s1 d1 None - B1 T512 grad1")
+    tuning.table()[key] = {"backend": "torch", "static": "cpp", "ms": {"torch": 1.0, "cpp": 2.0}}
+    assert "fastcodec_causal_conv1d" not in type(ops.causal_conv1d(x, w).grad_fn).__name__  # auto: the table's
+    assert "fastcodec_causal_conv1d" in type(ops.causal_conv1d(x, w, backend="cpp").grad_fn).__name__
+    assert Path(tuning.cache_path()).exists() is False  # nothing measured: the entry was given
