@@ -80,9 +80,7 @@ def _grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _key(op, x, bucket):
-    """The tuning key of a call (computed only when 'auto' measures)."""
-    return lambda: tuning.key(op, x.device, x.dtype, bucket())
+_B = tuning.size_bucket
 
 
 def causal_conv1d(x, weight, bias=None, *, stride=1, dilation=1, activation=None, residual=None,
@@ -96,10 +94,9 @@ def causal_conv1d(x, weight, bias=None, *, stride=1, dilation=1, activation=None
     """
     _checks.conv1d(x, weight, bias, stride, dilation, activation, residual, negative_slope, alpha)
     args = (x, weight, bias, stride, dilation, activation, negative_slope, alpha, residual)
-    be = dispatch.choose("causal_conv1d", backend, x.device, x.dtype, key=_key("causal_conv1d", x, lambda: (
-        f"{x.shape[1]}>{weight.shape[0]} k{weight.shape[2]} s{stride} d{dilation} {activation} "
-        f"{'res' if residual is not None else '-'} B{x.shape[0]} T{tuning.size_bucket(x.shape[2])} "
-        f"grad{int(_grad(x, weight, bias, alpha, residual))}")), run=_conv1d_on, args=args)
+    key = (x.shape[1], weight.shape[0], weight.shape[2], stride, dilation, activation, residual is not None,
+           x.shape[0], _B(x.shape[2]), _grad(x, weight, bias, alpha, residual))
+    be = dispatch.choose("causal_conv1d", backend, x.device, x.dtype, key=key, run=_conv1d_on, args=args)
     return _conv1d_on(be, *args)
 
 
@@ -121,11 +118,10 @@ def causal_conv_transpose1d(x, weight, bias=None, *, stride, activation=None, ba
     """
     _checks.conv_transpose1d(x, weight, bias, stride, activation, negative_slope, alpha)
     args = (x, weight, bias, stride, activation, negative_slope, alpha)
-    be = dispatch.choose("causal_conv_transpose1d", backend, x.device, x.dtype, key=_key(
-        "causal_conv_transpose1d", x, lambda: (
-            f"{x.shape[1]}>{weight.shape[1]} k{weight.shape[2]} s{stride} {activation} B{x.shape[0]} "
-            f"T{tuning.size_bucket(x.shape[2])} grad{int(_grad(x, weight, bias, alpha))}")),
-        run=_conv_transpose1d_on, args=args)
+    key = (x.shape[1], weight.shape[1], weight.shape[2], stride, activation, x.shape[0], _B(x.shape[2]),
+           _grad(x, weight, bias, alpha))
+    be = dispatch.choose("causal_conv_transpose1d", backend, x.device, x.dtype, key=key, run=_conv_transpose1d_on,
+                         args=args)
     return _conv_transpose1d_on(be, *args)
 
 
@@ -146,9 +142,9 @@ def grouped_conv1d(x, weight, bias=None, *, stride=1, padding=0, groups=1, backe
     """
     _checks.grouped_conv1d(x, weight, bias, stride, padding, groups)
     args = (x, weight, bias, stride, padding, groups)
-    be = dispatch.choose("grouped_conv1d", backend, x.device, x.dtype, key=_key("grouped_conv1d", x, lambda: (
-        f"{x.shape[1]}>{weight.shape[0]} g{groups} k{weight.shape[2]} s{stride} p{padding} B{x.shape[0]} "
-        f"T{tuning.size_bucket(x.shape[2])} grad{int(_grad(x, weight, bias))}")), run=_grouped_conv1d_on, args=args)
+    key = (x.shape[1], weight.shape[0], groups, weight.shape[2], stride, padding, x.shape[0], _B(x.shape[2]),
+           _grad(x, weight, bias))
+    be = dispatch.choose("grouped_conv1d", backend, x.device, x.dtype, key=key, run=_grouped_conv1d_on, args=args)
     return _grouped_conv1d_on(be, *args)
 
 
@@ -167,9 +163,8 @@ def vq_nearest(x, codebook, *, backend="auto", mode="exact"):
     _checks.vq(x, codebook)
     _checks.search_mode(mode)
     args = (x, codebook, mode)
-    be = dispatch.choose("vq_nearest", backend, x.device, x.dtype, shape={"D": x.shape[1]}, key=_key(
-        "vq_nearest", x, lambda: f"N{tuning.size_bucket(x.shape[0])} K{codebook.shape[0]} D{x.shape[1]} {mode}"),
-        run=_vq_nearest_on, args=args)
+    be = dispatch.choose("vq_nearest", backend, x.device, x.dtype, shape={"D": x.shape[1]},
+                         key=(_B(x.shape[0]), codebook.shape[0], x.shape[1], mode), run=_vq_nearest_on, args=args)
     return _vq_nearest_on(be, *args)
 
 
@@ -220,9 +215,8 @@ def _rvq_search(name, x, codebooks, n_q, backend, mode):
     n_q = _checks.rvq(x, codebooks, n_q)
     _checks.search_mode(mode)
     args = (name, x, codebooks, n_q, mode)
-    be = dispatch.choose(name, backend, x.device, x.dtype, shape={"D": x.shape[1]}, key=_key(name, x, lambda: (
-        f"N{tuning.size_bucket(x.shape[0])} Q{n_q} K{codebooks.shape[1]} D{x.shape[1]} {mode}")),
-        run=_rvq_search_on, args=args)
+    be = dispatch.choose(name, backend, x.device, x.dtype, shape={"D": x.shape[1]},
+                         key=(_B(x.shape[0]), n_q, codebooks.shape[1], x.shape[1], mode), run=_rvq_search_on, args=args)
     return _rvq_search_on(be, *args)
 
 
@@ -240,10 +234,9 @@ def rvq_decode(codes, codebooks, *, backend="auto"):
     """
     _checks.rvq_decode(codes, codebooks)
     codes = codes.long()
-    be = dispatch.choose("rvq_decode", backend, codebooks.device, codebooks.dtype, key=_key(
-        "rvq_decode", codebooks, lambda: (f"N{tuning.size_bucket(codes.shape[0])} Q{codes.shape[1]} "
-                                          f"D{codebooks.shape[2]} grad{int(_grad(codebooks))}")),
-        run=_rvq_decode_on, args=(codes, codebooks))
+    be = dispatch.choose("rvq_decode", backend, codebooks.device, codebooks.dtype,
+                         key=(_B(codes.shape[0]), codes.shape[1], codebooks.shape[2], _grad(codebooks)),
+                         run=_rvq_decode_on, args=(codes, codebooks))
     return _rvq_decode_on(be, codes, codebooks)
 
 

@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from . import _backend
+from . import _backend, tuning
 from ._backend import BackendUnavailable
 
 
@@ -107,9 +107,9 @@ def requested(backend: str) -> tuple[str, str]:
 def choose(op: str, backend: str, device: torch.device, dtype, shape=None, key=None, run=None, args=()) -> str:
     """The backend that runs this call of `op`.
 
-    shape: the keywords the table's limits read (D=..., grad=...). key: a function giving the
-    call's tuning key (tuning.key; None: never measured), called only when 'auto' has a choice to
-    make; run(backend, *args) runs the call on a backend, for the tuner to time.
+    shape: the keywords the table's limits read (D=..., grad=...). key: the call's shape bucket,
+    a tuple (None: never measured); run(backend, *args) runs the call on a backend, for the tuner
+    to time. A settled choice is kept per (op, device, dtype, key), so a warm call costs a lookup.
     """
     name, source = requested(backend)
     if name != "auto":
@@ -119,11 +119,21 @@ def choose(op: str, backend: str, device: torch.device, dtype, shape=None, key=N
         if why:
             raise BackendUnavailable(f"{source} cannot run here: {why}")
         return name
+    if key is not None and not torch.compiler.is_compiling() and tuning.enabled():
+        settled = _settled.get((op, device.type, dtype, key))
+        if settled is not None:
+            return settled
     candidates = usable(op, device.type, dtype, shape)
     if not candidates:
         raise BackendUnavailable(f"no backend runs {op} on {device.type} {_dtype_name(dtype)}")
     if key is None or len(candidates) == 1 or torch.compiler.is_compiling():
         return candidates[0]
-    from . import tuning
+    chosen, settled = tuning.choose(op, device, tuning.key(op, device, dtype, key), candidates, run, args)
+    if settled:
+        _settled[(op, device.type, dtype, key)] = chosen
+    return chosen
 
-    return tuning.choose(op, device, key, candidates, run, args)
+
+# (op, device type, dtype, key) -> the backend the tuning table gave: what a warm call reads. Cleared
+# with the table (tuning.forget, tuning.share).
+_settled: dict = {}

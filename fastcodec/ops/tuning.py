@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 FORMAT, VERSION = "fastcodec-tuning", 1
-MARGIN = 0.10        # a challenger must be this much faster (median), and faster in all rounds but one
+MARGIN = 0.05        # a challenger must be this much faster (median), and faster in all rounds but one
 ROUNDS = 5           # interleaved rounds (3 for a call that takes over SLOW seconds)
 SLOW = 0.2
 ROUND_SECONDS = 0.005  # a round repeats a call until it takes at least this long
@@ -66,9 +66,9 @@ def _may_measure() -> bool:
     return not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
 
 
-def key(op: str, device: torch.device, dtype, bucket: str) -> str:
-    """A call's tuning key: the op, the device type, the dtype and the shape bucket."""
-    return f"{op}|{device.type}|{str(dtype).removeprefix('torch.')}|{bucket}"
+def key(op: str, device: torch.device, dtype, bucket: tuple) -> str:
+    """A call's tuning key in the cache: the op, the device type, the dtype and the shape bucket."""
+    return f"{op}|{device.type}|{str(dtype).removeprefix('torch.')}|{' '.join(map(str, bucket))}"
 
 
 def size_bucket(n: int) -> int:
@@ -211,24 +211,23 @@ def decide(times: dict, default: str) -> str:
     return best
 
 
-def choose(op, device, key, candidates, run, args) -> str:
-    """auto's backend for a keyed call: candidates[0] (the static choice) unless measured faster.
-    key: a function giving the call's key (formatted only here, when tuning is on)."""
+def choose(op, device, key, candidates, run, args) -> tuple:
+    """(backend, settled) for a keyed 'auto' call: candidates[0] (the static choice) unless the
+    table says or a measurement finds another. settled: the table decided (a caller may keep it)."""
     if not enabled():
-        return candidates[0]
-    key = key()
+        return candidates[0], False
     known = table().get(key)
     if known is not None and known["backend"] in candidates:
-        return known["backend"]
+        return known["backend"], True
     if run is None or not _may_measure():
-        return candidates[0]
+        return candidates[0], False
     times = measure(run, candidates, args, device)
     winner = decide(times, candidates[0])
     entry = {"backend": winner, "static": candidates[0],
              "ms": {b: round(1e3 * statistics.median(t), 4) for b, t in times.items()}}
     table()[key] = entry
     _write({key: entry})
-    return winner
+    return winner, True
 
 
 def share():
@@ -240,6 +239,7 @@ def share():
     dist.broadcast_object_list(box, src=0)
     table().clear()
     table().update(box[0])
+    _forget_settled()
 
 
 @contextlib.contextmanager
@@ -268,3 +268,10 @@ def forget():
     """Drop this process's table (the next call rereads the cache file): for tests and `tune`."""
     global _table
     _table = None
+    _forget_settled()
+
+
+def _forget_settled():
+    from . import dispatch
+
+    dispatch._settled.clear()
