@@ -26,7 +26,9 @@ def tune_model(model, batch_size: int, samples: int, inference: bool = True, str
     device = model.quantizer.codebooks.device
     rate, hop = model.cfg.sample_rate, model.cfg.hop
     before = set(tuning.table())
-    with tuning.measuring():
+    # Its own random inputs: the caller's random state (restored by a resume) does not move.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), tuning.measuring():
+        torch.manual_seed(0)
         # The step's convs, forward and backward, and its search; without the quantizer's training
         # forward, whose codebook initialisation is a collective under torch.distributed.
         model.train()

@@ -2,8 +2,8 @@
 for every op, backend, device and dtype; the tuner takes the faster of two fakes with known costs
 and keeps the static choice inside the margin; the cache survives a round trip, is redone for other
 versions, ignores corrupt and truncated files, and keeps what two processes tuning at once wrote;
-two gloo ranks agree; nothing is timed under torch.compile, in a live stream or with
-FASTCODEC_TUNE=0; a named backend is never swapped."""
+two gloo ranks agree; candidates run with autocast off; nothing is timed under torch.compile, in a
+live stream or with FASTCODEC_TUNE=0; a named backend is never swapped."""
 import json
 import os
 import subprocess
@@ -89,8 +89,8 @@ def test_the_tuner_takes_the_faster_of_two_fakes_and_keeps_the_default_inside_th
                          ()) == ("torch", True)
     entry = tuning.table()["fake|cpu|float32|a"]
     assert entry["backend"] == "torch" and entry["static"] == "cpp" and entry["ms"]["cpp"] > 2 * entry["ms"]["torch"]
-    key = "fake|cpu|float32|b"
-    assert tuning.choose("fake", CPU, key, ["cpp", "torch"], _fake({"cpp": 1e-3, "torch": 0.98e-3}), ()) \
+    key = "fake|cpu|float32|b"  # equal costs: the static choice stays
+    assert tuning.choose("fake", CPU, key, ["cpp", "torch"], _fake({"cpp": 1e-3, "torch": 1e-3}), ()) \
         == ("cpp", True)
     # Known now: the next call takes the cached choice without timing anything.
     calls = []
@@ -135,26 +135,26 @@ _WORKER = textwrap.dedent("""
     from fastcodec.ops import tuning
     import torch
     name, start = sys.argv[1], float(sys.argv[2])
-    while time.time() < start:
+    while time.time() < start:  # both processes begin together, after their imports
         time.sleep(0.001)
     def run(backend, *args):
         end = time.perf_counter() + (0.002 if backend == "cpp" else 0.001)
         while time.perf_counter() < end:
             pass
-    for i in range(8):
+    for i in range(16):
         tuning.choose("fake", torch.device("cpu"), f"{name}{i}", ["cpp", "torch"], run, ())
 """)
 
 
 def test_two_processes_tuning_at_once_keep_each_others_choices(tuned):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    start = time.time() + 3
+    start = time.time() + 10
     procs = [subprocess.Popen([sys.executable, "-c", _WORKER, name, str(start)], env=env, stderr=subprocess.PIPE,
                               text=True) for name in ("a", "b")]
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stderr.read()[-2000:]
     tuning.forget()
-    assert set(tuning.table()) == {f"{n}{i}" for n in "ab" for i in range(8)}
+    assert set(tuning.table()) == {f"{n}{i}" for n in "ab" for i in range(16)}
     assert not list(tuned.glob(".*.partial"))
 
 
@@ -170,6 +170,7 @@ _RANKS = textwrap.dedent("""
     # call site could deadlock): rank 0 measures inside measuring(), then share() hands its table on.
     ops.causal_conv1d(x, w, activation="elu")
     assert tuning.table() == {}, tuning.table()
+    dist.barrier()  # both ranks read the empty cache before rank 0 writes one
     if dist.get_rank() == 0:
         with tuning.measuring():
             ops.causal_conv1d(x, w, activation="elu")
@@ -225,3 +226,68 @@ def test_a_named_backend_is_never_swapped(tuned):
     assert "fastcodec_causal_conv1d" not in type(ops.causal_conv1d(x, w).grad_fn).__name__  # auto: the table's
     assert "fastcodec_causal_conv1d" in type(ops.causal_conv1d(x, w, backend="cpp").grad_fn).__name__
     assert Path(tuning.cache_path()).exists() is False  # nothing measured: the entry was given
+
+
+def test_a_call_without_gradients_is_timed_without_a_backward(tuned):
+    """Under no_grad a weight that requires gradients must not make the timing run a backward the
+    call never will (Codec.encode: eval mode, parameters still requiring gradients)."""
+    seen = []
+
+    def run(backend, x, w):
+        seen.append((torch.is_grad_enabled(), x.requires_grad, w.requires_grad))
+        return x * w
+    w = torch.randn(5, requires_grad=True)
+    with torch.no_grad():
+        tuning.choose("fake", CPU, "nograd", ["cpp", "torch"], run, (torch.randn(5), w))
+    assert seen and all(not any(s) for s in seen)
+    seen.clear()
+    tuning.choose("fake", CPU, "grad", ["cpp", "torch"], run, (torch.randn(5), w))
+    assert seen and all(s == (True, False, True) for s in seen)
+
+
+def test_the_callers_tensors_are_untouched(tuned):
+    require_backend("cpp", "cpu")
+    x = torch.randn(2, 4, 700, requires_grad=True)
+    w = torch.randn(6, 4, 5, requires_grad=True)
+    before = (x.detach().clone(), w.detach().clone(), x._version, w._version)
+    y = ops.causal_conv1d(x, w, activation="elu")  # measured here, forward and backward
+    assert tuning.table() and x.grad is None and w.grad is None
+    assert torch.equal(x.detach(), before[0]) and torch.equal(w.detach(), before[1])
+    assert (x._version, w._version) == before[2:]
+    y.sum().backward()  # the caller's graph is intact
+    assert x.grad is not None and w.grad is not None
+
+
+def test_a_candidate_that_fails_leaves_the_static_choice(tuned):
+    def run(backend, *args):
+        if backend == "torch":
+            raise RuntimeError("out of memory (simulated)")
+        _busy(1e-4)
+    with pytest.warns(tuning.TuningWarning, match="could not time k.*out of memory.*keeps the static choice cpp"):
+        assert tuning.choose("fake", CPU, "k", ["cpp", "torch"], run, ()) == ("cpp", False)
+    calls = []
+    assert tuning.choose("fake", CPU, "k", ["cpp", "torch"], _fake({"cpp": 0, "torch": 0}, calls), ()) \
+        == ("cpp", False) and calls == []  # not tried again in this process
+    assert "k" not in tuning.table()
+
+
+def test_under_autocast_every_candidate_runs_at_the_calls_dtype(tuned):
+    seen = []
+
+    def run(backend, *args):
+        seen.append((backend, torch.is_autocast_enabled("cpu")))
+        _busy({"cpp": 1e-4, "torch": 5e-4}[backend])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert tuning.choose("fake", CPU, "k", ["cpp", "torch"], run, ()) == ("cpp", True)
+    assert {b for b, _ in seen} == {"cpp", "torch"} and not any(on for _, on in seen)
+    assert tuning.table()["k"]["backend"] == "cpp"
+
+
+def test_nothing_is_timed_in_an_ops_stream(tuned):
+    require_backend("cpp", "cpu")
+    x, w = torch.randn(1, 4, 300), torch.randn(6, 4, 3)
+    stream = ops.CausalConv1dStream(w, stride=1, backend="auto")
+    for i in range(0, 300, 7):
+        stream(x.double()[:, :, i:i + 7].float())  # (fp32: the native step; no key, nothing timed)
+    ops.causal_conv1d_stream(x.double(), w.double(), state=None)  # fp64: the composed path, keyed
+    assert tuning.table() == {}

@@ -94,8 +94,8 @@ def causal_conv1d(x, weight, bias=None, *, stride=1, dilation=1, activation=None
     """
     _checks.conv1d(x, weight, bias, stride, dilation, activation, residual, negative_slope, alpha)
     args = (x, weight, bias, stride, dilation, activation, negative_slope, alpha, residual)
-    key = (x.shape[1], weight.shape[0], weight.shape[2], stride, dilation, activation, residual is not None,
-           x.shape[0], _B(x.shape[2]), _grad(x, weight, bias, alpha, residual))
+    key = lambda: (x.shape[1], weight.shape[0], weight.shape[2], stride, dilation, activation,  # noqa: E731
+                   residual is not None, x.shape[0], _B(x.shape[2]), _grad(x, weight, bias, alpha, residual))
     be = dispatch.choose("causal_conv1d", backend, x.device, x.dtype, key=key, run=_conv1d_on, args=args)
     return _conv1d_on(be, *args)
 
@@ -118,8 +118,8 @@ def causal_conv_transpose1d(x, weight, bias=None, *, stride, activation=None, ba
     """
     _checks.conv_transpose1d(x, weight, bias, stride, activation, negative_slope, alpha)
     args = (x, weight, bias, stride, activation, negative_slope, alpha)
-    key = (x.shape[1], weight.shape[1], weight.shape[2], stride, activation, x.shape[0], _B(x.shape[2]),
-           _grad(x, weight, bias, alpha))
+    key = lambda: (x.shape[1], weight.shape[1], weight.shape[2], stride, activation, x.shape[0],  # noqa: E731
+                   _B(x.shape[2]), _grad(x, weight, bias, alpha))
     be = dispatch.choose("causal_conv_transpose1d", backend, x.device, x.dtype, key=key, run=_conv_transpose1d_on,
                          args=args)
     return _conv_transpose1d_on(be, *args)
@@ -142,8 +142,8 @@ def grouped_conv1d(x, weight, bias=None, *, stride=1, padding=0, groups=1, backe
     """
     _checks.grouped_conv1d(x, weight, bias, stride, padding, groups)
     args = (x, weight, bias, stride, padding, groups)
-    key = (x.shape[1], weight.shape[0], groups, weight.shape[2], stride, padding, x.shape[0], _B(x.shape[2]),
-           _grad(x, weight, bias))
+    key = lambda: (x.shape[1], weight.shape[0], groups, weight.shape[2], stride, padding, x.shape[0],  # noqa: E731
+                   _B(x.shape[2]), _grad(x, weight, bias))
     be = dispatch.choose("grouped_conv1d", backend, x.device, x.dtype, key=key, run=_grouped_conv1d_on, args=args)
     return _grouped_conv1d_on(be, *args)
 
@@ -164,7 +164,8 @@ def vq_nearest(x, codebook, *, backend="auto", mode="exact"):
     _checks.search_mode(mode)
     args = (x, codebook, mode)
     be = dispatch.choose("vq_nearest", backend, x.device, x.dtype, shape={"D": x.shape[1]},
-                         key=(_B(x.shape[0]), codebook.shape[0], x.shape[1], mode), run=_vq_nearest_on, args=args)
+                         key=lambda: (_B(x.shape[0]), codebook.shape[0], x.shape[1], mode), run=_vq_nearest_on,
+                         args=args)
     return _vq_nearest_on(be, *args)
 
 
@@ -216,7 +217,8 @@ def _rvq_search(name, x, codebooks, n_q, backend, mode):
     _checks.search_mode(mode)
     args = (name, x, codebooks, n_q, mode)
     be = dispatch.choose(name, backend, x.device, x.dtype, shape={"D": x.shape[1]},
-                         key=(_B(x.shape[0]), n_q, codebooks.shape[1], x.shape[1], mode), run=_rvq_search_on, args=args)
+                         key=lambda: (_B(x.shape[0]), n_q, codebooks.shape[1], x.shape[1], mode), run=_rvq_search_on,
+                         args=args)
     return _rvq_search_on(be, *args)
 
 
@@ -235,7 +237,7 @@ def rvq_decode(codes, codebooks, *, backend="auto"):
     _checks.rvq_decode(codes, codebooks)
     codes = codes.long()
     be = dispatch.choose("rvq_decode", backend, codebooks.device, codebooks.dtype,
-                         key=(_B(codes.shape[0]), codes.shape[1], codebooks.shape[2], _grad(codebooks)),
+                         key=lambda: (_B(codes.shape[0]), codes.shape[1], codebooks.shape[2], _grad(codebooks)),
                          run=_rvq_decode_on, args=(codes, codebooks))
     return _rvq_decode_on(be, codes, codebooks)
 

@@ -107,9 +107,10 @@ def requested(backend: str) -> tuple[str, str]:
 def choose(op: str, backend: str, device: torch.device, dtype, shape=None, key=None, run=None, args=()) -> str:
     """The backend that runs this call of `op`.
 
-    shape: the keywords the table's limits read (D=..., grad=...). key: the call's shape bucket,
-    a tuple (None: never measured); run(backend, *args) runs the call on a backend, for the tuner
-    to time. A settled choice is kept per (op, device, dtype, key), so a warm call costs a lookup.
+    shape: the keywords the table's limits read (D=..., grad=...). key: a function giving the
+    call's shape bucket, a tuple (None: never measured), called only when tuning is on and no
+    trace is being made; run(backend, *args) runs the call on a backend, for the tuner to time. A
+    settled choice is kept per (op, device, threads, dtype, key): a warm call costs a lookup.
     """
     name, source = requested(backend)
     if name != "auto":
@@ -119,21 +120,26 @@ def choose(op: str, backend: str, device: torch.device, dtype, shape=None, key=N
         if why:
             raise BackendUnavailable(f"{source} cannot run here: {why}")
         return name
-    if key is not None and not torch.compiler.is_compiling() and tuning.enabled():
-        settled = _settled.get((op, device.type, dtype, key))
+    # Under a torch.compile trace the static rule: a choice must not depend on a timing or a file
+    # there, and the key (built from shapes) would specialise dynamic ones.
+    tuned = key is not None and not torch.compiler.is_compiling() and tuning.enabled()
+    if tuned:
+        key = key()
+        memo = (op, device.type, torch.get_num_threads(), dtype, key)
+        settled = _settled.get(memo)
         if settled is not None:
             return settled
     candidates = usable(op, device.type, dtype, shape)
     if not candidates:
         raise BackendUnavailable(f"no backend runs {op} on {device.type} {_dtype_name(dtype)}")
-    if key is None or len(candidates) == 1 or torch.compiler.is_compiling():
+    if not tuned or len(candidates) == 1:
         return candidates[0]
     chosen, settled = tuning.choose(op, device, tuning.key(op, device, dtype, key), candidates, run, args)
     if settled:
-        _settled[(op, device.type, dtype, key)] = chosen
+        _settled[memo] = chosen
     return chosen
 
 
-# (op, device type, dtype, key) -> the backend the tuning table gave: what a warm call reads. Cleared
-# with the table (tuning.forget, tuning.share).
+# (op, device type, CPU threads, dtype, key) -> the backend the tuning table gave: what a warm call
+# reads. Cleared with the table (tuning.forget, tuning.share, a new cache path).
 _settled: dict = {}

@@ -15,10 +15,22 @@ Each takes the `state` returned by the previous call (None at the start of a str
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from . import _checks, _extension, causal_conv1d, causal_conv_transpose1d, dispatch
+from . import _checks, _extension, causal_conv1d, causal_conv_transpose1d, dispatch, tuning
 from .reference import DEFAULT_NEGATIVE_SLOPE, activation_ref
+
+
+def _frame(fn):
+    """A stream's call: 'auto' takes cached or static choices without timing anything (a frame
+    must never stall; `python -m fastcodec tune` measures a stream's shapes ahead of time)."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        with tuning.no_measuring():
+            return fn(*args, **kwargs)
+    return call
 
 
 def _wants_grad(tensors):
@@ -51,6 +63,7 @@ def _check_state(state, want_shape, x, what):
                          f"the state returned by the previous call, or None to start a stream)")
 
 
+@_frame
 def causal_conv1d_stream(x, weight, bias=None, *, state=None, stride=1, dilation=1, activation=None, residual=None,
                          backend="auto", negative_slope=DEFAULT_NEGATIVE_SLOPE, alpha=None):
     """One chunk of a streamed causal_conv1d. x: [B, Cin, T] -> (y [B, Cout, n], state).
@@ -96,6 +109,7 @@ def causal_conv1d_stream(x, weight, bias=None, *, state=None, stride=1, dilation
     return y, xx[:, :, n * stride:]
 
 
+@_frame
 def causal_conv_transpose1d_stream(x, weight, bias=None, *, state=None, stride, activation=None, backend="auto",
                                    negative_slope=DEFAULT_NEGATIVE_SLOPE, alpha=None):
     """One chunk of a streamed causal_conv_transpose1d. x: [B, Cin, T] -> (y [B, Cout, T*stride], state)."""
@@ -136,6 +150,7 @@ class CausalConv1dStream:
         self.state = None
         self._fits = None  # whether the C++ window kernel fits, decided at the first chunk
 
+    @_frame
     def __call__(self, x, residual=None):
         params = (self.weight, self.bias, self.alpha)
         if self._fits is None:
@@ -176,6 +191,7 @@ class CausalConvTranspose1dStream:
         self.state = None
         self._fits = None  # whether the C++ stream kernel fits, decided at the first chunk
 
+    @_frame
     def __call__(self, x):
         params = (self.weight, self.bias, self.alpha)
         if self._fits is None:
@@ -263,6 +279,7 @@ class StreamChain:
                 s.state = self._native.get_state(i) if self._native.has_state(i) else None
         self._states_native = to_native
 
+    @_frame
     def __call__(self, x):
         if x.dim() != 3 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must be [B, {self.in_channels}, T], got {list(x.shape)}")

@@ -7,15 +7,19 @@ stays unless a challenger is faster by MARGIN in the median and in most rounds: 
 vary 1.5-3x between runs, so a close call keeps the default.
 
 Choices persist in $FASTCODEC_CACHE_DIR (default ~/.cache/fastcodec)/tuning-<machine>.json, one
-file per machine and software versions (CPU model, SIMD level, GPU, torch, Triton, fastcodec), so
-a new version re-measures. The file is read once per process; a corrupt or foreign one is ignored
-with a warning; writes merge with what other processes wrote, under a lock, atomically.
+file per machine and software versions (CPU model, SIMD level, torch, Triton, fastcodec), so a new
+version re-measures; a GPU's name and the CPU's thread count are in each entry's key. The file is
+read once per process; a corrupt or foreign one is ignored with a warning; writes merge with what
+other processes wrote, under a lock, atomically. Candidates are timed with autocast off, at the
+call's dtype (the layers cast for autocast before calling an op).
 
 Never measured: with FASTCODEC_TUNE=0 (the static rules, deterministic; the test suite's default),
-inside a torch.compile trace or a CUDA graph capture, under torch.distributed with more than one
-rank (a collective at an arbitrary call site could deadlock: `share()` hands rank 0's table to the
-others at a point all ranks reach), and for calls without a key (a stream's frames: they must never
-stall). Those use a cached choice when there is one (not with FASTCODEC_TUNE=0), else the static.
+inside a torch.compile trace (the static rules there), inside a CUDA graph capture, under
+torch.distributed with more than one rank (a collective at an arbitrary call site could deadlock:
+`share()` hands rank 0's table to the others at a point all ranks reach), in a stream's calls
+(no_measuring(): a frame must never stall), and a shape whose measurement raised (out of memory,
+say) is not tried again in the process. Outside a trace, those take a cached choice when there is
+one (not with FASTCODEC_TUNE=0), else the static.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import threading
 import time
 import warnings
@@ -40,7 +45,9 @@ ROUNDS = 5           # interleaved rounds (3 for a call that takes over SLOW sec
 SLOW = 0.2
 ROUND_SECONDS = 0.005  # a round repeats a call until it takes at least this long
 
-_table = None        # key -> {"backend": name, "ms": {backend: median ms}}, once loaded
+_table = None        # key -> {"backend": name, "static": name, "ms": {backend: median ms}}, once loaded
+_table_path = None   # the cache file it was read from
+_failed = set()      # keys whose measurement raised in this process: not tried again
 _scope = threading.local()  # .forced: inside measuring(); .frozen: inside no_measuring()
 
 
@@ -67,8 +74,11 @@ def _may_measure() -> bool:
 
 
 def key(op: str, device: torch.device, dtype, bucket: tuple) -> str:
-    """A call's tuning key in the cache: the op, the device type, the dtype and the shape bucket."""
-    return f"{op}|{device.type}|{str(dtype).removeprefix('torch.')}|{' '.join(map(str, bucket))}"
+    """A call's tuning key in the cache: the op, the device (the CPU's thread count, or the GPU's
+    name), the dtype and the shape bucket."""
+    where = (f"cuda {torch.cuda.get_device_name(device)}" if device.type == "cuda"
+             else f"{device.type} {torch.get_num_threads()}t")
+    return f"{op}|{where}|{str(dtype).removeprefix('torch.')}|{' '.join(map(str, bucket))}"
 
 
 def size_bucket(n: int) -> int:
@@ -94,15 +104,18 @@ def versions() -> dict:
         triton_version = triton.__version__
     except Exception:
         triton_version = None
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "simd": _extension.cpu_simd_level(), "gpu": gpu,
+    # (A GPU's name goes into the keys of its calls, not here: asking for it would start CUDA in
+    # every process on a GPU machine, CPU-only ones included.)
+    return {"cpu": cpu, "cores": os.cpu_count(), "simd": _extension.cpu_simd_level(),
             "torch": torch.__version__, "triton": triton_version, "fastcodec": __version__,
             "extension": _extension.build_id()}
 
 
 def cache_path() -> Path:
+    home = os.path.expanduser("~")
     root = os.environ.get("FASTCODEC_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fastcodec")
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(home if home != "~" else tempfile.gettempdir(), ".cache"),
+        "fastcodec")
     tag = hashlib.sha256(json.dumps(versions(), sort_keys=True).encode()).hexdigest()[:12]
     return Path(root) / f"tuning-{tag}.json"
 
@@ -110,9 +123,9 @@ def cache_path() -> Path:
 def _read(path: Path) -> dict:
     """The entries of the cache file at path ({} when there is none); a file that is not ours or
     was written for other versions is ignored with a warning."""
-    if not path.exists():
-        return {}
     try:
+        if not path.exists():
+            return {}
         data = json.loads(path.read_text())
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         warnings.warn(f"{path}: ignored, not a readable tuning cache ({type(exc).__name__}); choices will be "
@@ -125,14 +138,18 @@ def _read(path: Path) -> dict:
                       stacklevel=3)
         return {}
     return {k: v for k, v in data["entries"].items()
-            if isinstance(v, dict) and isinstance(v.get("backend"), str) and isinstance(v.get("ms"), dict)}
+            if isinstance(v, dict) and isinstance(v.get("backend"), str) and isinstance(v.get("ms"), dict)
+            and all(isinstance(b, str) and isinstance(t, (int, float)) for b, t in v["ms"].items())}
 
 
 def table() -> dict:
-    """The measured choices known to this process (the cache file's, read once, and new ones)."""
-    global _table
-    if _table is None:
-        _table = _read(cache_path())
+    """The measured choices known to this process (the cache file's, read once per cache path, and
+    new ones)."""
+    global _table, _table_path
+    path = cache_path()
+    if _table is None or path != _table_path:
+        _table, _table_path = _read(path), path
+        _forget_settled()
     return _table
 
 
@@ -144,7 +161,10 @@ def _write(new: dict):
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path.with_name(path.name + ".lock"), "a") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # the read-merge-write of concurrent processes
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # the read-merge-write of concurrent processes
+            except OSError:  # a filesystem without flock: merge unlocked (a lost entry is measured again)
+                pass
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", TuningWarning)  # said when it was first read
                 entries = _read(path)
@@ -163,9 +183,11 @@ def _sync(device):
 
 
 def _fresh(args):
-    """Copies of the call's tensors (gradients wanted where the caller's wanted them), so timing
-    never touches what the caller holds or its graph."""
-    return [a.detach().clone().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) else a for a in args]
+    """Copies of the call's tensors, wanting gradients where the call does (grad mode on and the
+    tensor requiring them), so timing never touches what the caller holds or its graph."""
+    grad = torch.is_grad_enabled()
+    return [a.detach().clone().requires_grad_(grad and a.requires_grad) if isinstance(a, torch.Tensor) else a
+            for a in args]
 
 
 def _timed(run, backend, args, device, repeat):
@@ -174,7 +196,11 @@ def _timed(run, backend, args, device, repeat):
     _sync(device)
     start = time.perf_counter()
     for _ in range(repeat):
-        with torch.enable_grad() if grads else torch.no_grad():
+        # Identity saved-tensor hooks: the caller's (save_on_cpu, checkpointing) must not fire here.
+        # Autocast off: every candidate runs at the key's dtype (nn casts for autocast before the op).
+        with torch.enable_grad() if grads else torch.no_grad(), \
+                torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t), \
+                torch.autocast(device.type, enabled=False):
             out = run(backend, *args)
             if grads:
                 outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,))
@@ -188,7 +214,9 @@ def _timed(run, backend, args, device, repeat):
 def measure(run, candidates, args, device) -> dict:
     """{backend: [seconds per call, one per round]}: the candidates interleaved, round by round."""
     args = _fresh(args)
-    first = {b: _timed(run, b, args, device, 1) for b in candidates}  # warm-up (packing, JIT)
+    for b in candidates:  # warm-up: packing, JIT compiles, library initialisation
+        _timed(run, b, args, device, 1)
+    first = {b: _timed(run, b, args, device, 1) for b in candidates}
     fastest = max(min(first.values()), 1e-9)
     repeat = max(1, min(1000, int(ROUND_SECONDS / fastest)))
     times = {b: [] for b in candidates}
@@ -219,9 +247,17 @@ def choose(op, device, key, candidates, run, args) -> tuple:
     known = table().get(key)
     if known is not None and known["backend"] in candidates:
         return known["backend"], True
-    if run is None or not _may_measure():
+    if run is None or key in _failed or not _may_measure():
         return candidates[0], False
-    times = measure(run, candidates, args, device)
+    try:
+        times = measure(run, candidates, args, device)
+    except Exception as exc:  # e.g. out of memory with the copies: the call itself runs as it would have
+        _failed.add(key)
+        warnings.warn(f"could not time {key} ({type(exc).__name__}: {str(exc)[:160]}); it keeps the static "
+                      f"choice {candidates[0]}", TuningWarning, stacklevel=4)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return candidates[0], False
     winner = decide(times, candidates[0])
     entry = {"backend": winner, "static": candidates[0],
              "ms": {b: round(1e3 * statistics.median(t), 4) for b, t in times.items()}}
@@ -265,9 +301,11 @@ def no_measuring():
 
 
 def forget():
-    """Drop this process's table (the next call rereads the cache file): for tests and `tune`."""
+    """Drop this process's table (the next call rereads the cache file) and its failed keys: for
+    tests and `tune`."""
     global _table
     _table = None
+    _failed.clear()
     _forget_settled()
 
 

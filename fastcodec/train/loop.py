@@ -172,8 +172,12 @@ class Trainer:
             if self.dist.main:
                 from ..tune import tune_model
 
-                tune_model(self.model, cfg.batch_size, self.segment, inference=False, stream=False,
-                           context=self._autocast)
+                try:  # a failure here must not leave the other ranks waiting in share()
+                    tune_model(self.model, cfg.batch_size, self.segment, inference=False, stream=False,
+                               context=self._autocast)
+                except Exception as exc:
+                    self._say(f"warning: tuning the training step's shapes failed ({type(exc).__name__}: {exc}); "
+                              f"the ranks use the static rules for the shapes it did not reach")
             ops.tuning.share()
 
         if cfg.compile:
