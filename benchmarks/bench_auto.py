@@ -1,5 +1,5 @@
 """'auto' measured against the static rules and the PyTorch reference (issue #30's figures): every
-SoundStream-24k layer (fastcodec/shapes.py) and the RVQ search, at batch 1 x 10 s, 4 x 1 s and a
+SoundStream-24k layer (fastcodec/dev/shapes.py) and the RVQ search, at batch 1 x 10 s, 4 x 1 s and a
 training step's 8 x 1 s, forward and forward+backward, side by side per shape:
 
 - torch: the reference (backend='torch');
@@ -21,7 +21,7 @@ import torch
 from common import DEVICE, run
 from fastcodec import ops
 from fastcodec.ops import tuning
-from fastcodec.shapes import CODE_DIM, RATE, STRIDES, decoder_up_layers, encoder_layers
+from fastcodec.dev.shapes import CODE_DIM, RATE, STRIDES, decoder_up_layers, encoder_layers
 
 # One cache for the session, empty at its start: 'tuned' is what a first run on this machine gets.
 os.environ.setdefault("FASTCODEC_BENCH_TUNING_DIR", tempfile.mkdtemp(prefix="fastcodec-bench-tuning-"))

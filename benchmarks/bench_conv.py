@@ -1,4 +1,4 @@
-"""Causal conv layers of the SoundStream-24k codec (listed in fastcodec/shapes.py): the PyTorch
+"""Causal conv layers of the SoundStream-24k codec (listed in fastcodec/dev/shapes.py): the PyTorch
 reference chain (pad copy, conv, bias, activation, residual add) against each fused kernel, side
 by side per shape.
 
@@ -11,7 +11,7 @@ import torch
 
 from common import DEVICE, ON_GPU, implementations, run
 from fastcodec import ops
-from fastcodec.shapes import decoder_up_layers, encoder_layers
+from fastcodec.dev.shapes import decoder_up_layers, encoder_layers
 
 BATCHES = {"4x1s": (4, 1), "1x10s": (1, 10)}
 DTYPES = [torch.bfloat16, torch.float32] if ON_GPU else [torch.float32]

@@ -26,7 +26,7 @@ import torch
 
 from common import DEVICE, ON_GPU, implementations, run
 from fastcodec import ops
-from fastcodec.shapes import RVQ_SHAPES, rvq_large
+from fastcodec.dev.shapes import RVQ_SHAPES, rvq_large
 
 # A stream codes one frame (one row per item) per call: blocks of 1 and 3 live rows.
 STREAM_SHAPES = [("stream N1 Q8 K1024 D128", 1, 8, 1024, 128), ("stream N3 Q8 K1024 D128", 3, 8, 1024, 128)]

@@ -61,7 +61,7 @@ python -m fastcodec info | tee "$OUT/info.txt"
 
 if wants report; then
     echo "== kernel report (sm_90 SASS, predicted floors)"
-    timed report "$(budget 150)" python -m fastcodec.kernel_report --check --json "$OUT/kernel_report.json" \
+    timed report "$(budget 150)" python -m fastcodec.dev.kernel_report --check --json "$OUT/kernel_report.json" \
         --markdown >"$OUT/kernel_report.md" 2>&1
     tail -1 "$OUT/kernel_report.md"
 fi

@@ -1,6 +1,6 @@
 """Summarize pytest-benchmark JSON: per group (one shape), each implementation's median time,
 speedup over the PyTorch reference ('torch'), achieved GFLOP/s, and - with --report, the JSON of
-python -m fastcodec.kernel_report - the H100 roofline floor of that shape and the fraction of it
+python -m fastcodec.dev.kernel_report - the H100 roofline floor of that shape and the fraction of it
 the measured Triton kernel reaches.
 
     python benchmarks/summarize.py bench.json [more.json ...] [--markdown] [--report report.json]

@@ -6,7 +6,7 @@ import sys
 import triton
 import triton.language as tl
 
-from fastcodec import kernel_report as kr
+from fastcodec.dev import kernel_report as kr
 from fastcodec.ops.triton import vq
 
 

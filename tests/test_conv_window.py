@@ -1,6 +1,6 @@
 """The C++ CPU kernels behind fast streaming: conv1d_window (explicit padding, so a stream computes
 only the outputs its chunk completes) and conv_transpose1d_stream (one chunk with its carried tail;
-its results are checked through ops.CausalConvTranspose1dStream in test_streaming.py)."""
+its results are checked through the prepared streams in test_streaming.py)."""
 import math
 
 import pytest

@@ -1,20 +1,21 @@
 """The critics' first layers compute their input gradient as a forward conv (see
-discriminators._InputGradByForwardConv): the same gradients as nn.Conv, in float64 and under autocast."""
+fastcodec.nn.critic_convs._InputGradByForwardConv): the same gradients as nn.Conv, in float64 and under autocast."""
 import types
 
 import pytest
 import torch
 from torch import nn
 
-from fastcodec.train.discriminators import Critics, _InputConv1d, _InputConv2d
+from fastcodec.nn import CriticInputConv1d, CriticInputConv2d
+from fastcodec.train.discriminators import Critics
 
 
 @pytest.mark.parametrize("dims", [1, 2])
 @pytest.mark.parametrize("bias", [True, False])
 def test_input_conv_gradcheck(dims, bias):
     torch.manual_seed(dims * 2 + bias)
-    cls, shape, k, pad = ((_InputConv1d, (2, 3, 11), 5, 2) if dims == 1
-                          else (_InputConv2d, (2, 2, 6, 7), (3, 5), (1, 2)))
+    cls, shape, k, pad = ((CriticInputConv1d, (2, 3, 11), 5, 2) if dims == 1
+                          else (CriticInputConv2d, (2, 2, 6, 7), (3, 5), (1, 2)))
     conv = cls(shape[1], 4, k, padding=pad, bias=bias).double()
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     params = [conv.weight] + ([conv.bias] if bias else [])
@@ -25,7 +26,7 @@ def test_input_conv_gradcheck(dims, bias):
 def test_input_conv_matches_nn_conv(needs):
     """Input-only (the generator's step), weights-only (the critics' step) and both."""
     torch.manual_seed(3)
-    ours = _InputConv2d(2, 5, 7, padding=3)
+    ours = CriticInputConv2d(2, 5, 7, padding=3)
     ref = nn.Conv2d(2, 5, 7, padding=3)
     ref.load_state_dict(ours.state_dict())
     x = torch.randn(3, 2, 13, 17)
@@ -45,7 +46,7 @@ def test_input_conv_matches_nn_conv(needs):
 def test_input_conv_under_bf16_autocast():
     """The backward runs outside autocast: grads come back in the parameters' and input's dtypes."""
     torch.manual_seed(4)
-    ours = _InputConv1d(1, 4, 15, padding=7)
+    ours = CriticInputConv1d(1, 4, 15, padding=7)
     ref = nn.Conv1d(1, 4, 15, padding=7)
     ref.load_state_dict(ours.state_dict())
     x = torch.randn(2, 1, 300)
@@ -64,9 +65,9 @@ def test_input_conv_under_bf16_autocast():
 
 def test_input_conv_refuses_what_it_does_not_compute():
     with pytest.raises(ValueError, match="stride 1"):
-        _InputConv1d(1, 4, 5, padding=2, stride=2)
+        CriticInputConv1d(1, 4, 5, padding=2, stride=2)
     with pytest.raises(ValueError, match="stride 1"):
-        _InputConv2d(2, 4, 3, padding="same")
+        CriticInputConv2d(2, 4, 3, padding="same")
 
 
 def test_critics_gradients_match_plain_convs():
@@ -78,7 +79,7 @@ def test_critics_gradients_match_plain_convs():
     plain.load_state_dict(crit.state_dict())
     for sub in list(plain.wave.critics) + list(plain.stft.critics):
         first = sub.layers[0]
-        assert isinstance(first, (_InputConv1d, _InputConv2d))
+        assert isinstance(first, (CriticInputConv1d, CriticInputConv2d))
         base = nn.Conv1d if isinstance(first, nn.Conv1d) else nn.Conv2d
         first._conv_forward = types.MethodType(base._conv_forward, first)
     x = 0.1 * torch.randn(2, 1, 1000)

@@ -11,7 +11,7 @@ import pytest
 
 import fastcodec
 from conftest import require_backend
-from fastcodec import kernel_report as kr
+from fastcodec.dev import kernel_report as kr
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,12 @@
-"""Streaming convs: any chunking of a signal gives the whole-signal output."""
+"""Streaming convs: any chunking of a signal gives the whole-signal output, through the per-op
+stream steps (fastcodec.ops) and the prepared streams and chains (fastcodec.nn.streams)."""
 import math
 
 import pytest
 import torch
 
 from conftest import require_backend
+from fastcodec import nn as fnn
 from fastcodec import ops
 
 BACKENDS = [("torch", "cpu"), ("cpp", "cpu"), ("triton", "cpu"), ("cuda", "cuda"), ("triton", "cuda")]
@@ -116,7 +118,7 @@ def test_prepared_conv1d_stream_matches_offline(stream_target, K, stride, dilati
     res = torch.randn(B, Cout, -(-T // stride), device=device)
     kw = dict(stride=stride, dilation=dilation, activation="elu", backend=backend)
     offline = ops.causal_conv1d(x, w, b, residual=res, **kw)
-    s = ops.CausalConv1dStream(w, b, **kw)
+    s = fnn.CausalConv1dStream(w, b, **kw)
     outs, pos, done = [], 0, 0
     for n in _chunks(T, gen):
         n_out = -(-(pos + n) // stride) - done
@@ -136,7 +138,7 @@ def test_prepared_conv_transpose1d_stream_matches_offline(stream_target, K, stri
     b = torch.randn(3, device=device)
     kw = dict(stride=stride, activation="elu", backend=backend)
     offline = ops.causal_conv_transpose1d(x, w, b, **kw)
-    s = ops.CausalConvTranspose1dStream(w, b, **kw)
+    s = fnn.CausalConvTranspose1dStream(w, b, **kw)
     outs, pos = [], 0
     for n in _chunks(37, gen):
         outs.append(s(x[:, :, pos:pos + n]))
@@ -151,7 +153,7 @@ def test_prepared_streams_keep_gradients(stream_target):
     x = torch.randn(1, 3, 40, device=device)
     w = (torch.randn(4, 3, 5, device=device) / 4).requires_grad_()
     wt = (torch.randn(4, 2, 6, device=device) / 4).requires_grad_()
-    s, st = ops.CausalConv1dStream(w, stride=2, backend=backend), ops.CausalConvTranspose1dStream(wt, stride=3,
+    s, st = fnn.CausalConv1dStream(w, stride=2, backend=backend), fnn.CausalConvTranspose1dStream(wt, stride=3,
                                                                                                  backend=backend)
     with torch.no_grad():
         s(x[:, :, :7])  # a first chunk without gradients must not pin the stream to the kernel path
@@ -184,10 +186,10 @@ def _chain_layers(device, requires_grad=False):
                                            backend=backend)
 
     def streams(backend):
-        return [ops.CausalConv1dStream(p["w0"], p["b0"], stride=2, activation="elu", backend=backend),
-                ops.CausalConv1dStream(p["w1"], dilation=2, activation="leaky_relu", backend=backend),
-                ops.CausalConv1dStream(p["w2"], p["b2"], backend=backend),
-                ops.CausalConvTranspose1dStream(p["wt"], p["bt"], stride=3, activation="snake", alpha=p["at"],
+        return [fnn.CausalConv1dStream(p["w0"], p["b0"], stride=2, activation="elu", backend=backend),
+                fnn.CausalConv1dStream(p["w1"], dilation=2, activation="leaky_relu", backend=backend),
+                fnn.CausalConv1dStream(p["w2"], p["b2"], backend=backend),
+                fnn.CausalConvTranspose1dStream(p["wt"], p["bt"], stride=3, activation="snake", alpha=p["at"],
                                                 backend=backend)]
     return p, offline, streams, [False, False, True, False]
 
@@ -203,7 +205,7 @@ def test_stream_chain_matches_offline(backend):
         want = offline(x, backend)
         gen = torch.Generator().manual_seed(1)
         for _ in range(3):
-            chain, outs, pos = ops.StreamChain(streams(backend), skips), [], 0
+            chain, outs, pos = fnn.StreamChain(streams(backend), skips), [], 0
             for n in _chunks(151, gen):
                 outs.append(chain(x[:, :, pos:pos + n]))
                 pos += n
@@ -218,7 +220,7 @@ def test_stream_chain_moves_states_between_native_and_python():
     p, offline, streams, skips = _chain_layers("cpu", requires_grad=True)
     x = torch.randn(1, 3, 90)
     want = offline(x, "cpp")
-    chain, outs = ops.StreamChain(streams("cpp"), skips), []
+    chain, outs = fnn.StreamChain(streams("cpp"), skips), []
     for i, a in enumerate(range(0, 90, 7)):
         with torch.set_grad_enabled(i % 3 == 1):
             outs.append(chain(x[:, :, a:a + 7]))
@@ -234,7 +236,7 @@ def test_stream_chain_moves_states_between_native_and_python():
 def test_stream_chain_refuses_bad_chunks_and_layers(backend):
     require_backend(backend, "cpu")
     _, _, streams, skips = _chain_layers("cpu")
-    chain = ops.StreamChain(streams(backend), skips)
+    chain = fnn.StreamChain(streams(backend), skips)
     with torch.no_grad():
         chain(torch.randn(2, 3, 5))
         with pytest.raises(ValueError, match="batch"):
@@ -242,19 +244,17 @@ def test_stream_chain_refuses_bad_chunks_and_layers(backend):
         with pytest.raises(ValueError, match=r"\[B, 3, T\]"):
             chain(torch.randn(2, 4, 5))
     with pytest.raises(ValueError, match="skip"):
-        ops.StreamChain(streams(backend), [True, False, False, False])
+        fnn.StreamChain(streams(backend), [True, False, False, False])
     with pytest.raises(ValueError, match="skip"):
-        ops.StreamChain(streams(backend), [False, False, False, True])
+        fnn.StreamChain(streams(backend), [False, False, False, True])
     with pytest.raises(TypeError, match="prepared streams"):
-        ops.StreamChain([lambda x: x])
+        fnn.StreamChain([lambda x: x])
 
 
 def test_native_stream_chain_checks_its_layers():
     """The C++ class refuses what would compute garbage, whoever builds it."""
     require_backend("cpp", "cpu")
-    from fastcodec.ops import _extension
-
-    chain = _extension.native_class("StreamChain")()
+    chain = ops.native_stream_chain()
     with pytest.raises(RuntimeError, match="no layers"):
         chain.step(torch.randn(1, 3, 4))
     chain.add_conv(torch.randn(4, 3, 3), None, None, 1, 1, "elu", 0.3, False)

@@ -33,7 +33,7 @@ def _needs_triton():
 
 def test_kernel_report_passes_its_check(tmp_path):
     """Every launched Triton configuration compiles for sm_90 with no spill, and the tensor-core
-    modes use tensor cores (python -m fastcodec.kernel_report --check)."""
+    modes use tensor cores (python -m fastcodec.dev.kernel_report --check)."""
     from fastcodec.ops.triton._launch import triton_version
 
     # The tiles were chosen spill-free under Triton 3.6-3.9 (register allocation changes between
@@ -43,7 +43,7 @@ def test_kernel_report_passes_its_check(tmp_path):
     flags = ['--check'] if tuned else []
     args = flags + ["--json", str(out)]
     r = _run_without_interpreter(
-        f"import sys; from fastcodec import kernel_report; sys.exit(kernel_report.main({args!r}))", tmp_path)
+        f"import sys; from fastcodec.dev import kernel_report; sys.exit(kernel_report.main({args!r}))", tmp_path)
     print(r.stdout[-6000:])
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-5000:]
     kernels = json.loads(out.read_text())["kernels"]

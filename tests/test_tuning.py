@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from conftest import require_backend
+from fastcodec import nn as fnn
 from fastcodec import ops
 from fastcodec.ops import BackendUnavailable, _backend, dispatch, tuning
 
@@ -286,7 +287,7 @@ def test_under_autocast_every_candidate_runs_at_the_calls_dtype(tuned):
 def test_nothing_is_timed_in_an_ops_stream(tuned):
     require_backend("cpp", "cpu")
     x, w = torch.randn(1, 4, 300), torch.randn(6, 4, 3)
-    stream = ops.CausalConv1dStream(w, stride=1, backend="auto")
+    stream = fnn.CausalConv1dStream(w, stride=1, backend="auto")
     for i in range(0, 300, 7):
         stream(x.double()[:, :, i:i + 7].float())  # (fp32: the native step; no key, nothing timed)
     ops.causal_conv1d_stream(x.double(), w.double(), state=None)  # fp64: the composed path, keyed

@@ -13,7 +13,7 @@ import torch
 
 import fastcodec
 from fastcodec import ops
-from fastcodec.ops import vq_training as vt
+from fastcodec.nn import codebooks as vt
 
 
 def test_straight_through_passes_gradient_to_x_unchanged():
@@ -88,7 +88,7 @@ def test_dead_codes_are_reseeded_from_the_batch():
 
 DIST = textwrap.dedent("""
     import os, sys, torch, torch.distributed as dist
-    from fastcodec.ops import vq_training as vt
+    from fastcodec.nn import codebooks as vt
     rank, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     torch.manual_seed(100 + rank)                    # different data on each rank

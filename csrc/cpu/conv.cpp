@@ -55,23 +55,13 @@ namespace {
 
 using cpu::pack_weights;
 
-// A stream's chunk makes few outputs per layer - streaming a 13 ms frame at a time, the codec's
-// layers emit 1 to 320 samples - and with few outputs reading the weights is the cost. Inside a
-// weight-cache scope the weights are packed once as panels and the skinny product reads them once
-// per call, with the input windows read in place (skinny_gemm.h). Without the cache, packing would
-// cost more than the product, so up to 8 outputs the windows are gathered as rows and ATen's
-// sgemm streams the weights as they are: windows x W^T (W x windows, with the skinny matrix
-// second, runs 10-20x slower in MKL at 2-8 columns); past that the conv engine. Then the usual
-// epilogue.
-// The same window rows and sgemm also beat the engine on deep strided layers over few columns in
-// all: the 75 Hz 256 -> 512 k16 stride-8 downsampler (4096-long windows), 2.2x at one item of 1 s
-// and 1.1x at four (RESULTS.md), where the engine gets one narrow column tile per item. With
-// AVX-512 the engine runs at twice the rate and the crossover falls to under one tile of columns:
-// on the 2-core Zen 5, 1.2x slower than the sgemm at 40 columns, 1.2x faster at 75 and 2x at 1200.
-// On an Intel AVX-512 host MKL's sgemm is AVX-512 as well (cpu::is_intel): on a 2-core Xeon it
-// beat the engine on the 256 -> 512 downsampler 1.3-1.7x at 75 columns and tied at 375, while the
-// engine won the 128 -> 256 k10 layer (1280-long windows) at 3000; so there the window rows keep
-// windows of 2048 and more up to 400 columns.
+// Few outputs (a stream's chunk: 1-320 per layer) make reading the weights the cost. Inside a
+// weight-cache scope they are packed once as panels for the skinny product (skinny_gemm.h);
+// without it, up to 8 outputs gather the windows as rows for ATen's sgemm (windows x W^T, the
+// skinny matrix first), past that the conv engine. Window rows and sgemm also take deep strided
+// layers over few columns in all, where the engine gets one narrow tile per item; the crossover
+// depends on the SIMD level and on MKL being AVX-512 (Intel). Figures: benchmarks/RESULTS.md,
+// "Where the code's rules come from".
 constexpr int64_t kFewOutputsUncached = cpu::kSkinnyRows;
 
 // Rows per parallel chunk for loops of `row_len` elements a row: ~32K elements, so a stream's few
@@ -234,16 +224,10 @@ void conv_transpose1d_gemm(const at::Tensor& x, const at::Tensor& w, const float
   });
 }
 
-// Where that one GEMM beats the phase convs, measured on the codec's up-convs at batch 1-16
-// (RESULTS.md): phases with a deep enough product (Cin * taps per phase >= 256) over few columns
-// in all (B * T <= 2400), e.g. the 75 Hz 512 -> 256 k16 layer: 1.6-5x faster at 1-4 items. Wider
-// inputs keep the phase convs, which win by up to 1.4x at B * T = 4800 and 1.6-3.3x where
-// Cin * taps = 128. The contributions buffer is capped at 64 MB. With AVX-512 the phase convs
-// run twice as fast and win from B * T = 300 on (1.2x there, 1.7x at 1200; the GEMM still wins
-// 1.4x at 200 and 1.2x at 150; 2-core Zen 5). On an Intel AVX-512 host MKL's sgemm is itself
-// AVX-512, and for the deepest phases (Cin * taps >= 1024: the 512 -> 256 k16 layer) the GEMM
-// won everywhere it fits the cap (2-core Xeon, 1 / 2 threads: 1.9x / 2.1x at B * T = 375, 1.3x
-// at 750 and 1.2x / 1.4x at 16 x 75), while the 256 -> 128 k10 phases (512) still won alone.
+// One GEMM beats the phase convs for deep phases (Cin * taps per phase >= 256) over few columns
+// in all (B * T up to 2400 with AVX2, 240 with AVX-512, whose phase convs run twice as fast; on
+// Intel AVX-512, where MKL's sgemm is AVX-512 too, up to 4800 for Cin * taps >= 1024). The
+// contributions buffer is capped at 64 MB. Figures: benchmarks/RESULTS.md, "Where the code's rules come from".
 bool transposed_by_gemm(int64_t B, int64_t Cin, int64_t T, int64_t Cout, int64_t K, int64_t stride) {
   const int64_t taps = (K + stride - 1) / stride;
   int64_t max_columns = cpu::has_avx512() ? 240 : 2400;

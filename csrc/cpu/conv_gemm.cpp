@@ -426,8 +426,8 @@ void run_conv(const ConvPlan& p) {
   int64_t ci_block = std::max<int64_t>(1, std::min(cin, kTapsPerBlock / p.K));
   // The AVX-512 kernel streams a block's whole window (every column of its channels' phase rows)
   // once per 4-row weight block, so the window is also kept within L1: 1x1 convs and wide strided
-  // ones would otherwise stream 40-100 KB from L2 (256-channel 1x1 +res, 4 x 75 frames: 1.0 ->
-  // 0.83 ms on the Zen 5). The AVX2 kernel reads 24-column slices and keeps the taps rule alone.
+  // ones would otherwise stream 40-100 KB from L2. The AVX2 kernel reads 24-column slices and
+  // keeps the taps rule alone.
   if (has_avx512())
     ci_block = std::max<int64_t>(1, std::min(ci_block, kWindowBytesAvx512 / (ci_stride * int64_t{sizeof(float)})));
   const float slope = p.negative_slope;

@@ -1,6 +1,6 @@
 // A plain (zero-padded on both sides, non-causal) grouped conv on the CPU, fp32, with its two
 // gradients: what the training critics' waveform layers run (41 taps, stride 4, 4 input channels
-// per group), where oneDNN's grouped kernels reach 6-45 GFLOP/s on 2 cores.
+// per group), where oneDNN's grouped kernels run at a fraction of their ungrouped rate.
 //
 // - forward: the conv engine of conv_gemm.h, one weight block per group;
 // - input gradient: `stride` stride-1 phase convs of the output gradient on the same engine (each

@@ -31,10 +31,9 @@ void micro_generic(const SkinnyRows& a, const float* x, const float* wp, int64_t
 
 #ifdef FASTCODEC_X86_SIMD
 // The AVX2 form (P = 8). The unroll pragmas matter: without them gcc keeps the accumulator array
-// in memory and stores it every iteration, which halves the rate (measured: 50 vs 100 GFLOP/s).
-// With one or two panel streams the hardware prefetcher falls behind when the weights come from
-// L3 or DRAM, as they do when a stream cycles through a whole model per frame; prefetching 2 KB
-// ahead took a cold 256 x 1792 product at 8 rows from 227 to 118 us (512 bytes ahead: no gain).
+// in memory and stores it every iteration, which halves the rate. With one or two panel streams
+// the hardware prefetcher falls behind when the weights come from L3 or DRAM, as they do when a
+// stream cycles through a whole model per frame, so those prefetch 2 KB ahead.
 template <int R, int V>
 __attribute__((target("avx2,fma"))) void micro_avx2(const SkinnyRows& a, const float* x, const float* wp,
                                                     int64_t pstride, float* y, int64_t ldy) {
@@ -110,9 +109,8 @@ __attribute__((target("avx512f"))) void micro_avx512(const SkinnyRows& a, const 
 using Micro = void (*)(const SkinnyRows&, const float*, const float*, int64_t, float*, int64_t);
 
 // Panels per micro-tile for R rows: at most 12 accumulators (of 16 vector registers), and no
-// more panels than reading each weight once needs. Measured on the 2-core EPYC: for 8 rows of
-// 256 x 1792 weights, 1 panel with prefetch (4 with 3 panels was as fast hot, slower from L3);
-// for 48 rows of 128 x 896 (in L2), groups of 6 rows x 2 panels (114 GFLOP/s, above 8 x 1 by 25%).
+// more panels than reading each weight once needs (the choices: benchmarks/RESULTS.md, "Where
+// the code's rules come from").
 constexpr int panels_avx2(int R) { return R <= 3 ? 4 : R == 4 ? 3 : R <= 6 ? 2 : 1; }
 // With AVX-512's 32 registers: up to 24 accumulators, so 8 rows keep 3 panels in flight.
 constexpr int panels_avx512(int R) { return R <= 4 ? 6 : R <= 6 ? 4 : 3; }
@@ -177,9 +175,7 @@ const Kernels& kernels() {
 
 int64_t panel_width() { return kernels().width; }
 
-// Measured streaming soundstream-24k a frame at a time on the 2-core Zen 5 (AVX-512, one thread):
-// with every layer of up to 512 rows here, 122/131 ms per second of audio (decode/encode); with
-// the engine from 64 rows on, 107/112; from 32 on, 119/115.
+// See skinny_gemm.h; the AVX-512 cut at 64 rows: benchmarks/RESULTS.md, "Where the code's rules come from".
 int64_t skinny_max_rows() { return has_avx512() ? 64 : 512; }
 
 at::Tensor pack_panels(const at::Tensor& m) {

@@ -1,8 +1,7 @@
 // Y = X . M^T for a few rows of X against a large M (the weights): the shape of a conv layer in a
 // stream, which emits 1-320 outputs per call when the codec is fed a 13 ms frame at a time. With
 // 1-8 rows each weight is used that many times and reading M is the cost; MKL's sgemm packs M
-// again at every call (measured: 120 us for 8 x 1792 . (256 x 1792)^T, about 1.5x the product),
-// so M is packed once, kept by the weight cache, in panels of P of its rows: [ceil(N/P)][Kd][P],
+// again at every call (about 1.5x the product), so M is packed once, kept by the weight cache, in panels of P of its rows: [ceil(N/P)][Kd][P],
 // P = one vector (16 floats with AVX-512, else 8). The micro-kernel holds R rows x V panels of
 // accumulators, broadcasts one X element per row and streams V panels sequentially, which the
 // hardware prefetcher follows. Up to 8 rows, one pass over M; beyond, groups of 6 rows (8 with
@@ -21,10 +20,8 @@ constexpr int64_t kSkinnyRows = 8;    // up to this many rows, one pass over M
 // Rows of M per panel in this process: 16 with AVX-512, else 8 (simd.h).
 int64_t panel_width();
 
-// The most rows worth this path when M is already packed. Streaming the soundstream-24k encoder a
-// frame at a time (1-320 outputs per layer) was fastest with every layer here with AVX2: 2.38 ms
-// per frame against 2.58 with the conv engine above 64 rows (2-core EPYC, one thread). The
-// AVX-512 engine is twice as fast, and from 64 rows on it wins (see skinny_gemm.cpp).
+// The most rows worth this path when M is already packed: every stream chunk with AVX2, up to 64
+// with AVX-512, whose conv engine is twice as fast (benchmarks/RESULTS.md, "Where the code's rules come from").
 int64_t skinny_max_rows();
 
 // m: [N, Kd] fp32 (any strides) -> panels [ceil(N/P), Kd, P], zero rows past N, P = panel_width().

@@ -1,12 +1,11 @@
 // StreamChain: a chain of causal conv layers streamed on the CPU in one call per chunk.
 //
-// A codec's encoder or decoder streamed one 13 ms frame at a time makes ~40 conv calls per frame.
-// Run from Python, each call costs ~25 us of interpreter, dispatcher and allocator work besides
-// the kernel (measured on the 2-core EPYC: a third of a frame's time). The chain holds the layers
-// (their weights are the model's own tensors, so the weight cache sees in-place changes) and
-// their stream states, and steps through them in C++. Semantics are those of the prepared
-// streams in fastcodec/ops/streaming.py, state format included, so Python can move the states
-// between the two (ops.StreamChain does, when a chunk wants gradients).
+// A codec's encoder or decoder streamed one frame at a time makes ~40 conv calls per frame, and
+// from Python each costs interpreter, dispatcher and allocator work besides the kernel. The chain
+// holds the layers (their weights are the model's own tensors, so the weight cache sees in-place
+// changes) and their stream states, and steps through them in C++. Semantics are those of the
+// per-op stream steps in fastcodec/ops/streaming.py, state format included, so Python can move
+// the states between the two (fastcodec.nn.StreamChain does, when a chunk wants gradients).
 #include <string>
 #include <vector>
 

@@ -206,8 +206,8 @@ __attribute__((target("avx512f"))) void nearest_avx512(const PackedCodebook& pc,
 using Search = void (*)(const PackedCodebook&, const float*, int64_t*);
 
 // Indexed by the number of live rows in the block, 1 to kRows (a stream's blocks hold one row per
-// item). The portable search always computes kRows rows, and so does AVX-512 for 3 (no faster on
-// Zen 4 than 3 rows alone: benchmarks/RESULTS.md).
+// item). The portable search always computes kRows rows, and so does AVX-512 for 3 (no faster
+// than 3 rows alone: benchmarks/RESULTS.md, the single-row RVQ search).
 using Searches = std::array<Search, kRows + 1>;
 
 Searches pick() {

@@ -4,13 +4,14 @@
 //
 // Every (co, (ci, k)) entry is a dot product along time of a gz row and a shifted x row, both
 // contiguous, so a register tile of R output channels x C (ci, k) columns loads R + C vectors per
-// R*C FMAs and reduces in its lanes, with no im2col copy (ATen's backward-weights runs the codec's
-// k7 layers at 40-75 GFLOP/s on 2 Zen 3 cores). The tile is 4 x 3 with AVX2 (12 of the 16
-// registers) and 4 x 6 with AVX-512 (24 of 32: 10 loads per 24 FMAs, which two load ports feed).
+// R*C FMAs and reduces in its lanes, with no im2col copy (ATen's backward-weights is slow on the
+// codec's k7 layers: benchmarks/RESULTS.md, "Where the code's rules come from"). The tile is
+// 4 x 3 with AVX2 (12 of the 16 registers) and 4 x 6 with AVX-512 (24 of 32: 10 loads per 24
+// FMAs, which two load ports feed).
 // Time is walked in passes that keep a pass's gz and x rows in L2 while every tile of a thread
 // goes over them: a 1024-sample chunk of one item, or, where items are shorter, up to 16 whole
 // items, summed in the same registers so that the tile's horizontal sums come once per pass (at
-// the 256-channel layers' 300 samples they were a quarter of the work).
+// short items they would otherwise be a large share of the work).
 #include <algorithm>
 #include <vector>
 
@@ -147,7 +148,7 @@ __attribute__((target("avx512f"))) void dots_avx512(const Pass& p, float* out, i
 #pragma GCC unroll 6
     for (int c = 0; c < C; ++c) out[r * ld + c] += hsum_avx512(acc[r][c]);
   // gcc leaves this function's upper register state dirty (its other AVX-512 kernels get a
-  // vzeroupper), and the caller's SSE code then ran 1.5x slower on a Xeon.
+  // vzeroupper), which slows the caller's SSE code.
   _mm256_zeroupper();
 }
 #endif

@@ -17,10 +17,9 @@ import numbers
 import numpy as np
 import torch
 
-from .. import ops
 from ..atomic import atomic_output
-from ..nn import CodecConfig, SoundStream, set_backend
-from ..ops._checks import is_int
+from ..nn import CodecConfig, SoundStream, resolve_backend, set_backend
+from ..integers import is_int
 from . import files
 from . import format as fcdc
 from .streaming import StreamingDecoder, StreamingEncoder, check_source_rate
@@ -78,7 +77,7 @@ class Codec:
     def load(cls, path, *, device="cpu", backend="auto") -> "Codec":
         """From a training run's `codec.pt` or any of its checkpoints (read without unpickling, its
         sha256 digest verified). CheckpointError naming the file and the reason when it is not an
-        intact codec; ops.BackendUnavailable when `backend` cannot run on `device`."""
+        intact codec; BackendUnavailable (fastcodec.nn) when `backend` cannot run on `device`."""
         from ..checkpoint import CheckpointError, check_finite, load
 
         state = load(path)
@@ -96,7 +95,7 @@ class Codec:
         set_backend(model, backend)
         model = model.to(device)
         # A backend that cannot run on this device fails here, not at the first encode.
-        ops.resolve_backend(backend, model.quantizer.codebooks)
+        resolve_backend(backend, model.quantizer.codebooks)
         return cls(model)
 
     @property

@@ -85,7 +85,7 @@ def remember_model(fingerprint: str, checkpoint) -> None:
 
 
 def _load_codec(checkpoint, backend, fingerprint=None, for_file=None):
-    from ..ops import BackendUnavailable
+    from ..nn import BackendUnavailable
     from ..checkpoint import CheckpointError
     from .api import Codec
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_output, check_outputs
-from ..ops._checks import is_int
+from ..integers import is_int
 from . import format as fcdc
 from .errors import AudioError, FormatError, TruncatedAudioWarning
 from .streaming import StreamingDecoder, StreamingEncoder

@@ -21,8 +21,8 @@ import functools
 import numpy as np
 import torch
 
-from .. import ops
-from ..ops._checks import is_int
+from ..integers import is_int
+from ..nn import frame
 from .format import MAX_SOURCE_RATE, MIN_SOURCE_RATE
 
 
@@ -37,11 +37,11 @@ def check_source_rate(rate, given=None, name="sample_rate") -> int:
 
 
 def _live(method):
-    """A stream's call: no gradients, and 'auto' takes cached or static choices without timing
-    anything (a frame must never stall; `python -m fastcodec tune` measures a stream's shapes)."""
+    """A stream's call: no gradients, in a stream's frame scope (fastcodec.nn.frame: nothing timed,
+    packed weights kept)."""
     @functools.wraps(method)
     def call(*args, **kwargs):
-        with torch.no_grad(), ops.tuning.no_measuring():
+        with torch.no_grad(), frame():
             return method(*args, **kwargs)
     return call
 
@@ -87,8 +87,7 @@ class StreamingEncoder:
         q = self.codec.model.quantizer
         if z.shape[2] == 0:
             return torch.zeros(self.channels, self.n_q, 0, dtype=torch.long)
-        with ops.weight_cache():  # a frame's search would otherwise mostly pack the codebooks
-            return q.encode(z, self.n_q).cpu()
+        return q.encode(z, self.n_q).cpu()  # (frame(): the codebooks stay packed between frames)
 
     def _resample(self, x, last):
         y = self._resampler.resample_chunk(np.ascontiguousarray(x.T.numpy()), last=last)

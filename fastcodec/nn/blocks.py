@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import ops
 from .config import CodecConfig
 from .layers import CausalConv1d, CausalConvTranspose1d
 
@@ -37,22 +36,6 @@ class ResidualUnit(nn.Module):
 
     def forward(self, x):
         return self.proj(self.conv(x), residual=x)
-
-    def stream_steps(self):
-        """(prepared streams, skip flags) of this unit for an ops.StreamChain: the dilated conv,
-        then the 1x1 conv adding the unit's input."""
-        return [self.conv.streamer(), self.proj.streamer()], [False, True]
-
-    def streamer(self) -> ops.StreamChain:
-        """A prepared stream of this unit: call it on chunks [B, C, T] -> [B, C, T]."""
-        return ops.StreamChain(*self.stream_steps())
-
-    def stream(self, x, state=None):
-        """One chunk: (y, state); stride 1, so y has x's length and the skip lines up with it."""
-        s_conv, s_proj = state if state is not None else (None, None)
-        h, s_conv = self.conv.stream(x, s_conv)
-        y, s_proj = self.proj.stream(h, s_proj, residual=x)
-        return y, (s_conv, s_proj)
 
 
 class EncoderBlock(nn.Module):
@@ -94,8 +77,10 @@ class Encoder(nn.Module):
         self.output = CausalConv1d(c, cfg.code_dim, 3)
         self.hop = cfg.hop
 
-    def stream(self) -> "EncoderStream":
-        """A chunked encoder holding its own state (see EncoderStream)."""
+    def stream(self):
+        """A chunked encoder holding its own state (streams.EncoderStream)."""
+        from .streams import EncoderStream
+
         return EncoderStream(self)
 
     def forward(self, x):
@@ -125,8 +110,10 @@ class Decoder(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.output = CausalConv1d(c, 1, 7)
 
-    def stream(self) -> "DecoderStream":
-        """A chunked decoder holding its own state (see DecoderStream)."""
+    def stream(self):
+        """A chunked decoder holding its own state (streams.DecoderStream)."""
+        from .streams import DecoderStream
+
         return DecoderStream(self)
 
     def history_frames(self) -> int:
@@ -134,7 +121,7 @@ class Decoder(nn.Module):
         that many frames early with a fresh state gives the following audio as decoding from the
         start does, since every layer is a finite causal filter (what seeking in a file relies on)."""
         h = 0  # history in steps of the current layer's output, walking back from the audio
-        for layer in reversed(_flatten(self)):
+        for layer in reversed(flatten(self)):
             if isinstance(layer, ResidualUnit):
                 h += (layer.conv.weight.shape[2] - 1) * layer.conv.dilation
             elif isinstance(layer, CausalConvTranspose1d):
@@ -154,83 +141,12 @@ class Decoder(nn.Module):
         return (y, stages) if return_stages else y
 
 
-def _stream_chain(layers) -> ops.StreamChain:
-    """One prepared stream through all the layers, residual units as a conv and a 1x1 conv that
-    adds the unit's input."""
-    streams, skips = [], []
-    for layer in layers:
-        s, k = layer.stream_steps() if isinstance(layer, ResidualUnit) else ([layer.streamer()], [False])
-        streams += s
-        skips += k
-    return ops.StreamChain(streams, skips)
-
-
-def _run_chain(chain, x):
-    """x through the chain. A chunk can be a single frame, so packed weights are kept between
-    calls (ops.weight_cache)."""
-    with ops.weight_cache():
-        return chain(x)
-
-
-def _flatten(module):
+def flatten(module):
     """The layers of an encoder or decoder in order, residual units kept whole."""
     out = []
     for m in module.children():
         if isinstance(m, (CausalConv1d, CausalConvTranspose1d, ResidualUnit)):
             out.append(m)
         else:
-            out.extend(_flatten(m))
+            out.extend(flatten(m))
     return out
-
-
-class EncoderStream:
-    """Chunked encoding: feed audio [B, 1, T] in chunks of any size (0 included) and get the code
-    frames [B, D, n] that became complete; `flush()` ends the stream and returns the last, partial
-    frame. The concatenated frames equal `Encoder(x)` for the whole signal."""
-
-    def __init__(self, encoder: "Encoder"):
-        self.layers, self.hop = _flatten(encoder), encoder.hop
-        self.chain = _stream_chain(self.layers)
-        self.batch = None
-        self.samples = 0  # real samples fed so far
-        self.padded = self.dropped = self.finished = False
-
-    def __call__(self, x):
-        if self.finished:
-            raise RuntimeError("this stream was flushed; start a new one")
-        if x.dim() != 3 or x.shape[1] != 1:
-            raise ValueError(f"audio chunks must be [B, 1, T], got {list(x.shape)}")
-        if self.batch is not None and x.shape[0] != self.batch:
-            raise ValueError(f"this stream has batch {self.batch}, the chunk {x.shape[0]}")
-        self.batch = x.shape[0]
-        self.samples += x.shape[2]
-        if not self.padded:  # the encoder's one leading zero; its frame is dropped (Encoder.forward)
-            x = F.pad(x, (1, 0))
-            self.padded = True
-        y = _run_chain(self.chain, x)
-        if not self.dropped and y.shape[2]:
-            self.dropped = True
-            y = y[..., 1:]
-        return y
-
-    def flush(self):
-        """The frame still open at the end of the signal (zero-padded, as offline), then no more."""
-        if not self.samples:
-            raise RuntimeError("flush() before any audio: an empty signal has no frames")
-        ref = self.layers[0].weight
-        y = self(torch.zeros(self.batch, 1, self.hop - 1, dtype=ref.dtype, device=ref.device))
-        self.samples -= self.hop - 1
-        self.finished = True
-        return y
-
-
-class DecoderStream:
-    """Chunked decoding: latent frames [B, D, n] in, audio [B, 1, n * hop] out, equal to
-    `Decoder(z)` for the whole latent."""
-
-    def __init__(self, decoder: "Decoder"):
-        self.layers = _flatten(decoder)
-        self.chain = _stream_chain(self.layers)
-
-    def __call__(self, z):
-        return _run_chain(self.chain, z)

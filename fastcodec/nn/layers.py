@@ -11,45 +11,15 @@ import torch
 from torch import nn
 
 from .. import ops
-
-
-def autocast_dtype(x: torch.Tensor):
-    """The dtype autocast would run a conv in on x's device, or None when autocast is off there.
-
-    The fused ops are custom ops, which autocast does not cast; layers cast for it so a model under
-    `torch.autocast` computes its convs in the low-precision dtype as nn.Conv1d would.
-    """
-    dev = x.device.type
-    if dev not in ("cpu", "cuda"):
-        return None
-    if _AUTOCAST_BY_DEVICE:
-        return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
-    if dev == "cpu":  # torch < 2.4 spelling
-        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
-    return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
-
-
-try:  # torch >= 2.4 takes a device type
-    torch.is_autocast_enabled("cpu")
-    _AUTOCAST_BY_DEVICE = True
-except TypeError:
-    _AUTOCAST_BY_DEVICE = False
-
-
-def _cast(x, *tensors):
-    """x and the layer's parameters in the autocast dtype (when autocast is on), else as they are."""
-    dt = autocast_dtype(x)
-    if dt is None:
-        dt = x.dtype
-    return [None if t is None else t.to(dt) for t in (x,) + tensors]
+from .precision import cast_for_autocast as _cast
 
 
 def _init_conv(weight: torch.Tensor, bias: torch.Tensor | None, fan_in: float, activation):
     # Signal-preserving (He) initialisation: variance 2/fan_in before an activation, 1/fan_in for a
     # linear layer, zero bias. PyTorch's default conv init shrinks the variance about 3x per layer,
-    # and through the codec's ~10 non-residual layers the initial output is the biases alone: the
-    # model then sits for hundreds of steps on the "output silence" plateau (measured on the tiny
-    # preset: with this init the waveform loss leaves it in ~400 steps, with the default not in 800).
+    # so through the codec's ~10 non-residual layers the initial output is the biases alone and
+    # training sits on an "output silence" plateau for hundreds of steps (benchmarks/RESULTS.md,
+    # "Where the code's rules come from").
     gain = math.sqrt(2.0) if activation else 1.0
     nn.init.normal_(weight, 0.0, gain / math.sqrt(max(fan_in, 1.0)))
     if bias is not None:
@@ -77,19 +47,6 @@ class CausalConv1d(nn.Module):
                                  residual=residual, negative_slope=self.negative_slope, alpha=alpha,
                                  backend=self.backend)
 
-    def stream(self, x, state=None, residual=None):
-        """One chunk of a stream: (y, state); see ops.causal_conv1d_stream."""
-        x, w, b, alpha, residual = _cast(x, self.weight, self.bias, self.alpha, residual)
-        return ops.causal_conv1d_stream(x, w, b, state=state, stride=self.stride, dilation=self.dilation,
-                                        activation=self.activation, residual=residual,
-                                        negative_slope=self.negative_slope, alpha=alpha, backend=self.backend)
-
-    def streamer(self) -> ops.CausalConv1dStream:
-        """A prepared stream of this layer holding its own state (in the parameters' dtype)."""
-        return ops.CausalConv1dStream(self.weight, self.bias, stride=self.stride, dilation=self.dilation,
-                                      activation=self.activation, backend=self.backend,
-                                      negative_slope=self.negative_slope, alpha=self.alpha)
-
     def extra_repr(self):
         cout, cin, k = self.weight.shape
         return (f"{cin}, {cout}, kernel_size={k}, stride={self.stride}, dilation={self.dilation}, "
@@ -116,19 +73,6 @@ class CausalConvTranspose1d(nn.Module):
         x, w, b, alpha = _cast(x, self.weight, self.bias, self.alpha)
         return ops.causal_conv_transpose1d(x, w, b, stride=self.stride, activation=self.activation,
                                            negative_slope=self.negative_slope, alpha=alpha, backend=self.backend)
-
-    def stream(self, x, state=None):
-        """One chunk of a stream: (y [B, Cout, T*stride], state); see ops.causal_conv_transpose1d_stream."""
-        x, w, b, alpha = _cast(x, self.weight, self.bias, self.alpha)
-        return ops.causal_conv_transpose1d_stream(x, w, b, state=state, stride=self.stride,
-                                                  activation=self.activation, negative_slope=self.negative_slope,
-                                                  alpha=alpha, backend=self.backend)
-
-    def streamer(self) -> ops.CausalConvTranspose1dStream:
-        """A prepared stream of this layer holding its own state (in the parameters' dtype)."""
-        return ops.CausalConvTranspose1dStream(self.weight, self.bias, stride=self.stride, activation=self.activation,
-                                               backend=self.backend, negative_slope=self.negative_slope,
-                                               alpha=self.alpha)
 
     def extra_repr(self):
         cin, cout, k = self.weight.shape

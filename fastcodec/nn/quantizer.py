@@ -24,9 +24,10 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..ops import vq_training as vqt
-from ..ops._checks import is_int
+from ..integers import is_int
+from . import codebooks as vqt
 from .config import CodecConfig
+from .precision import full_precision
 
 
 @dataclasses.dataclass
@@ -71,14 +72,14 @@ class ResidualVQ(nn.Module):
     def search(self, rows):
         """The training forward's search over every stage: rows [N, D] (detached, the codebooks'
         dtype) -> (codes [N, Q] int64, residuals [N, Q + 1, D]); see ops.rvq_residuals."""
-        with vqt._fp32():
+        with full_precision():
             return ops.rvq_residuals(rows, self.codebooks, self.cfg.n_q, backend=self.backend)
 
     def _encode(self, z, n_q):
         """(codes [B, n_q, F], quantized [B, D, F] in the codebooks' dtype) from one fused search."""
         n_q = self.check_n_q(n_q)
         B, D, F = z.shape
-        with vqt._fp32():
+        with full_precision():
             codes, q = ops.rvq_encode(self._rows(z), self.codebooks, n_q, backend=self.backend)
         return codes.view(B, F, n_q).transpose(1, 2), q.view(B, F, D).transpose(1, 2)
 
@@ -88,7 +89,7 @@ class ResidualVQ(nn.Module):
             raise ValueError(f"codes must be [B, n_q, F], got shape {list(codes.shape)}")
         B, n_q, F = codes.shape
         self.check_n_q(n_q)
-        with vqt._fp32():
+        with full_precision():
             rows = ops.rvq_decode(codes.transpose(1, 2).reshape(B * F, n_q), self.codebooks, backend=self.backend)
         return rows.view(B, F, -1).transpose(1, 2)
 
@@ -106,7 +107,7 @@ class ResidualVQ(nn.Module):
         cfg = self.cfg
         B, D, F = z.shape
         Q, K = cfg.n_q, cfg.codebook_size
-        with vqt._fp32():
+        with full_precision():
             x = z.to(self.codebooks.dtype).transpose(1, 2).reshape(B * F, D)      # [N, D], keeps z's graph
             if not bool(self.initialized):
                 self._kmeans_init(x.detach(), generator)

@@ -118,22 +118,20 @@ def _weight_grad_by_gemm(x, rows, cols):
     """Whether a weight gradient goes through one GEMM over the im2col'd windows (rows = batch x
     output samples, the reduction; cols = input channels x taps) instead of ATen's backward-weights.
 
-    On the CPU ATen runs these at 16-22 GFLOP/s when the reduction is short and the weight wide, as
-    at a codec's 75 Hz layers (256 -> 512 channels, k16, stride 8, 78 rows x 4096: 12.6 ms against
-    1.9 ms by GEMM; 1.5x at 16 x 75 rows), and is the faster where the reduction is long. The rule
-    and the measurements are in benchmarks/RESULTS.md; the im2col copy is capped at 64 MB. GPUs
-    keep cuDNN's (not measured there).
+    On the CPU ATen is slow when the reduction is short and the weight wide (a codec's 75 Hz
+    layers) and the faster where the reduction is long; the im2col copy is capped at 64 MB
+    (figures: benchmarks/RESULTS.md, "Where the code's rules come from"). GPUs keep cuDNN's (not
+    measured there).
     """
     return x.device.type == "cpu" and rows * 3 <= cols and rows * cols <= 1 << 24
 
 
 def _own_weight_grad(lib, x, stride):
     """Whether a stride-1 conv's weight gradient runs on the C++ library's own kernel
-    (csrc/cpu/weight_grad.cpp: dot products along time in registers, no im2col): 1.1-7x ATen's
-    backward-weights on every stride-1 layer of the codec on 2 Zen 3 cores; on an AVX-512 Xeon,
-    where oneDNN is AVX-512 too, 1.5-6x on the narrow layers and 0.75-1x on the 128-256-channel ones
-    (RESULTS.md). CPU fp32, outside grad mode (the kernel has no autograd, so a double backward
-    keeps ATen's)."""
+    (csrc/cpu/weight_grad.cpp: dot products along time in registers, no im2col), faster than ATen's
+    backward-weights on the codec's stride-1 layers except the widest on Intel AVX-512, where it
+    ties (benchmarks/RESULTS.md, "Where the code's rules come from").
+    CPU fp32, outside grad mode (the kernel has no autograd, so a double backward keeps ATen's)."""
     return (stride == 1 and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
             and hasattr(lib, "conv1d_weight_grad"))
 
@@ -158,7 +156,7 @@ def _conv1d_input_grad(lib, gz, weight, dilation):
     On the CPU this beats ATen's backward-data path several times at the codec's narrow layers
     (benchmarks/RESULTS.md); a 1x1 conv needs no reversal. The C++ CPU kernels skip the two
     reversals too: their explicit-padding conv (conv1d_window) reads ahead directly, with the taps
-    reversed instead of the signal, which saves two copies of gz (0.1 ms of 0.4 at 8 x 8 x 16000).
+    reversed instead of the signal, which saves two copies of gz.
     It has no autograd, so a double backward (grad mode on here) keeps the reversed form.
     gz: [B, Cout, T] -> [B, Cin, T].
     """

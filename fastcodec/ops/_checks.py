@@ -2,10 +2,9 @@
 the argument, what was expected and what was given."""
 from __future__ import annotations
 
-import numbers
-
 import torch
 
+from ..integers import is_int
 from .reference import ACTIVATIONS
 
 
@@ -20,11 +19,6 @@ def tensor(name, t, dims=None, floating=True):
         raise ValueError(f"{name} must be [{', '.join(dims)}], got shape {_shape(t)}")
     if floating and not t.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
-
-
-def is_int(v) -> bool:
-    """An int that is not a bool; numpy's integers count (they come out of arrays and arithmetic)."""
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def positive_int(name, v):

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import torch
 
-from .. import ops
-from ..nn import SoundStream, preset, set_backend
+from ..nn import BackendUnavailable, SoundStream, preset, resolve_backend, set_backend
+from ..nn import tuning
 from .. import checkpoint as ckpt
 from .config import TrainConfig, lr_factor
 from .data import CropDataset, StepBatches, build_sources, eval_batch
@@ -131,8 +131,8 @@ class Trainer:
         self.codec_cfg = preset(cfg.preset)
         dev = self.dist.device
         try:  # a backend that cannot run here fails before any work
-            ops.resolve_backend(cfg.backend, torch.empty(0, device=dev))
-        except ops.BackendUnavailable as exc:
+            resolve_backend(cfg.backend, torch.empty(0, device=dev))
+        except BackendUnavailable as exc:
             raise TrainingError(f"--backend {cfg.backend}: {exc}") from None
 
         # Data first: a missing or empty folder is reported before a model is built. Rank 0 scans
@@ -166,19 +166,17 @@ class Trainer:
         if resume_from is not None:
             self._resume(resume_from)
         self.segment = int(round(cfg.segment_seconds * self.codec_cfg.sample_rate))
-        if self.dist.active and ops.tuning.enabled():
+        if self.dist.active and tuning.enabled():
             # Ranks do not time calls on their own (it would need a collective at every call site):
             # rank 0 measures a training step's shapes on a copy of the model, and every rank takes its table.
             if self.dist.main:
-                from ..tune import tune_model
-
                 try:  # a failure here must not leave the other ranks waiting in share()
-                    tune_model(self.model, cfg.batch_size, self.segment, inference=False, stream=False,
-                               context=self._autocast)
+                    tuning.tune_model(self.model, cfg.batch_size, self.segment, inference=False, stream=False,
+                                      context=self._autocast)
                 except Exception as exc:
                     self._say(f"warning: tuning the training step's shapes failed ({type(exc).__name__}: {exc}); "
                               f"the ranks use the static rules for the shapes it did not reach")
-            ops.tuning.share()
+            tuning.share()
 
         if cfg.compile:
             # The convs compile into one graph each; the quantizer (k-means on its first batch, EMA

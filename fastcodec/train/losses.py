@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..ops.vq_training import _fp32
+from ..nn import full_precision
 
 
 def _logits(outputs):
@@ -41,7 +41,7 @@ def feature_matching_loss(real_outputs, fake_outputs):
 def waveform_loss(estimate, reference, eps=1e-8):
     """L1 between waveforms relative to the reference's mean magnitude (scale-free, ~1 for silence
     out). The mel loss ignores phase; this term is what pulls the waveform, and SI-SDR, into line."""
-    with _fp32():
+    with full_precision():
         ref = reference.float()
         return (estimate.float() - ref).abs().mean() / (ref.abs().mean() + eps)
 
@@ -56,7 +56,7 @@ def stage_mean_loss(stages, audio, hop, eps=1e-8):
     depend on how loud the data is).
     """
     frames = stages[0].shape[2]
-    with _fp32():
+    with full_precision():
         x = F.pad(audio.float(), (0, frames * hop - audio.shape[2]))
         scale = audio.float().abs().mean() + eps
         terms = []
@@ -69,7 +69,7 @@ def stage_mean_loss(stages, audio, hop, eps=1e-8):
 
 def si_sdr(estimate, reference, eps=1e-8):
     """Scale-invariant SDR in dB per example: estimate, reference [B, 1, T] -> [B]."""
-    with _fp32():
+    with full_precision():
         est = estimate.float().flatten(1)
         ref = reference.float().flatten(1)
         est = est - est.mean(1, keepdim=True)

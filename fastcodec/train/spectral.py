@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from ..ops.vq_training import _fp32
+from ..nn import full_precision
 
 
 def hz_to_mel(f):
@@ -41,7 +41,7 @@ class MelSpectrogram(nn.Module):
         self.register_buffer("fb", mel_filterbank(win, n_mels, sample_rate), persistent=False)
 
     def forward(self, audio):
-        with _fp32():
+        with full_precision():
             x = audio.float().reshape(-1, audio.shape[-1])
             spec = torch.stft(x, self.win, self.hop, window=self.window, center=True, pad_mode="reflect"
                               if x.shape[-1] > self.win // 2 else "constant", return_complex=True).abs()

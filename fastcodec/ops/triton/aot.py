@@ -2,7 +2,7 @@
 
 The interpreter used on CPU accepts things the GPU compiler rejects (tl.dot sides below 16, some
 type mixes), so every configuration the launchers use is also compiled for sm_90 - by
-`python -m fastcodec.kernel_report`, which reads the resulting SASS too. Must run without
+`python -m fastcodec.dev.kernel_report`, which reads the resulting SASS too. Must run without
 TRITON_INTERPRET (the interpreter replaces @triton.jit).
 """
 import inspect

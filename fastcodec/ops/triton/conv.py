@@ -143,7 +143,7 @@ def conv_config(cin: int, cout: int, tout: int, dtype: torch.dtype) -> dict:
     """Tile sizes the launcher uses (and the kernel report compiles): tl.dot needs every side >= 16.
     Exact-fp32 dots run on FMA units with the whole tile in registers: 32 x 32 x 16 is the largest
     tile that compiles without spills for sm_90 under Triton 3.6, 3.8 and 3.9 alike (register
-    allocation differs between releases; python -m fastcodec.kernel_report checks the installed one)."""
+    allocation differs between releases; python -m fastcodec.dev.kernel_report checks the installed one)."""
     if dtype == torch.float32:
         return dict(BLOCK_CO=_pow2_clamp(cout, 16, 32), BLOCK_T=_pow2_clamp(tout, 16, 32), BLOCK_CI=16, num_warps=4)
     return dict(BLOCK_CO=_pow2_clamp(cout, 16, 64), BLOCK_T=_pow2_clamp(tout, 16, 64),

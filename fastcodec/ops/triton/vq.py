@@ -219,7 +219,7 @@ def rvq_decode_kernel(
 
 # Tiles per BLOCK_D = next_pow2(max(D, 16)), (BLOCK_N, BLOCK_K, num_warps): the choices that
 # compile for sm_90 without spills under Triton 3.6, 3.8 and 3.9 alike (register allocation differs
-# between releases: python -m fastcodec.kernel_report, run for each, found them). Exact-fp32 dots
+# between releases: python -m fastcodec.dev.kernel_report, run for each, found them). Exact-fp32 dots
 # keep their tiles in registers on FMA units, hence the smaller fp32 tiles. Nothing wider than 256
 # is spill-free everywhere (fp16 at 512 spills under 3.6), so that is the limit.
 _TILES_FP32 = {16: (16, 32, 4), 32: (16, 16, 4), 64: (16, 32, 8), 128: (16, 32, 8), 256: (16, 16, 8)}

@@ -8,19 +8,10 @@ Shapes: x / residuals [N, D], codebook [K, D], index [N] (int64), counts [K], su
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
-from .reference import vq_nearest_ref
-
-
-def _fp32():
-    """Autocast off (CPU and CUDA): the statistics and distances of codebook learning stay fp32."""
-    stack = contextlib.ExitStack()
-    for device in ("cpu",) + (("cuda",) if torch.cuda.is_available() else ()):
-        stack.enter_context(torch.autocast(device_type=device, enabled=False))
-    return stack
+from ..ops import vq_nearest_ref
+from .precision import full_precision
 
 
 def _distributed():
@@ -34,14 +25,14 @@ def straight_through(x, quantized):
 
 def commitment_loss(x, quantized):
     """mean ||x - sg(quantized)||^2 in fp32: pulls the encoder output toward its codes."""
-    with _fp32():
+    with full_precision():
         return (x.float() - quantized.detach().float()).pow(2).mean()
 
 
 def ema_stats(x, index, num_codes):
     """Per-code assignment counts [K] and sums of the assigned vectors [K, D], in one pass each
     (index_add: no one-hot N x K matrix). fp32."""
-    with _fp32():
+    with full_precision():
         x = x.detach().float()
         counts = torch.zeros(num_codes, device=x.device, dtype=torch.float32)
         counts.index_add_(0, index, torch.ones_like(index, dtype=torch.float32))
@@ -74,7 +65,7 @@ def kmeans_init(x, num_codes, *, iters=10, generator=None):
     """A codebook [K, D] from k-means on x (Lloyd's algorithm, fp32), started from K random rows.
     Rows that end up with no points keep their last centroid. Broadcast from rank 0 when
     distributed, so every rank starts identical."""
-    with _fp32():
+    with full_precision():
         x = x.detach().float()
         if x.shape[0] == 0:
             raise ValueError("kmeans_init needs at least one vector")

@@ -1,9 +1,9 @@
 """GPU readiness without a GPU: what each kernel compiles to on an H100, read from its SASS.
 
-    python -m fastcodec.kernel_report [--check] [--json FILE] [--markdown]
+    python -m fastcodec.dev.kernel_report [--check] [--json FILE] [--markdown]
 
 For every Triton kernel in every configuration the launchers pick (each dtype, each tile
-configuration, for the SoundStream-24k conv layers and the RVQ shapes of fastcodec/shapes.py) it
+configuration, for the SoundStream-24k conv layers and the RVQ shapes of fastcodec/dev/shapes.py) it
 compiles for sm_90 with no GPU present; for the C++ CUDA kernels it reads the sm_90 cubins of the
 built extension. From `cuobjdump -res-usage` and `-sass` (the copies Triton ships) it reports
 registers per thread, stack and local-memory traffic (LDL/STL instructions), shared memory,
@@ -112,7 +112,7 @@ def triton_launches():
     """(op, kernel, dtype, mode, matrix, arg types, constexprs, num_warps, shapes) per configuration."""
     import torch
 
-    from fastcodec import shapes as S
+    from fastcodec.dev import shapes as S
     from fastcodec.ops.triton import conv, vq
     from fastcodec.ops.triton._launch import precision_for
 
