@@ -78,8 +78,12 @@ def test_stream_errors(codec):
     enc = codec.streaming_encoder(channels=2)
     with pytest.raises(ValueError, match=r"\[2, T\]"):
         enc(torch.zeros(3, 10))
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):  # numpy's check and torch's
+        for bad in (float("inf"), float("-inf"), float("nan")):
+            with pytest.raises(ValueError, match="NaN or Inf"):
+                enc(torch.tensor([[0.0, 0.5], [bad, 0.0]], dtype=dtype))
     with pytest.raises(ValueError, match="NaN or Inf"):
-        enc(torch.tensor([[0.0, float("inf")], [0.0, 0.0]]))
+        enc(torch.tensor([[0.0, float("nan")], [0.5, 0.0]]).t())  # a non-contiguous view
     with pytest.raises(TypeError, match="floating point"):
         enc(torch.zeros(2, 4, dtype=torch.int32))
     with pytest.raises(ValueError, match="empty stream"):

@@ -251,3 +251,30 @@ def test_streaming_in_fp32_stays_within_float_tolerance(monkeypatch):
     dec = m.decoder.stream()
     y = torch.cat(_chunked(dec, z, torch.Generator().manual_seed(1), 3), dim=2)
     torch.testing.assert_close(y, m.decoder(z), rtol=1e-4, atol=1e-5)
+
+
+def test_full_precision_turns_autocast_off_only_inside():
+    from fastcodec.nn import full_precision
+
+    a, b = torch.randn(4, 4), torch.randn(4, 4)
+    with full_precision():  # autocast off already: a no-op
+        assert (a @ b).dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (a @ b).dtype == torch.bfloat16
+        with full_precision():
+            assert (a @ b).dtype == torch.float32
+        assert (a @ b).dtype == torch.bfloat16
+
+
+def test_a_stream_frame_scope_nests_and_ends_even_on_errors():
+    from fastcodec.nn import streams
+    from fastcodec.ops import tuning
+
+    assert not getattr(streams._scope, "inside", False)
+    with pytest.raises(RuntimeError, match="boom"):
+        with streams.frame():
+            with streams.frame():
+                assert streams._scope.inside and not tuning._may_measure()
+            assert streams._scope.inside  # the inner scope leaves the outer one in place
+            raise RuntimeError("boom")
+    assert not getattr(streams._scope, "inside", False) and not getattr(tuning._scope, "frozen", False)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import require_backend
+from conftest import assert_close_to_reference, require_backend
 from fastcodec import nn as fnn
 from fastcodec import ops
 from fastcodec.ops import BackendUnavailable, _backend, dispatch, tuning
@@ -272,6 +272,15 @@ def test_a_candidate_that_fails_leaves_the_static_choice(tuned):
     assert "k" not in tuning.table()
 
 
+def test_the_table_follows_the_cache_folder(tuned, tmp_path, monkeypatch):
+    tuning.choose("fake", CPU, "k", ["cpp", "torch"], _fake({"cpp": 3e-3, "torch": 1e-3}), ())
+    assert set(tuning.table()) == {"k"}
+    monkeypatch.setenv("FASTCODEC_CACHE_DIR", str(tmp_path / "elsewhere"))  # no forget(): noticed
+    assert tuning.table() == {} and tuning.cache_path().parent == tmp_path / "elsewhere"
+    monkeypatch.setenv("FASTCODEC_CACHE_DIR", str(tuned))
+    assert set(tuning.table()) == {"k"}
+
+
 def test_under_autocast_every_candidate_runs_at_the_calls_dtype(tuned):
     seen = []
 
@@ -292,3 +301,30 @@ def test_nothing_is_timed_in_an_ops_stream(tuned):
         stream(x.double()[:, :, i:i + 7].float())  # (fp32: the native step; no key, nothing timed)
     ops.causal_conv1d_stream(x.double(), w.double(), state=None)  # fp64: the composed path, keyed
     assert tuning.table() == {}
+
+
+@pytest.mark.parametrize("B,T", [(1, 37), (3, 300)])  # the rule takes the GEMM at the first, phases at the second
+def test_the_cpu_transposed_conv_variants_are_exact_and_timed_as_candidates(tuned, B, T):
+    require_backend("cpp", "cpu")
+    from fastcodec.ops import _extension
+
+    g = torch.Generator().manual_seed(B * T)
+    x, w = torch.randn(B, 32, T, generator=g), torch.randn(32, 10, 16, generator=g) / 20
+    b, a = torch.randn(10, generator=g), torch.rand(10, generator=g) + 0.5
+    kw = dict(stride=8, activation="snake")
+    ref64 = ops.causal_conv_transpose1d_ref(x.double(), w.double(), b.double(), alpha=a.double(), **kw)
+    ref32 = ops.causal_conv_transpose1d_ref(x, w, b, alpha=a, **kw)
+    for variant in ("phases", "gemm"):
+        with _extension.transposed_variant(variant):
+            y = ops.causal_conv_transpose1d(x, w, b, alpha=a, backend="cpp", **kw)
+        assert_close_to_reference(y, ref32, ref64, name=variant)
+    with pytest.raises(KeyError):
+        with _extension.transposed_variant("im2col"):
+            pass
+    assert tuning.table() == {}
+    y = ops.causal_conv_transpose1d(x, w, b, alpha=a, **kw)  # 'auto' with tuning on: every candidate timed
+    assert_close_to_reference(y, ref32, ref64, name="auto")
+    (entry,) = tuning.table().values()
+    assert set(entry["ms"]) == {"cpp", "torch", "cpp:phases", "cpp:gemm"} and entry["static"] == "cpp"
+    assert dispatch.variants("causal_conv_transpose1d", ["cpp", "torch"], torch.float64) == []  # fp32 only
+    assert dispatch.variants("causal_conv1d", ["cpp", "torch"], torch.float32) == []

@@ -53,6 +53,19 @@ at::Tensor pack_weights(const at::Tensor& w, int64_t groups) {
 
 namespace {
 
+thread_local int t_transposed_variant = 0;  // see cpu::set_transposed_variant
+
+}  // namespace
+
+int cpu::set_transposed_variant(int variant) {
+  TORCH_CHECK(variant >= 0 && variant <= 2, "fastcodec: transposed-conv variant must be 0, 1 or 2, got ", variant);
+  const int previous = t_transposed_variant;
+  t_transposed_variant = variant;
+  return previous;
+}
+
+namespace {
+
 using cpu::pack_weights;
 
 // Few outputs (a stream's chunk: 1-320 per layer) make reading the weights the cost. Inside a
@@ -229,10 +242,16 @@ void conv_transpose1d_gemm(const at::Tensor& x, const at::Tensor& w, const float
 // Intel AVX-512, where MKL's sgemm is AVX-512 too, up to 4800 for Cin * taps >= 1024). The
 // contributions buffer is capped at 64 MB. Figures: benchmarks/RESULTS.md, "Where the code's rules come from".
 bool transposed_by_gemm(int64_t B, int64_t Cin, int64_t T, int64_t Cout, int64_t K, int64_t stride) {
+  const bool fits = B * T * Cout * K * 4 <= (int64_t{64} << 20);
+  switch (t_transposed_variant) {
+    case 1: return false;
+    case 2: return fits;
+    default: break;
+  }
   const int64_t taps = (K + stride - 1) / stride;
   int64_t max_columns = cpu::has_avx512() ? 240 : 2400;
   if (cpu::has_avx512() && cpu::is_intel() && Cin * taps >= 1024) max_columns = 4800;
-  return Cin * taps >= 256 && B * T <= max_columns && B * T * Cout * K * 4 <= (int64_t{64} << 20);
+  return Cin * taps >= 256 && B * T <= max_columns && fits;
 }
 
 // fp32 transposed conv as `stride` causal convs: output t' = q*stride + p (phase p) receives taps

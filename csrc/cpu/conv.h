@@ -22,6 +22,11 @@ at::Tensor conv1d_window_f32(const at::Tensor& x, const at::Tensor& w, const c10
                              Activation act, float slope, int64_t stride, int64_t dilation, int64_t pad,
                              int64_t out_len);
 
+// How this thread's fp32 transposed convs run: 0 by the rule (transposed_by_gemm in conv.cpp),
+// 1 as phase convs, 2 by one GEMM wherever its buffer fits the cap. Lets the measured 'auto' time
+// the alternatives (fastcodec/ops/dispatch.py, VARIANTS). Returns the previous setting.
+int set_transposed_variant(int variant);
+
 // (y [B, Cout, T*stride], next tail [B, Cout, max(K - stride, 0)]) for one chunk x [B, Cin, T]
 // after the previous chunk's tail (none at the start).
 std::tuple<at::Tensor, at::Tensor> conv_transpose1d_stream_f32(const at::Tensor& x, const at::Tensor& w,

@@ -41,9 +41,19 @@ def cast_for_autocast(x, *tensors):
     return [None if t is None else t.to(dt) for t in (x,) + tensors]
 
 
+def _autocast_on(device: str) -> bool:
+    if _AUTOCAST_BY_DEVICE:
+        return torch.is_autocast_enabled(device)
+    return torch.is_autocast_cpu_enabled() if device == "cpu" else torch.is_autocast_enabled()
+
+
 def full_precision():
-    """Autocast off (CPU and CUDA): what runs inside stays in the dtype it is given (fp32)."""
+    """Autocast off (CPU and CUDA): what runs inside stays in the dtype it is given (fp32). Where
+    autocast is off already, a no-op (a stream's frame enters this once per call)."""
+    on = [d for d in ("cpu", "cuda") if _autocast_on(d)]
+    if not on:
+        return contextlib.nullcontext()
     stack = contextlib.ExitStack()
-    for device in ("cpu",) + (("cuda",) if torch.cuda.is_available() else ()):
+    for device in on:
         stack.enter_context(torch.autocast(device_type=device, enabled=False))
     return stack

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -24,13 +25,21 @@ from .blocks import Decoder, Encoder, ResidualUnit, flatten
 from .layers import CausalConv1d, CausalConvTranspose1d
 
 
+_scope = threading.local()  # .inside: a stream call is running on this thread (frame() entered)
+
+
 @contextlib.contextmanager
 def frame():
     """A stream's call: 'auto' takes cached or static choices without timing anything
     (`python -m fastcodec tune` measures a stream's shapes ahead of time), and packed weights are
     kept between calls (ops.weight_cache), as a frame's work is too small to repack them."""
-    with ops.tuning.no_measuring(), ops.weight_cache():
-        yield
+    outer = getattr(_scope, "inside", False)
+    _scope.inside = True
+    try:
+        with ops.tuning.no_measuring(), ops.weight_cache():
+            yield
+    finally:
+        _scope.inside = outer
 
 
 def _wants_grad(*tensors):
@@ -42,6 +51,8 @@ def _wants_grad(*tensors):
 def _in_frame(method):
     @functools.wraps(method)
     def call(*args, **kwargs):
+        if getattr(_scope, "inside", False):  # a chain's streams, or the codec's call: entered once
+            return method(*args, **kwargs)
         with frame():
             return method(*args, **kwargs)
     return call
@@ -171,12 +182,11 @@ class StreamChain:
         self._native = None      # the C++ chain, built at the first chunk it can take
         self._native_ok = None   # whether it can take this chain's chunks at all (decided once)
         self._states_native = False  # where the states are now
-
-    def _params(self):
-        return tuple(t for s in self.streams for t in (s.weight, s.bias, s.alpha) if t is not None)
+        self._params = tuple(t for s in self.streams for t in (s.weight, s.bias, s.alpha) if t is not None)
 
     def _native_fits(self, x):
-        if x.device.type != "cpu" or x.dtype != torch.float32 or _wants_grad(x, *self._params()):
+        if x.device.type != "cpu" or x.dtype != torch.float32 \
+                or (torch.is_grad_enabled() and _wants_grad(x, *self._params)):
             return False
         if self._native_ok is None:  # decided at the first fp32 CPU chunk: the backends and weights
             self._native_ok = all(ops.stream_kernel_fits(_STEP[type(s)], s.backend, x, (x, s.weight, s.bias, s.alpha))

@@ -6,6 +6,7 @@ together with how to rebuild.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -22,7 +23,7 @@ except Exception as exc:  # ImportError, OSError (undefined symbols, missing lib
 
 # The op schemas and classes csrc/fastcodec.cpp registers (its kApiVersion): a build from another
 # checkout would lack ops or take other arguments, so it is not used at all.
-API_VERSION = 1
+API_VERSION = 2
 
 if _C is not None and _C.torch_version != torch.__version__:
     # Loaded, but compiled against another torch: the C++ ABI may differ in ways that only show as
@@ -116,3 +117,17 @@ def register():
 
 
 register()
+
+
+TRANSPOSED_VARIANTS = {"phases": 1, "gemm": 2}  # csrc/cpu/conv.h: set_transposed_variant
+
+
+@contextlib.contextmanager
+def transposed_variant(name: str):
+    """This thread's fp32 C++ transposed convs run as `name` ('phases' | 'gemm') in the block,
+    instead of by the kernel's rule."""
+    previous = _C.set_transposed_variant(TRANSPOSED_VARIANTS[name])
+    try:
+        yield
+    finally:
+        _C.set_transposed_variant(previous)

@@ -2,7 +2,9 @@
 backend through dispatch.choose. Shapes and semantics: the package docstring and each function's."""
 from __future__ import annotations
 
-from . import _checks, dispatch, tuning
+import contextlib
+
+from . import _checks, _extension, dispatch, tuning
 from ._run import compiled, wants_grad
 from .reference import (
     DEFAULT_NEGATIVE_SLOPE,
@@ -60,8 +62,10 @@ def _conv_transpose1d_on(be, x, weight, bias, stride, activation, negative_slope
     if be == "torch":
         return causal_conv_transpose1d_ref(x, weight, bias, stride=stride, activation=activation,
                                            negative_slope=negative_slope, alpha=alpha)
-    return compiled("causal_conv_transpose1d", be)(x, weight, bias, stride, activation or "none",
-                                                    float(negative_slope), alpha)
+    be, _, variant = be.partition(":")  # "cpp:gemm": a variant the measured 'auto' chose (dispatch.VARIANTS)
+    with _extension.transposed_variant(variant) if variant else contextlib.nullcontext():
+        return compiled("causal_conv_transpose1d", be)(x, weight, bias, stride, activation or "none",
+                                                        float(negative_slope), alpha)
 
 
 def grouped_conv1d(x, weight, bias=None, *, stride=1, padding=0, groups=1, backend="auto"):

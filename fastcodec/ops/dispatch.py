@@ -8,7 +8,8 @@ device at all. `choose()` answers every call:
   BackendUnavailable with the reason: it never silently becomes another;
 - 'auto' takes the first usable backend in the device's static order (cpp on the CPU, Triton on a
   GPU, the torch reference where neither takes the call), unless the call has a tuning key and
-  `tuning` knows (or, measuring this call, finds) a faster one for it.
+  `tuning` knows (or, measuring this call, finds) a faster one for it, among the usable backends
+  and their VARIANTS ("cpp:gemm": what a call's `run` receives, to run that variant).
 
 Adding a backend or an op touches this table and the kernel.
 """
@@ -61,6 +62,11 @@ TABLE = {
     "causal_conv_transpose1d_stream": {"cpp": Impl((F32,), _no_grad)},
 }
 
+# Internal variants of a backend that a rule chooses between inside the kernel: the measured
+# 'auto' times each as a candidate of its own, named "backend:variant" (the bare name is the rule).
+# The CPU fp32 transposed conv runs as `stride` phase convs or as one GEMM (csrc/cpu/conv.h).
+VARIANTS = {("causal_conv_transpose1d", "cpp"): ((F32,), ("phases", "gemm"))}
+
 ORDER = {  # auto's static preference per device type, before the torch reference
     "cpu": ("cpp",),
     "cuda": ("triton", "cuda") if _backend.CUDA_KERNELS_VERIFIED_ON_GPU else ("triton",),
@@ -90,6 +96,16 @@ def usable(op: str, device_type: str, dtype, shape=None) -> list:
     interpreter on CPU tensors, the C++ CUDA kernels until a GPU run has verified them.)"""
     order = [b for b in ORDER.get(device_type, ()) + ("torch",) if b in TABLE[op]]
     return [b for b in order if refusal(op, b, device_type, dtype, shape) is None]
+
+
+def variants(op: str, candidates, dtype) -> list:
+    """The "backend:variant" candidates the measured 'auto' adds for the usable backends."""
+    out = []
+    for backend in candidates:
+        dtypes, names = VARIANTS.get((op, backend), ((), ()))
+        if dtype in dtypes:
+            out += [f"{backend}:{v}" for v in names]
+    return out
 
 
 def requested(backend: str) -> tuple[str, str]:
@@ -132,7 +148,10 @@ def choose(op: str, backend: str, device: torch.device, dtype, shape=None, key=N
     candidates = usable(op, device.type, dtype, shape)
     if not candidates:
         raise BackendUnavailable(f"no backend runs {op} on {device.type} {_dtype_name(dtype)}")
-    if not tuned or len(candidates) == 1:
+    if not tuned:
+        return candidates[0]
+    candidates = candidates + variants(op, candidates, dtype)
+    if len(candidates) == 1:
         return candidates[0]
     chosen, settled = tuning.choose(op, device, tuning.key(op, device, dtype, key), candidates, run, args)
     if settled:

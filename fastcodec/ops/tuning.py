@@ -46,7 +46,7 @@ SLOW = 0.2
 ROUND_SECONDS = 0.005  # a round repeats a call until it takes at least this long
 
 _table = None        # key -> {"backend": name, "static": name, "ms": {backend: median ms}}, once loaded
-_table_path = None   # the cache file it was read from
+_table_settings = None  # the _settings() it was read under
 _failed = set()      # keys whose measurement raised in this process: not tried again
 _scope = threading.local()  # .forced: inside measuring(); .frozen: inside no_measuring()
 
@@ -87,8 +87,10 @@ def size_bucket(n: int) -> int:
 
 
 @functools.lru_cache(maxsize=1)
-def versions() -> dict:
-    """What a measurement depends on besides the shapes: the machine and the software."""
+@functools.lru_cache(maxsize=None)
+def _fixed_versions() -> tuple:
+    """The parts of versions() that cannot change while the process runs (read once: /proc/cpuinfo
+    is slow to read per call)."""
     from .. import __version__
     from . import _extension
 
@@ -106,18 +108,33 @@ def versions() -> dict:
         triton_version = None
     # (A GPU's name goes into the keys of its calls, not here: asking for it would start CUDA in
     # every process on a GPU machine, CPU-only ones included.)
-    return {"cpu": cpu, "cores": os.cpu_count(), "simd": _extension.cpu_simd_level(),
-            "torch": torch.__version__, "triton": triton_version, "fastcodec": __version__,
-            "extension": _extension.build_id()}
+    return (("cpu", cpu), ("cores", os.cpu_count()), ("torch", torch.__version__), ("triton", triton_version),
+            ("fastcodec", __version__), ("extension", _extension.build_id()))
+
+
+def versions() -> dict:
+    """What a measurement depends on besides the shapes: the machine and the software."""
+    from . import _extension
+
+    return dict(_fixed_versions(), simd=_extension.cpu_simd_level())
+
+
+_paths: dict = {}  # (cache folder settings, versions) -> cache_path(): a warm call is a lookup
 
 
 def cache_path() -> Path:
-    home = os.path.expanduser("~")
-    root = os.environ.get("FASTCODEC_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(home if home != "~" else tempfile.gettempdir(), ".cache"),
-        "fastcodec")
-    tag = hashlib.sha256(json.dumps(versions(), sort_keys=True).encode()).hexdigest()[:12]
-    return Path(root) / f"tuning-{tag}.json"
+    v = versions()
+    settings = (os.environ.get("FASTCODEC_CACHE_DIR"), os.environ.get("XDG_CACHE_HOME"), os.environ.get("HOME"),
+                tuple(sorted(v.items(), key=lambda kv: kv[0])))
+    path = _paths.get(settings)
+    if path is None:
+        home = os.path.expanduser("~")
+        root = os.environ.get("FASTCODEC_CACHE_DIR") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.join(home if home != "~" else tempfile.gettempdir(),
+                                                             ".cache"), "fastcodec")
+        tag = hashlib.sha256(json.dumps(v, sort_keys=True).encode()).hexdigest()[:12]
+        path = _paths[settings] = Path(root) / f"tuning-{tag}.json"
+    return path
 
 
 def _read(path: Path) -> dict:
@@ -142,13 +159,19 @@ def _read(path: Path) -> dict:
             and all(isinstance(b, str) and isinstance(t, (int, float)) for b, t in v["ms"].items())}
 
 
+def _settings() -> tuple:
+    """What can move the cache file within a process: the folder settings and the SIMD cap."""
+    env = os.environ
+    return env.get("FASTCODEC_CACHE_DIR"), env.get("XDG_CACHE_HOME"), env.get("HOME"), env.get("FASTCODEC_CPU_SIMD")
+
+
 def table() -> dict:
-    """The measured choices known to this process (the cache file's, read once per cache path, and
-    new ones)."""
-    global _table, _table_path
-    path = cache_path()
-    if _table is None or path != _table_path:
-        _table, _table_path = _read(path), path
+    """The measured choices known to this process (the cache file's, read once per cache
+    location, and new ones)."""
+    global _table, _table_settings
+    settings = _settings()
+    if _table is None or settings != _table_settings:
+        _table, _table_settings = _read(cache_path()), settings
         _forget_settled()
     return _table
 
