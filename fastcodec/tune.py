@@ -29,7 +29,8 @@ def main(args) -> int:
     torch.manual_seed(0)
     model = SoundStream(cfg).to(device)
     if args.fresh:
-        stale = [k for k in tuning.table() if f"|{device.type}|" in k]
+        # A key's second field is where it was measured: "cpu 2t", "cuda NVIDIA H100 ...".
+        stale = [k for k in tuning.table() if k.split("|")[1].split(" ")[0] == device.type]
         for k in stale:
             del tuning.table()[k]
     start = time.perf_counter()

@@ -249,6 +249,15 @@ def test_stream_chain_refuses_bad_chunks_and_layers(backend):
         fnn.StreamChain(streams(backend), [False, False, False, True])
     with pytest.raises(TypeError, match="prepared streams"):
         fnn.StreamChain([lambda x: x])
+    s = streams(backend)
+    with pytest.raises(ValueError, match="stream 1 takes 6 channels but stream 0 gives 5"):
+        fnn.StreamChain([s[3], s[1]])  # the transposed conv's 5 channels into a 6-channel conv
+    with pytest.raises(ValueError, match="adds the input of stream 0"):
+        fnn.StreamChain([s[0], s[1]], [False, True])  # 3 input channels added to 6 outputs
+    with pytest.raises(ValueError, match=r"weight must be a tensor \[Cout, Cin, K\]"):
+        fnn.CausalConv1dStream(torch.randn(4, 3))
+    with pytest.raises(ValueError, match="stride must be a positive int"):
+        fnn.CausalConvTranspose1dStream(torch.randn(4, 3, 2), stride=0)
 
 
 def test_native_stream_chain_checks_its_layers():
@@ -268,3 +277,21 @@ def test_native_stream_chain_checks_its_layers():
         chain.set_state(0, torch.randn(1, 3, 9))  # a k3 conv keeps 2 samples
     with pytest.raises(RuntimeError, match="out of range"):
         chain.get_state(3)
+
+
+def test_a_prepared_stream_carries_the_graph_through_its_state():
+    """A chunk whose own input wants no gradient still depends on the state an earlier chunk left,
+    which may: the native step (no backward) must not take it."""
+    require_backend("cpp", "cpu")
+    w = torch.randn(4, 3, 5) / 4
+    x = torch.randn(1, 3, 30, requires_grad=True)
+    s = fnn.CausalConv1dStream(w, backend="cpp")
+    with torch.no_grad():
+        s(torch.randn(1, 3, 4))  # the first chunk: the native step fits this stream
+    s.state = None
+    y = torch.cat([s(x[:, :, :12]), s(x[:, :, 12:].detach())], dim=2)
+    (g,) = torch.autograd.grad(y.pow(2).sum(), x)
+    want = ops.causal_conv1d(torch.cat([x[:, :, :12], x[:, :, 12:].detach()], dim=2), w, backend="cpp")
+    (g_want,) = torch.autograd.grad(want.pow(2).sum(), x)
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g, g_want, rtol=1e-4, atol=1e-5)  # (without the state's graph: too small at 8-11)

@@ -8,8 +8,8 @@ outputs equal the whole-signal layers.
 - StreamChain: streams in order, on the cpp backend in one C++ call per chunk
 - EncoderStream, DecoderStream: the codec's encoder and decoder chunk by chunk (Encoder.stream(),
   Decoder.stream())
-- frame(): the scope every stream call runs in: no gradients unless asked, nothing timed by
-  'auto' (a frame must never stall), packed weights kept between calls
+- frame(): the scope every stream call runs in: nothing timed by 'auto' (a frame must never
+  stall), packed weights kept between calls
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
+from ..integers import is_int
 from .blocks import Decoder, Encoder, ResidualUnit, flatten
 from .layers import CausalConv1d, CausalConvTranspose1d
 
@@ -58,6 +59,16 @@ def _in_frame(method):
     return call
 
 
+def _check_layer(weight, dims, **ints):
+    """What a stream's constructor reads of its layer; the rest is checked at the first chunk."""
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 3:
+        raise ValueError(f"weight must be a tensor [{', '.join(dims)}], got "
+                         f"{list(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__}")
+    for name, v in ints.items():
+        if not is_int(v) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+
+
 class CausalConv1dStream:
     """A prepared ops.causal_conv1d_stream: `s(x, residual=None)` gives what that step gives for
     the chunk x [B, Cin, T], the state kept inside. The first chunk runs the checked step; later
@@ -66,6 +77,7 @@ class CausalConv1dStream:
 
     def __init__(self, weight, bias=None, *, stride=1, dilation=1, activation=None, backend="auto",
                  negative_slope=ops.DEFAULT_NEGATIVE_SLOPE, alpha=None):
+        _check_layer(weight, ("Cout", "Cin", "K"), stride=stride, dilation=dilation)
         self.weight, self.bias, self.alpha = weight, bias, alpha
         self.stride, self.dilation, self.activation = stride, dilation, activation
         self.negative_slope, self.backend = negative_slope, backend
@@ -89,7 +101,7 @@ class CausalConv1dStream:
             self._fits = ops.stream_kernel_fits("causal_conv1d_stream", self.backend, x, (x, w, self.bias, self.alpha))
             return y
         if not self._fits or x.dim() != 3 or x.shape[1] != w.shape[1] or x.dtype != w.dtype \
-                or _wants_grad(x, residual, w, self.bias, self.alpha):
+                or x.device != w.device or _wants_grad(x, residual, w, self.bias, self.alpha, self.state):
             return self._checked(x, residual)
         if self.state is None:
             self.state = x.new_zeros(x.shape[0], x.shape[1], self.P)
@@ -97,6 +109,9 @@ class CausalConv1dStream:
             raise ValueError(f"this stream has batch {self.state.shape[0]}, the chunk {x.shape[0]}")
         xx = torch.cat([self.state, x], dim=2)
         n = (xx.shape[2] - 1 - self.P) // self.stride + 1 if xx.shape[2] > self.P else 0
+        if residual is not None and list(residual.shape) != [x.shape[0], w.shape[0], n]:
+            raise ValueError(f"residual must be [{x.shape[0]}, {w.shape[0]}, {n}] for this chunk, got "
+                             f"{list(residual.shape)}")
         y = ops.conv1d_window(xx, w, self.bias, self.stride, self.dilation, self.pad, n, self.activation,
                               self.negative_slope, self.alpha, residual)
         self.state = xx[:, :, n * self.stride:]
@@ -109,6 +124,7 @@ class CausalConvTranspose1dStream:
 
     def __init__(self, weight, bias=None, *, stride, activation=None, backend="auto",
                  negative_slope=ops.DEFAULT_NEGATIVE_SLOPE, alpha=None):
+        _check_layer(weight, ("Cin", "Cout", "K"), stride=stride)
         self.weight, self.bias, self.alpha = weight, bias, alpha
         self.stride, self.activation, self.negative_slope, self.backend = stride, activation, negative_slope, backend
         self.state = None
@@ -129,7 +145,7 @@ class CausalConvTranspose1dStream:
                                                 (x, w, self.bias, self.alpha))
             return y
         if not self._fits or x.dim() != 3 or x.shape[1] != w.shape[0] or x.dtype != w.dtype \
-                or _wants_grad(x, w, self.bias, self.alpha):
+                or x.device != w.device or _wants_grad(x, w, self.bias, self.alpha, self.state):
             return self._checked(x)
         if self.state is not None and self.state.shape[0] != x.shape[0]:
             raise ValueError(f"this stream has batch {self.state.shape[0]}, the chunk {x.shape[0]}")
@@ -138,7 +154,8 @@ class CausalConvTranspose1dStream:
         return y
 
 
-_STEP = {CausalConv1dStream: "causal_conv1d_stream", CausalConvTranspose1dStream: "causal_conv_transpose1d_stream"}
+def _step_op(stream) -> str:
+    return "causal_conv1d_stream" if isinstance(stream, CausalConv1dStream) else "causal_conv_transpose1d_stream"
 
 
 def layer_stream(layer):
@@ -176,8 +193,15 @@ class StreamChain:
                 raise TypeError(f"StreamChain takes prepared streams, got {type(s).__name__}")
             if skip and not isinstance(s, CausalConv1dStream):
                 raise ValueError("only a causal conv stream can add its predecessor's input (skip)")
-        first = self.streams[0]
-        self.in_channels = first.weight.shape[1 if isinstance(first, CausalConv1dStream) else 0]
+        ins = [s.weight.shape[1 if isinstance(s, CausalConv1dStream) else 0] for s in self.streams]
+        outs = [s.weight.shape[0 if isinstance(s, CausalConv1dStream) else 1] for s in self.streams]
+        for i in range(1, len(self.streams)):
+            if ins[i] != outs[i - 1]:
+                raise ValueError(f"stream {i} takes {ins[i]} channels but stream {i - 1} gives {outs[i - 1]}")
+            if self.skips[i] and outs[i] != ins[i - 1]:
+                raise ValueError(f"stream {i} adds the input of stream {i - 1} ({ins[i - 1]} channels) to its "
+                                 f"{outs[i]}")
+        self.in_channels = ins[0]
         self.batch = None
         self._native = None      # the C++ chain, built at the first chunk it can take
         self._native_ok = None   # whether it can take this chain's chunks at all (decided once)
@@ -189,11 +213,13 @@ class StreamChain:
                 or (torch.is_grad_enabled() and _wants_grad(x, *self._params)):
             return False
         if self._native_ok is None:  # decided at the first fp32 CPU chunk: the backends and weights
-            self._native_ok = all(ops.stream_kernel_fits(_STEP[type(s)], s.backend, x, (x, s.weight, s.bias, s.alpha))
-                                  for s in self.streams)
-            if self._native_ok:
-                self._native = self._build_native()
-                self._native_ok = self._native is not None
+            fits = all(ops.stream_kernel_fits(_step_op(s), s.backend, x, (x, s.weight, s.bias, s.alpha))
+                       for s in self.streams)
+            native = self._build_native() if fits else None  # (raises on layers that do not chain: asked again)
+            self._native, self._native_ok = native, native is not None
+        if not self._states_native and torch.is_grad_enabled() \
+                and any(s.state is not None and s.state.requires_grad for s in self.streams):
+            return False  # a state from a chunk that wanted gradients: the checked steps carry its graph
         return self._native_ok
 
     def _build_native(self):

@@ -129,8 +129,9 @@ def _weight_grad_by_gemm(x, rows, cols):
 def _own_weight_grad(lib, x, stride):
     """Whether a stride-1 conv's weight gradient runs on the C++ library's own kernel
     (csrc/cpu/weight_grad.cpp: dot products along time in registers, no im2col), faster than ATen's
-    backward-weights on the codec's stride-1 layers except the widest on Intel AVX-512, where it
-    ties (benchmarks/RESULTS.md, "Where the code's rules come from").
+    backward-weights on the codec's stride-1 layers except the 128-256-channel ones on an Intel
+    AVX-512 host, where it ran at 0.75-1x (benchmarks/RESULTS.md, "Where the code's rules come
+    from").
     CPU fp32, outside grad mode (the kernel has no autograd, so a double backward keeps ATen's)."""
     return (stride == 1 and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
             and hasattr(lib, "conv1d_weight_grad"))

@@ -53,8 +53,8 @@ def causal_conv_transpose1d(x, weight, bias=None, *, stride, activation=None, ba
     args = (x, weight, bias, stride, activation, negative_slope, alpha)
     key = lambda: (x.shape[1], weight.shape[1], weight.shape[2], stride, activation, x.shape[0],  # noqa: E731
                    _B(x.shape[2]), wants_grad(x, weight, bias, alpha))
-    be = dispatch.choose("causal_conv_transpose1d", backend, x.device, x.dtype, key=key, run=_conv_transpose1d_on,
-                         args=args)
+    be = dispatch.choose("causal_conv_transpose1d", backend, x.device, x.dtype, shape={"T": x.shape[2]}, key=key,
+                         run=_conv_transpose1d_on, args=args)
     return _conv_transpose1d_on(be, *args)
 
 

@@ -64,8 +64,11 @@ TABLE = {
 
 # Internal variants of a backend that a rule chooses between inside the kernel: the measured
 # 'auto' times each as a candidate of its own, named "backend:variant" (the bare name is the rule).
-# The CPU fp32 transposed conv runs as `stride` phase convs or as one GEMM (csrc/cpu/conv.h).
-VARIANTS = {("causal_conv_transpose1d", "cpp"): ((F32,), ("phases", "gemm"))}
+# The CPU fp32 transposed conv runs as `stride` phase convs or as one GEMM (csrc/cpu/conv.h),
+# except for inputs of up to 16 frames, which take the stream step whatever the setting.
+VARIANTS = {  # (op, backend) -> (dtypes, variant names, applies(**shape))
+    ("causal_conv_transpose1d", "cpp"): ((F32,), ("phases", "gemm"), lambda T=None, **_: T is None or T > 16),
+}
 
 ORDER = {  # auto's static preference per device type, before the torch reference
     "cpu": ("cpp",),
@@ -98,13 +101,13 @@ def usable(op: str, device_type: str, dtype, shape=None) -> list:
     return [b for b in order if refusal(op, b, device_type, dtype, shape) is None]
 
 
-def variants(op: str, candidates, dtype) -> list:
+def variants(op: str, candidates, dtype, shape=None) -> list:
     """The "backend:variant" candidates the measured 'auto' adds for the usable backends."""
     out = []
     for backend in candidates:
-        dtypes, names = VARIANTS.get((op, backend), ((), ()))
-        if dtype in dtypes:
-            out += [f"{backend}:{v}" for v in names]
+        entry = VARIANTS.get((op, backend))
+        if entry is not None and dtype in entry[0] and entry[2](**(shape or {})):
+            out += [f"{backend}:{v}" for v in entry[1]]
     return out
 
 
@@ -141,6 +144,7 @@ def choose(op: str, backend: str, device: torch.device, dtype, shape=None, key=N
     tuned = key is not None and not torch.compiler.is_compiling() and tuning.enabled()
     if tuned:
         key = key()
+        tuning.table()  # (a moved cache folder drops the settled choices)
         memo = (op, device.type, torch.get_num_threads(), dtype, key)
         settled = _settled.get(memo)
         if settled is not None:
@@ -150,7 +154,7 @@ def choose(op: str, backend: str, device: torch.device, dtype, shape=None, key=N
         raise BackendUnavailable(f"no backend runs {op} on {device.type} {_dtype_name(dtype)}")
     if not tuned:
         return candidates[0]
-    candidates = candidates + variants(op, candidates, dtype)
+    candidates = candidates + variants(op, candidates, dtype, shape)
     if len(candidates) == 1:
         return candidates[0]
     chosen, settled = tuning.choose(op, device, tuning.key(op, device, dtype, key), candidates, run, args)

@@ -86,11 +86,9 @@ def size_bucket(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-@functools.lru_cache(maxsize=1)
 @functools.lru_cache(maxsize=None)
 def _fixed_versions() -> tuple:
-    """The parts of versions() that cannot change while the process runs (read once: /proc/cpuinfo
-    is slow to read per call)."""
+    """The parts of versions() that cannot change while the process runs, read once."""
     from .. import __version__
     from . import _extension
 
