@@ -17,13 +17,11 @@ import torch
 def autocast_dtype(x: torch.Tensor):
     """The dtype autocast would run a conv in on x's device, or None when autocast is off there."""
     dev = x.device.type
-    if dev not in ("cpu", "cuda"):
+    if dev not in ("cpu", "cuda") or not _autocast_on(dev):
         return None
     if _AUTOCAST_BY_DEVICE:
-        return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
-    if dev == "cpu":  # torch < 2.4 spelling
-        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
-    return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+        return torch.get_autocast_dtype(dev)
+    return torch.get_autocast_cpu_dtype() if dev == "cpu" else torch.get_autocast_gpu_dtype()  # torch < 2.4
 
 
 try:  # torch >= 2.4 takes a device type

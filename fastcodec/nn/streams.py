@@ -43,12 +43,6 @@ def frame():
         _scope.inside = outer
 
 
-def _wants_grad(*tensors):
-    """The native steps have no backward: a chunk that wants a gradient takes the checked step,
-    which autograd follows."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def _in_frame(method):
     @functools.wraps(method)
     def call(*args, **kwargs):
@@ -101,7 +95,7 @@ class CausalConv1dStream:
             self._fits = ops.stream_kernel_fits("causal_conv1d_stream", self.backend, x, (x, w, self.bias, self.alpha))
             return y
         if not self._fits or x.dim() != 3 or x.shape[1] != w.shape[1] or x.dtype != w.dtype \
-                or x.device != w.device or _wants_grad(x, residual, w, self.bias, self.alpha, self.state):
+                or x.device != w.device or ops.wants_grad(x, residual, w, self.bias, self.alpha, self.state):
             return self._checked(x, residual)
         if self.state is None:
             self.state = x.new_zeros(x.shape[0], x.shape[1], self.P)
@@ -145,7 +139,7 @@ class CausalConvTranspose1dStream:
                                                 (x, w, self.bias, self.alpha))
             return y
         if not self._fits or x.dim() != 3 or x.shape[1] != w.shape[0] or x.dtype != w.dtype \
-                or x.device != w.device or _wants_grad(x, w, self.bias, self.alpha, self.state):
+                or x.device != w.device or ops.wants_grad(x, w, self.bias, self.alpha, self.state):
             return self._checked(x)
         if self.state is not None and self.state.shape[0] != x.shape[0]:
             raise ValueError(f"this stream has batch {self.state.shape[0]}, the chunk {x.shape[0]}")
@@ -210,7 +204,7 @@ class StreamChain:
 
     def _native_fits(self, x):
         if x.device.type != "cpu" or x.dtype != torch.float32 \
-                or (torch.is_grad_enabled() and _wants_grad(x, *self._params)):
+                or (torch.is_grad_enabled() and ops.wants_grad(x, *self._params)):
             return False
         if self._native_ok is None:  # decided at the first fp32 CPU chunk: the backends and weights
             fits = all(ops.stream_kernel_fits(_step_op(s), s.backend, x, (x, s.weight, s.bias, s.alpha))

@@ -39,6 +39,7 @@ from . import _checks, dispatch, tuning  # noqa: F401  (tuning: the measured cho
 from . import _extension  # noqa: F401  (loads fastcodec._C; registers its fake kernels and autograd)
 from ._backend import BACKENDS, BackendUnavailable
 from .conv import causal_conv1d, causal_conv_transpose1d, grouped_conv1d
+from ._run import wants_grad
 from .reference import (
     ACTIVATIONS,
     DEFAULT_NEGATIVE_SLOPE,
@@ -67,7 +68,7 @@ __all__ = [
     "causal_conv1d_ref", "causal_conv_transpose1d_ref", "vq_nearest_ref", "rvq_encode_ref", "rvq_decode_ref",
     "rvq_residuals", "rvq_residuals_ref", "grouped_conv1d", "grouped_conv1d_ref",
     "causal_conv1d_stream", "causal_conv_transpose1d_stream",
-    "stream_kernel_fits", "conv1d_window", "conv_transpose1d_step", "native_stream_chain",
+    "stream_kernel_fits", "conv1d_window", "conv_transpose1d_step", "native_stream_chain", "wants_grad",
     "resolve_backend", "weight_cache", "tuning",
 ]
 

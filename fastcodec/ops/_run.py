@@ -15,4 +15,6 @@ def compiled(name: str, backend: str):
 
 
 def wants_grad(*tensors) -> bool:
+    """Whether a call with these tensors (None allowed) builds a graph: the native stream steps
+    and the C++ kernels without autograd cannot take it."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
