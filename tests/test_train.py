@@ -1,5 +1,6 @@
 """The training loop end to end on the tiny preset: what it writes, exact resume, bad data and
 non-finite losses, Ctrl-C, the command line, and two-process DDP on CPU."""
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -259,10 +260,34 @@ def _torchrun(args, timeout, program=("-m", "fastcodec.train")):
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        # A rank may sit in a session of its own, out of reach of killpg, holding the pipes open:
+        # find every descendant while torchrun is still their ancestor, then kill them all.
+        stragglers = _descendants(proc.pid)
         os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
+        for pid in stragglers:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            out, err = "", "(its output pipes stayed open after the kill)"
         pytest.fail(f"torchrun still running after {timeout} s; it printed:\n{out[-3000:]}\n{err[-5000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _descendants(root: int) -> list[int]:
+    """Every live process below root, from /proc's parent links."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
 
 
 def test_ddp_two_cpu_processes_stay_identical(tmp_path, monkeypatch):

@@ -305,6 +305,27 @@ def test_nothing_is_timed_in_a_stream(tuned):
     assert tuning.table() == {}
 
 
+def test_a_streams_unmeasured_choice_is_remembered_only_inside_streams(tuned):
+    """Inside no_measuring() an unmeasured key takes the static rule, remembered so that a frame
+    does not walk the table again; outside, the same key is still measured, and then streams
+    take the measured choice."""
+    require_backend("cpp", "cpu")
+    calls = []
+    run = _fake({"cpp": 3e-3, "torch": 5e-4}, calls)
+
+    def choose():
+        return dispatch.choose("causal_conv1d", "auto", CPU, torch.float32, key=lambda: ("frames",), run=run)
+
+    with tuning.no_measuring():
+        assert [choose() for _ in range(3)] == ["cpp"] * 3
+    assert calls == [] and tuning.table() == {}
+    assert choose() == "torch" and calls  # measured here, and kept
+    calls.clear()
+    with tuning.no_measuring():
+        assert choose() == "torch"
+    assert calls == []
+
+
 @pytest.mark.parametrize("B,T", [(1, 37), (3, 300)])  # (which one the rule takes depends on the SIMD level)
 def test_the_cpu_transposed_conv_variants_are_exact_and_timed_as_candidates(tuned, B, T):
     require_backend("cpp", "cpu")

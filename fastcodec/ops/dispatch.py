@@ -147,6 +147,8 @@ def choose(op: str, backend: str, device: torch.device, dtype, shape=None, key=N
         tuning.table()  # (a moved cache folder drops the settled choices)
         memo = (op, device.type, torch.get_num_threads(), dtype, key)
         settled = _settled.get(memo)
+        if settled is None and tuning.frozen():
+            settled = _unmeasured.get(memo)
         if settled is not None:
             return settled
     candidates = usable(op, device.type, dtype, shape)
@@ -160,9 +162,14 @@ def choose(op: str, backend: str, device: torch.device, dtype, shape=None, key=N
     chosen, settled = tuning.choose(op, device, tuning.key(op, device, dtype, key), candidates, run, args)
     if settled:
         _settled[memo] = chosen
+    elif tuning.frozen():
+        _unmeasured[memo] = chosen
     return chosen
 
 
 # (op, device type, CPU threads, dtype, key) -> the backend the tuning table gave: what a warm call
 # reads. Cleared with the table (tuning.forget, tuning.share, a new cache path).
 _settled: dict = {}
+# The same keys -> the static choice a call took where it could not measure (a stream's frames):
+# read only there, so a call outside a stream still measures the key.
+_unmeasured: dict = {}

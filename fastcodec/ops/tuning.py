@@ -65,7 +65,7 @@ def _may_measure() -> bool:
         return False
     if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
         return False
-    if getattr(_scope, "frozen", False):
+    if frozen():
         return False
     if getattr(_scope, "forced", False):
         return True
@@ -321,6 +321,11 @@ def no_measuring():
     return _flag("frozen")
 
 
+def frozen() -> bool:
+    """Whether this thread is inside no_measuring()."""
+    return getattr(_scope, "frozen", False)
+
+
 def forget():
     """Drop this process's table (the next call rereads the cache file) and its failed keys: for
     tests and `tune`."""
@@ -334,3 +339,4 @@ def _forget_settled():
     from . import dispatch
 
     dispatch._settled.clear()
+    dispatch._unmeasured.clear()
