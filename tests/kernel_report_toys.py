@@ -3,6 +3,7 @@ without TRITON_INTERPRET, since the report compiles for sm_90)."""
 import json
 import sys
 
+import torch
 import triton
 import triton.language as tl
 
@@ -19,27 +20,25 @@ def toy_dot(a_ptr, b_ptr, c_ptr, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
 
 
 def main():
-    f32 = {"a_ptr": "*fp32", "b_ptr": "*fp32", "c_ptr": "*fp32"}
+    a, b, c = (torch.empty(64, 64) for _ in range(3))
     out = {}
     # (An exact-fp32 64 x 64 dot at 4 warps spills by itself, hence 32 for 'ieee'.)
     for prec, mode, block in (("tf32", "tf32", 64), ("ieee", "fp32", 32)):
-        k = kr.analyze_triton(toy_dot, f32, {"BLOCK": block, "PRECISION": prec}, 4, op="toy_dot", dtype="float32",
-                              mode=mode, matrix=True)
+        k = kr.analyze_triton(toy_dot, (a, b, c), dict(BLOCK=block, PRECISION=prec, num_warps=4), op="toy_dot",
+                              dtype="float32", mode=mode, matrix=True)
         out[prec] = dict(tensor_core=k.tensor_core, ldl=k.ldl, problems=k.problems)
     # A TF32 dot compiled into a kernel that claims exact fp32: what a launcher passing the wrong
     # precision would produce.
-    k = kr.analyze_triton(toy_dot, f32, {"BLOCK": 64, "PRECISION": "tf32"}, 4, op="toy_dot", dtype="float32",
-                          mode="fp32", matrix=True)
+    k = kr.analyze_triton(toy_dot, (a, b, c), dict(BLOCK=64, PRECISION="tf32", num_warps=4), op="toy_dot",
+                          dtype="float32", mode="fp32", matrix=True)
     out["tf32_in_exact"] = dict(tensor_core=k.tensor_core, problems=k.problems)
     # A planted spill: the RVQ search with exact-fp32 dots and tiles far too large for registers.
-    types = {"x_ptr": "*fp32", "cb_ptr": "*fp32", "codes_ptr": "*i64", "q_ptr": "*fp32", "dist_ptr": "*fp32",
-             "res_ptr": "*fp32", "csq_ptr": "*fp32", "cnorm_ptr": "*fp32",
-             **{n: "i32" for n in ("N", "K", "D", "n_q", "sxn", "sxd", "scq", "sck", "scd")},
-             "err_rc": "fp32", "err_cc": "fp32"}
+    N, K, D, Q = 1000, 1024, 128, 8
+    x, cbs, codes = torch.empty(N, D), torch.empty(Q, K, D), torch.empty(N, Q, dtype=torch.int64)
+    args = (x, cbs, codes, x, x, x, x, x, N, K, D, Q, *x.stride(), *cbs.stride(), 0.0, 0.0)
     ce = dict(WRITE_Q=True, WRITE_DIST=False, WRITE_RES=False, PRECISION="ieee", FAST=False, M=1, INTERPRETED=False,
-              BLOCK_N=64, BLOCK_K=128, BLOCK_D=128)
-    k = kr.analyze_triton(vq.rvq_encode_kernel, types, ce, 4, op="rvq_encode", dtype="float32", mode="fp32",
-                          matrix=True)
+              BLOCK_N=64, BLOCK_K=128, BLOCK_D=128, num_warps=4)
+    k = kr.analyze_triton(vq.rvq_encode_kernel, args, ce, op="rvq_encode", dtype="float32", mode="fp32", matrix=True)
     out["spill"] = dict(ldl=k.ldl, stl=k.stl, stack=k.stack, problems=k.problems)
     json.dump(out, sys.stdout)
 

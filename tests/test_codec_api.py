@@ -92,6 +92,12 @@ def test_bad_input_is_refused_clearly(codec, tmp_path):
     with pytest.raises(ValueError, match=f"made by model {codec.fingerprint}.*this codec is model {other.fingerprint}"):
         other.decode(enc)
     assert codec.fingerprint != other.fingerprint and len(codec.fingerprint) == 16
+    K = codec.cfg.codebook_size
+    for bad, err in ((K, ValueError), (-1, ValueError), (0.5, TypeError)):
+        codes = enc.codes.clone().to(torch.float64 if err is TypeError else enc.codes.dtype)
+        codes[0, 0, 0, -1] = bad
+        with pytest.raises(err, match=f"codes must be in 0..{K - 1}" if err is ValueError else "integers"):
+            codec.decode(dataclasses.replace(enc, codes=codes))
 
 
 def test_numpy_integers_are_ints(codec):

@@ -38,6 +38,7 @@ def launches(monkeypatch):
 
 
 def test_exact_fp32_launches_ask_for_ieee_products(launches):
+    assert not torch.backends.cudnn.allow_tf32  # (tests/conftest.py turns it off: fp32 is exact in tests)
     x = torch.randn(2, 5, 23, requires_grad=True)
     w = torch.randn(7, 5, 3, requires_grad=True)
     ops.causal_conv1d(x, w, torch.randn(7), stride=2, activation="elu", backend="triton").sum().backward()
@@ -64,3 +65,16 @@ def test_fast_mode_is_the_only_tf32_launch(launches):
     (kw,) = launches["rvq_encode_kernel"].calls
     # The exact re-check keeps PRECISION "ieee"; the candidates' tf32 dot is FAST's own.
     assert kw["FAST"] and kw["PRECISION"] == "ieee"
+
+
+def test_under_the_tf32_flag_only_the_convs_ask_for_tf32(launches, monkeypatch):
+    """torch.backends.cudnn.allow_tf32 (PyTorch's default: on) lets fp32 convs run on TF32 tensor
+    cores, as PyTorch's own do; the exact searches stay exact under it."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    x, w = torch.randn(2, 5, 23), torch.randn(7, 5, 3)
+    ops.causal_conv1d(x, w, stride=2, backend="triton")
+    ops.causal_conv_transpose1d(x, torch.randn(5, 4, 4), stride=2, backend="triton")
+    ops.rvq_encode(torch.randn(9, 8), torch.randn(3, 16, 8), backend="triton")
+    for name in ("causal_conv1d_kernel", "causal_conv_transpose1d_kernel"):
+        assert [kw["PRECISION"] for kw in launches[name].calls] == ["tf32"], name
+    assert [kw["PRECISION"] for kw in launches["rvq_encode_kernel"].calls] == ["ieee"]

@@ -305,6 +305,25 @@ def test_nothing_is_timed_in_a_stream(tuned):
     assert tuning.table() == {}
 
 
+def test_cuda_fp32_keys_say_whether_tf32_is_allowed(monkeypatch):
+    """Timings of fp32 on CUDA differ with the TF32 flags (cuDNN's convs and the Triton convs follow
+    them), so the flags are part of the key and of a settled choice; nothing else carries them."""
+    cuda, matmul = torch.device("cuda"), torch.backends.cuda.matmul
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    saved = matmul.allow_tf32  # (a property of torch's cuBLAS module, which monkeypatch cannot set)
+    try:
+        matmul.allow_tf32 = True
+        assert tuning.tf32_tag(cuda, torch.float32) == " tf32=11"
+        matmul.allow_tf32 = False
+        assert tuning.tf32_tag(cuda, torch.float32) == " tf32=10"
+    finally:
+        matmul.allow_tf32 = saved
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert tuning.tf32_tag(cuda, torch.float32) == " tf32=00"
+    assert tuning.tf32_tag(cuda, torch.float16) == tuning.tf32_tag(CPU, torch.float32) == ""
+    assert tuning.key("causal_conv1d", CPU, torch.float32, (1, 2)).split("|")[1].endswith("t")
+
+
 def test_a_streams_unmeasured_choice_is_remembered_only_inside_streams(tuned):
     """Inside no_measuring() an unmeasured key takes the static rule, remembered so that a frame
     does not walk the table again; outside, the same key is still measured, and then streams

@@ -206,12 +206,89 @@ def test_rvq_encode_noncontiguous(target):
     assert _recon_error(x, q) <= _recon_error(x, ops.rvq_encode_ref(x, cbs)[1]) * 1.01
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("N,Q,K,D", [(37, 4, 50, 8), (9, 3, 300, 100), (300, 8, 1024, 128)])
+def test_16bit_searches_follow_the_reference_stage_by_stage(target, dtype, N, Q, K, D):
+    """fp16/bf16 on the backends that take them (Triton, the C++ CUDA kernels): every stage's
+    code is a nearest code of the residual that stage saw, rounded to the dtype stage by stage
+    as the reference rounds it; quantized is rvq_decode(codes) bit for bit; each stage's stored
+    residual is that rounded residual; vq_nearest's distance is the chosen code's."""
+    backend, device = target
+    if dispatch.refusal("rvq_encode", backend, device, dtype, {"D": D}):  # cpp: fp32 and fp64 only
+        with pytest.raises(ops.BackendUnavailable, match="cannot run here"):
+            ops.rvq_encode(torch.randn(N, D, device=device).to(dtype), torch.randn(Q, K, D, device=device).to(dtype),
+                           backend=backend)
+        return
+    if interpreted(backend, device) and N * Q * K * D > SMALL_VQ * 4:
+        needs_gpu("too slow for the Triton interpreter")
+    x = torch.randn(N, D, device=device).to(dtype)
+    cbs = (torch.randn(Q, K, D, device=device) * (0.6 ** torch.arange(Q, device=device)).view(-1, 1, 1)).to(dtype)
+
+    def same(a, b, what):
+        if interpreted(backend, device) and dtype == torch.bfloat16:
+            # Triton's interpreter casts fp32 to bf16 by truncation where a GPU rounds to nearest:
+            # within one bf16 step per stage there, bit for bit on a GPU.
+            eps = Q * torch.finfo(dtype).eps
+            torch.testing.assert_close(a.float(), b.float(), rtol=eps, atol=eps * float(b.float().abs().max()),
+                                       msg=what)
+        else:
+            assert torch.equal(a, b), what
+
+    codes, q = ops.rvq_encode(x, cbs, backend=backend)
+    assert codes.shape == (N, Q) and q.dtype == dtype
+    assert_every_stage_nearest(x, cbs, codes)
+    same(q, ops.rvq_decode_ref(codes, cbs), "quantized vs the sum of its codewords")
+    same(ops.rvq_decode(codes, cbs, backend=backend), ops.rvq_decode_ref(codes, cbs), "rvq_decode")
+    codes_r, res = ops.rvq_residuals(x, cbs, backend=backend)
+    assert torch.equal(codes_r, codes) and res.dtype == dtype
+    r = x
+    for i in range(Q + 1):
+        same(res[:, i], r, f"stage {i}'s residual")
+        if i < Q:
+            r = r - cbs[i][codes[:, i]]
+    index, sqdist = ops.vq_nearest(x, cbs[0], backend=backend)
+    assert torch.equal(index, codes[:, 0]) and sqdist.dtype == dtype
+    exact = ((x.double() - cbs[0][index].double()) ** 2).sum(1)
+    torch.testing.assert_close(sqdist.double(), exact, rtol=4 * torch.finfo(dtype).eps, atol=0)
+
+
 def test_rvq_decode_exact_and_noncontiguous(target):
     backend, device = target
     cbs = torch.randn(6, 40, 10, device=device)
     codes = torch.randint(0, 40, (77, 6), device=device)
     for c in (codes, codes[:, :3], noncontiguous(codes), codes.int()):
         assert torch.equal(ops.rvq_decode(c, cbs, backend=backend), ops.rvq_decode_ref(c.long(), cbs))
+
+
+@pytest.mark.parametrize("backend_all", ["torch", "kernel"])
+def test_rvq_decode_checks_codes_where_it_costs_no_sync(target, backend_all):
+    """Codes outside [0, K): an error where they are checked (CPU codes by default, everywhere
+    with check=True); NaN rows, the others exact, where they are not (GPU codes by default: reading
+    them back would stall the device at every call), on every backend and with no device assert."""
+    backend, device = target
+    backend = "torch" if backend_all == "torch" else backend
+    cbs = torch.randn(4, 10, 6, device=device)
+    codes = torch.randint(0, 10, (9, 4), device=device)
+    codes[2, 1], codes[5, 3] = 10, -1
+    with pytest.raises(ValueError, match="codes must lie"):
+        ops.rvq_decode(codes, cbs, backend=backend, check=True)
+    if device == "cpu":
+        with pytest.raises(ValueError, match="codes must lie"):
+            ops.rvq_decode(codes, cbs, backend=backend)
+    out = ops.rvq_decode(codes, cbs, backend=backend, check=False)
+    bad = torch.zeros(9, dtype=torch.bool)
+    bad[[2, 5]] = True
+    assert torch.isnan(out.cpu()[bad]).all()
+    good = ~bad.to(device)
+    assert torch.equal(out[good], ops.rvq_decode_ref(codes[good], cbs))
+    if device == "cuda":  # the default on a GPU: no synchronization at all
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            out = ops.rvq_decode(codes, cbs, backend=backend)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert torch.isnan(out.cpu()[bad]).all()
 
 
 def test_empty_rows(target):

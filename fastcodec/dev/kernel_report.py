@@ -20,6 +20,7 @@ are reported, never failed, for tensor cores. Must run without TRITON_INTERPRET.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -108,92 +109,143 @@ def judge(k: Kernel):
 
 # --- Triton ------------------------------------------------------------------------------------
 
+class _Pointer:
+    """What the JIT reads of a tensor argument (its dtype, its address's alignment), without the
+    tensor: the report records hundreds of launches."""
+
+    def __init__(self, t):
+        self.dtype, self._ptr = t.dtype, 256 + t.data_ptr() % 256
+
+    def data_ptr(self):
+        return self._ptr
+
+
+class _Capture:
+    """Stands in for a @triton.jit kernel in its launcher's module: keeps each launch's arguments
+    instead of launching."""
+
+    def __init__(self, kernel):
+        self.kernel, self.calls = kernel, []
+
+    def __getitem__(self, grid):
+        import torch
+
+        def launch(*args, **kwargs):
+            self.calls.append((tuple(_Pointer(a) if isinstance(a, torch.Tensor) else a for a in args), kwargs))
+        return launch
+
+
+@contextlib.contextmanager
+def _captured(module, name):
+    capture = _Capture(getattr(module, name))
+    setattr(module, name, capture)
+    try:
+        yield capture
+    finally:
+        setattr(module, name, capture.kernel)
+
+
+@contextlib.contextmanager
+def _tf32(allowed: bool):
+    import torch
+
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
+
+
 def triton_launches():
-    """(op, kernel, dtype, mode, matrix, arg types, constexprs, num_warps, shapes) per configuration."""
+    """What the launchers pass their kernels for the codec's shapes: (op, kernel, dtype, mode,
+    matrix, args, kwargs, shapes) per distinct launch, found by running the real launchers
+    (fastcodec.ops.triton.conv and .vq) on CPU tensors with each kernel replaced by a recorder, so
+    that the report compiles what runs: the same tiles, flags and arguments, specialized by
+    Triton's JIT rules (jit_specialized)."""
     import torch
 
     from fastcodec.dev import shapes as S
     from fastcodec.ops.triton import conv, vq
-    from fastcodec.ops.triton._launch import precision_for
 
-    out = {}
-    for dname, t in (("float32", "fp32"), ("float16", "fp16"), ("bfloat16", "bf16")):
-        dtype = getattr(torch, dname)
-        mode = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[dname]
-        e = ELEM[dname]
-        ints = {n: "i32" for n in ("Cin", "Cout", "Tout", "K", "stride", "dilation", "T", "sxb", "sxc", "sxt",
-                                   "swo", "swi", "swk", "srb", "src", "srt")}
-        ptrs = {n: f"*{t}" for n in ("x_ptr", "w_ptr", "b_ptr", "a_ptr", "r_ptr", "y_ptr")}
-        for name, cin, cout, k, stride, dil, tps, act, res in S.encoder_layers():
-            T = 4 * tps  # batch 4 x 1 s
-            tout = -(-tps // stride)
-            cfg = conv.conv_config(cin, cout, tout, dtype)
-            warps = cfg.pop("num_warps")
-            act_code = conv.ACT_CODES[act or "none"]
-            ce = dict(ACT=act_code, HAS_BIAS=True, HAS_RES=res, PRECISION=precision_for(dtype), **cfg)
-            key = ("causal_conv1d", dname, tuple(sorted(ce.items())))
-            flops = 2 * 4 * cout * cin * k * tout
-            nbytes = e * (cin * T + cout * cin * k + 4 * cout * tout * (2 if res else 1))
-            entry = out.setdefault(key, ("causal_conv1d", conv.causal_conv1d_kernel, dname, mode, True,
-                                         {**ptrs, **ints, "slope": "fp32"}, ce, warps, []))
-            entry[8].append((name + " 4x1s", flops, nbytes))
-        for name, cin, cout, k, stride, tps in S.decoder_up_layers():
-            cfg = conv.conv_config(cin, cout, tps, dtype)
-            warps = cfg.pop("num_warps")
-            ce = dict(ACT=conv.ACT_CODES["elu"], HAS_BIAS=True, PRECISION=precision_for(dtype),
-                      BLOCK_CO=cfg["BLOCK_CO"], BLOCK_Q=cfg["BLOCK_T"], BLOCK_CI=cfg["BLOCK_CI"])
-            key = ("causal_conv_transpose1d", dname, tuple(sorted(ce.items())))
-            flops = 2 * 4 * cin * cout * k * tps
-            nbytes = e * (4 * cin * tps + cin * cout * k + 4 * cout * tps * stride)
-            entry = out.setdefault(key, ("causal_conv_transpose1d", conv.causal_conv_transpose1d_kernel, dname, mode,
-                                         True, {**ptrs, **ints, "slope": "fp32"}, ce, warps, []))
-            entry[8].append((name + " 4x1s", flops, nbytes))
-        # The snake epilogue (DAC-style models) in the most common tile of each dtype.
-        cfg = conv.conv_config(32, 32, 24000, dtype)
-        warps = cfg.pop("num_warps")
-        ce = dict(ACT=conv.ACT_CODES["snake"], HAS_BIAS=True, HAS_RES=False, PRECISION=precision_for(dtype), **cfg)
-        out.setdefault(("causal_conv1d", dname, tuple(sorted(ce.items()))),
-                       ("causal_conv1d", conv.causal_conv1d_kernel, dname, mode, True,
-                        {**ptrs, **ints, "slope": "fp32"}, ce, warps, []))
-        vq_ptrs = {"x_ptr": f"*{t}", "cb_ptr": f"*{t}", "codes_ptr": "*i64", "q_ptr": f"*{t}", "dist_ptr": f"*{t}",
-                   "res_ptr": f"*{t}", "csq_ptr": "*fp32", "cnorm_ptr": "*fp32"}
-        vq_ints = {n: "i32" for n in ("N", "K", "D", "n_q", "sxn", "sxd", "scq", "sck", "scd")}
-        vq_ints.update(err_rc="fp32", err_cc="fp32")
+    launches = []
+
+    def record(module, name, op, dname, mode, matrix, shape, call):
+        with _captured(module, name) as cap:
+            call()
+        for args, kwargs in cap.calls:
+            launches.append((op, cap.kernel, dname, mode, matrix, args, kwargs, shape))
+
+    for dname in ("float32", "float16", "bfloat16"):
+        dtype, e = getattr(torch, dname), ELEM[dname]
+        # fp32 convs run exact or TF32 as torch.backends.cudnn.allow_tf32 says: both are compiled.
+        conv_modes = (("fp32", False), ("tf32", True)) if dname == "float32" else ((MODES[dname], True),)
+        for mode, tf32 in conv_modes:
+            for name, cin, cout, k, stride, dil, tps, act, res in S.encoder_layers():
+                tout = -(-tps // stride)
+                x, w, b = torch.empty(4, cin, tps, dtype=dtype), torch.empty(cout, cin, k, dtype=dtype), \
+                    torch.empty(cout, dtype=dtype)
+                r = torch.empty(4, cout, tout, dtype=dtype) if res else None
+                shape = (name + " 4x1s", 2 * 4 * cout * cin * k * tout,
+                         e * (cin * 4 * tps + cout * cin * k + 4 * cout * tout * (2 if res else 1)))
+                with _tf32(tf32):
+                    record(conv, "causal_conv1d_kernel", "causal_conv1d", dname, mode, True, shape,
+                           lambda: conv.causal_conv1d(x, w, b, stride, dil, act or "none", 0.01, None, r))
+            for name, cin, cout, k, stride, tps in S.decoder_up_layers():
+                x, w, b = torch.empty(4, cin, tps, dtype=dtype), torch.empty(cin, cout, k, dtype=dtype), \
+                    torch.empty(cout, dtype=dtype)
+                shape = (name + " 4x1s", 2 * 4 * cin * cout * k * tps,
+                         e * (4 * cin * tps + cin * cout * k + 4 * cout * tps * stride))
+                with _tf32(tf32):
+                    record(conv, "causal_conv_transpose1d_kernel", "causal_conv_transpose1d", dname, mode, True,
+                           shape, lambda: conv.causal_conv_transpose1d(x, w, b, stride, "elu", 0.01, None))
+            # The snake epilogue (DAC-style models) in the most common tile of each dtype.
+            x, w, a = torch.empty(4, 32, 24000, dtype=dtype), torch.empty(32, 32, 7, dtype=dtype), \
+                torch.empty(32, dtype=dtype)
+            with _tf32(tf32):
+                record(conv, "causal_conv1d_kernel", "causal_conv1d", dname, mode, True, None,
+                       lambda: conv.causal_conv1d(x, w, None, 1, 1, "snake", 0.01, a, None))
         rvq_shapes = {}
-        for sname, N, Q, K, D in S.RVQ_SHAPES + [S.rvq_large(True)]:
-            rvq_shapes.setdefault(D, []).append((sname, 2 * N * K * D * Q, e * (2 * N * D + Q * K * D) + 8 * N * Q))
+        for sname, N, Q, K, D in S.RVQ_SHAPES:
+            rvq_shapes.setdefault(D, []).append((sname, N, Q, K, 2 * N * K * D * Q,
+                                                 e * (2 * N * D + Q * K * D) + 8 * N * Q))
         for D in (8, 32, 64, 128, 256):
-            for label in ("rvq_encode", "vq_nearest", "rvq_residuals"):
-                cfg = vq.rvq_config(D, dtype, residuals=label == "rvq_residuals")
-                warps = cfg.pop("num_warps")
-                writes = dict(WRITE_Q=label == "rvq_encode", WRITE_DIST=label == "vq_nearest",
-                              WRITE_RES=label == "rvq_residuals", PRECISION=precision_for(dtype), INTERPRETED=False)
-                ce = dict(writes, FAST=False, M=1, **cfg)
-                shp = rvq_shapes.get(D, []) if label == "rvq_encode" else []
-                out[(label, dname, D)] = (label, vq.rvq_encode_kernel, dname, mode, True, {**vq_ptrs, **vq_ints},
-                                          ce, warps, list(shp))
-                if dtype == torch.float32 and vq.fast_available():  # fast mode: TF32 candidates, exact re-check
-                    fcfg = vq.fast_config(D, residuals=label == "rvq_residuals")
-                    fwarps = fcfg.pop("num_warps")
-                    out[(label + " fast", dname, D)] = (label + " fast", vq.rvq_encode_kernel, dname, "tf32", True,
-                                                        {**vq_ptrs, **vq_ints}, dict(writes, FAST=True, **fcfg),
-                                                        fwarps, list(shp))
-            dcfg = vq.decode_config(D)
-            dwarps = dcfg.pop("num_warps")
-            dints = {n: "i32" for n in ("N", "K", "D", "n_q", "scn", "scs", "sbq", "sbk", "sbd")}
-            out.setdefault(("rvq_decode", dname, tuple(sorted(dcfg.items()))),
-                           ("rvq_decode", vq.rvq_decode_kernel, dname, "-", False,
-                            {"codes_ptr": "*i64", "cb_ptr": f"*{t}", "out_ptr": f"*{t}", **dints}, dcfg, dwarps, []))
-    return list(out.values())
+            for sname, N, Q, K, flops, nbytes in rvq_shapes.get(D, [(None, 1200, 8, 1024, 0, 0)]):
+                x, cbs = torch.empty(N, D, dtype=dtype), torch.empty(Q, K, D, dtype=dtype)
+                shape = (sname, flops, nbytes) if sname else None
+                for label, q, dist, res in (("rvq_encode", True, False, False), ("vq_nearest", False, True, False),
+                                            ("rvq_residuals", False, False, True)):
+                    n_q = 1 if label == "vq_nearest" else Q
+                    keep = shape if label == "rvq_encode" else None
+                    record(vq, "rvq_encode_kernel", label, dname, MODES[dname], True, keep,
+                           lambda: vq._encode(x, cbs, n_q, q, dist, res))
+                    if dtype == torch.float32 and vq.fast_available():  # TF32 candidates, exact re-check
+                        record(vq, "rvq_encode_kernel", label + " fast", dname, "tf32", True, keep,
+                               lambda: vq._encode(x, cbs, n_q, q, dist, res, fast=True))
+                codes = torch.zeros(N, Q, dtype=torch.int64)
+                record(vq, "rvq_decode_kernel", "rvq_decode", dname, "-", False, None,
+                       lambda: vq.rvq_decode(codes, cbs))
+    return launches
 
 
-def analyze_triton(fn, types, constexprs, num_warps, *, op, dtype, mode, matrix, shapes=(), arch=90, gated=True):
-    """Compile one Triton configuration for sm_<arch> and read its SASS into a judged Kernel."""
-    from fastcodec.ops.triton.aot import compile_one
+MODES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
-    shown = {k: v for k, v in constexprs.items() if k.startswith(("BLOCK", "ACT", "HAS_RES"))}
-    k = Kernel("triton", op, dtype, mode, matrix, json.dumps(shown, sort_keys=True), num_warps, gated=gated)
-    compiled = compile_one(fn, types, constexprs, num_warps, arch)
+
+def _shown(constexprs: dict) -> str:
+    return json.dumps({k: v for k, v in constexprs.items() if k.startswith(("BLOCK", "ACT", "HAS_RES", "INT64", "M"))},
+                      sort_keys=True)
+
+
+def analyze_triton(fn, args, kwargs, *, op, dtype, mode, matrix, shapes=(), arch=90, gated=True):
+    """Compile one recorded launch for sm_<arch>, specialized as the JIT would, and read its SASS
+    into a judged Kernel."""
+    from fastcodec.ops.triton import aot
+
+    specialized = aot.jit_specialized(fn, args, kwargs, arch)
+    names = list(fn.arg_names)
+    constexprs = {names[i[0]]: v for i, v in specialized[2].items()}
+    k = Kernel("triton", op, dtype, mode, matrix, _shown(constexprs), kwargs.get("num_warps", 4), gated=gated)
+    compiled = aot.compile_specialized(fn, specialized, arch)
     k.shared = int(getattr(compiled.metadata, "shared", 0) or 0)
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
         f.write(compiled.asm["cubin"])
@@ -210,10 +262,46 @@ def analyze_triton(fn, types, constexprs, num_warps, *, op, dtype, mode, matrix,
     return k
 
 
-def triton_kernels(arch=90):
-    return [analyze_triton(fn, types, ce, warps, op=op, dtype=dname, mode=mode, matrix=matrix, shapes=shapes,
-                           arch=arch)
-            for op, fn, dname, mode, matrix, types, ce, warps, shapes in triton_launches()]
+def _distinct(launches, arch):
+    """Launches grouped by what the JIT would compile (signature, constexprs, specializations)."""
+    from fastcodec.ops.triton import aot
+
+    groups = {}
+    for op, fn, dname, mode, matrix, args, kwargs, shape in launches:
+        spec = aot.jit_specialized(fn, args, kwargs, arch)
+        if spec is None:
+            raise RuntimeError("this Triton does not expose its JIT's specialization (it needs Triton >= 3.4): the "
+                               "report would compile a stand-in, not what runs")
+        options, signature, constexprs, attrs = spec
+        key = (fn.__name__, op, mode, json.dumps(signature, sort_keys=True), repr(sorted(constexprs.items())),
+               repr(sorted(attrs.items())), kwargs.get("num_warps"))
+        entry = groups.setdefault(key, (op, fn, dname, mode, matrix, args, kwargs, []))
+        if shape is not None:
+            entry[7].append(shape)
+    return list(groups.values())
+
+
+_jobs: list = []  # the distinct launches, read by the pool's forked workers
+
+
+def _analyze_job(i_arch):
+    i, arch = i_arch
+    op, fn, dname, mode, matrix, args, kwargs, shapes = _jobs[i]
+    return analyze_triton(fn, args, kwargs, op=op, dtype=dname, mode=mode, matrix=matrix, shapes=shapes, arch=arch)
+
+
+def triton_kernels(arch=90, workers=None):
+    """Every distinct launch compiled and judged, on `workers` processes (default: every core)."""
+    global _jobs
+    _jobs = _distinct(triton_launches(), arch)
+    todo = [(i, arch) for i in range(len(_jobs))]
+    workers = min(workers or os.cpu_count() or 1, len(todo))
+    if workers <= 1:
+        return [_analyze_job(t) for t in todo]
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        return pool.map(_analyze_job, todo, chunksize=1)
 
 
 # --- C++ CUDA ----------------------------------------------------------------------------------

@@ -142,7 +142,7 @@ def rvq(x, codebooks, n_q):
     return int(n_q)  # a numpy integer would otherwise travel on into the kernels' launch arguments
 
 
-def rvq_decode(codes, codebooks):
+def rvq_decode(codes, codebooks, check_range=True):
     tensor("codebooks", codebooks, dims=("Q", "K", "D"))
     tensor("codes", codes, dims=("N", "n_q"), floating=False)
     if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
@@ -153,7 +153,7 @@ def rvq_decode(codes, codebooks):
     if codes.shape[1] > Q:
         raise ValueError(f"codes have {codes.shape[1]} stages but there are only {Q} codebooks")
     # Data-dependent, so skipped while torch.compile traces; the kernels guard memory themselves.
-    if codes.numel() and not torch.compiler.is_compiling():
+    if check_range and codes.numel() and not torch.compiler.is_compiling():
         lo, hi = int(codes.min()), int(codes.max())
         if lo < 0 or hi >= K:
             raise ValueError(f"codes must lie in [0, {K}) for codebooks of {K} codes; found values in [{lo}, {hi}]")

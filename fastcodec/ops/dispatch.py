@@ -145,7 +145,7 @@ def choose(op: str, backend: str, device: torch.device, dtype, shape=None, key=N
     if tuned:
         key = key()
         tuning.table()  # (a moved cache folder drops the settled choices)
-        memo = (op, device.type, torch.get_num_threads(), dtype, key)
+        memo = (op, device.type, torch.get_num_threads(), dtype, key, tuning.tf32_tag(device, dtype))
         settled = _settled.get(memo)
         if settled is None and tuning.frozen():
             settled = _unmeasured.get(memo)

@@ -142,8 +142,13 @@ def rvq_residuals_ref(x, codebooks, n_q=None):
 
 
 def rvq_decode_ref(codes, codebooks):
-    """codes: [N, n_q] integer, codebooks: [Q, K, D] with n_q <= Q -> [N, D], the stage-ordered sum."""
+    """codes: [N, n_q] integer, codebooks: [Q, K, D] with n_q <= Q -> [N, D], the stage-ordered sum.
+    A row with a code outside [0, K) is NaN, as in the kernels (and no device-side assert)."""
+    K = codebooks.shape[1]
     out = codebooks.new_zeros(codes.shape[0], codebooks.shape[2])
+    bad = torch.zeros(codes.shape[0], dtype=torch.bool, device=codes.device)
     for i in range(codes.shape[1]):
-        out = out + codebooks[i][codes[:, i].long()]
-    return out
+        k = codes[:, i].long()
+        bad = bad | (k < 0) | (k >= K)
+        out = out + codebooks[i][k.clamp(0, K - 1)]
+    return torch.where(bad[:, None], torch.full_like(out, float("nan")), out)

@@ -86,12 +86,16 @@ def _rvq_search_on(be, name, x, codebooks, n_q, mode):
     return _search_op(name, be, mode, x.dtype)(x, codebooks, n_q)
 
 
-def rvq_decode(codes, codebooks, *, backend="auto"):
+def rvq_decode(codes, codebooks, *, backend="auto", check=None):
     """Sum of the chosen codewords: codes [N, n_q] (any integer dtype, n_q <= Q), codebooks [Q, K, D] -> [N, D].
 
-    Differentiable in the codebooks. Codes outside [0, K) raise ValueError.
+    Differentiable in the codebooks. Codes outside [0, K) raise ValueError where they are checked,
+    and give NaN rows where not. check: None checks codes on the CPU only, since on a GPU reading
+    them back would stall the device at every call; True checks everywhere, False nowhere.
     """
-    _checks.rvq_decode(codes, codebooks)
+    if check is None:
+        check = codes.device.type == "cpu" if isinstance(codes, torch.Tensor) else True
+    _checks.rvq_decode(codes, codebooks, check_range=bool(check))
     codes = codes.long()
     be = dispatch.choose("rvq_decode", backend, codebooks.device, codebooks.dtype,
                          key=lambda: (_B(codes.shape[0]), codes.shape[1], codebooks.shape[2], wants_grad(codebooks)),

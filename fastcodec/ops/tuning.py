@@ -78,7 +78,15 @@ def key(op: str, device: torch.device, dtype, bucket: tuple) -> str:
     name), the dtype and the shape bucket."""
     where = (f"cuda {torch.cuda.get_device_name(device)}" if device.type == "cuda"
              else f"{device.type} {torch.get_num_threads()}t")
-    return f"{op}|{where}|{str(dtype).removeprefix('torch.')}|{' '.join(map(str, bucket))}"
+    return f"{op}|{where}{tf32_tag(device, dtype)}|{str(dtype).removeprefix('torch.')}|{' '.join(map(str, bucket))}"
+
+
+def tf32_tag(device: torch.device, dtype) -> str:
+    """' tf32=<cudnn><matmul>' for fp32 on CUDA: whether TF32 is allowed changes every fp32 candidate
+    there (PyTorch's own and the Triton convs follow the flags)."""
+    if device.type != "cuda" or dtype != torch.float32:
+        return ""
+    return f" tf32={int(torch.backends.cudnn.allow_tf32)}{int(torch.backends.cuda.matmul.allow_tf32)}"
 
 
 def size_bucket(n: int) -> int:

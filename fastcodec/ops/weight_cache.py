@@ -7,7 +7,8 @@ the weight tensor is alive and unchanged (its version counter, address and shape
 in-place updates, an optimizer step or load_state_dict are all seen. What is not seen is a change
 made through `.data` mid-scope, which bypasses the version counter: hence a scope the inference
 paths (streams, Codec) enter, and training never does. Packed copies live until their weight is
-freed (one per weight). Other backends ignore the scope.
+freed (one per weight). The Triton convs keep their packed weights under the same rule
+(triton/_weights.py); the other backends ignore the scope.
 """
 from __future__ import annotations
 
@@ -15,15 +16,22 @@ import contextlib
 
 from . import _extension
 
+_active = [False]
+
+
+def active() -> bool:
+    """Whether a weight_cache() scope is on."""
+    return _active[0]
+
 
 @contextlib.contextmanager
 def weight_cache(enabled: bool = True):
     lib = _extension._C
-    if lib is None:
-        yield
-        return
-    previous = lib.set_weight_cache(enabled)
+    previous = lib.set_weight_cache(enabled) if lib is not None else None
+    outer, _active[0] = _active[0], bool(enabled)
     try:
         yield
     finally:
-        lib.set_weight_cache(previous)
+        _active[0] = outer
+        if lib is not None:
+            lib.set_weight_cache(previous)

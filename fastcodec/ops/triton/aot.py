@@ -34,3 +34,31 @@ def compile_one(kernel, args, constexprs, num_warps, arch=90):
 
     return triton.compile(_source(kernel, args, constexprs), target=GPUTarget("cuda", arch, 32),
                           options={"num_warps": num_warps})
+
+
+def jit_specialized(kernel, args, kwargs, arch=90):
+    """(signature, constexprs, attrs, options) that `kernel[grid](*args, **kwargs)` would compile
+    with on an sm_<arch> GPU: Triton's own binder decides, from the actual arguments, which ints
+    are specialized (equal to 1, divisible by 16) and which pointers are 16-byte aligned. None
+    where this Triton's JIT does not expose its binder (before 3.4): then only the plain types are known."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime import jit
+
+    if not (hasattr(jit, "create_function_from_signature") and hasattr(kernel, "_pack_args")):
+        return None
+    backend = make_backend(GPUTarget("cuda", arch, 32))
+    binder = jit.create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound_args, specialization, options = binder(*args, **kwargs)
+    return kernel._pack_args(backend, kwargs, bound_args, specialization, options)
+
+
+def compile_specialized(kernel, specialized, arch=90):
+    """triton.compile of what jit_specialized() returned, for cuda sm_<arch> with no GPU."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    options, signature, constexprs, attrs = specialized
+    return triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=GPUTarget("cuda", arch, 32),
+                          options=options.__dict__)

@@ -4,7 +4,12 @@ Each program computes a [BLOCK_CO, BLOCK_T] output tile of one batch item. It lo
 input-channel blocks, loading a weight tile [BLOCK_CO, BLOCK_CI] and the input tile
 [BLOCK_CI, BLOCK_T] shifted by k*dilation - pad; the causal left padding is the load mask (src < 0
 reads 0), never a padded copy. fp32 accumulation; bias, activation and residual are applied to the
-accumulator before the single store. Inputs are read through their strides (no .contiguous()).
+accumulator before the single store. Inputs are read through their strides (no .contiguous());
+weights in the packed [K, Cout, Cin] layout (_weights.py), so weight tiles load along Cin.
+
+fp32 products follow torch.backends.cudnn.allow_tf32 as PyTorch's convs do: TF32 on tensor cores
+where it allows (the default), exact fp32 otherwise. Offsets inside one batch item are int32 unless
+they can pass 2^31 (INT64, decided per launch); the batch offset is always int64.
 
 The transposed conv is split by output phase p = t' mod stride: output t' = q*stride + p receives
 exactly the taps k = p + j*stride from input q - j, so every tile is a dense GEMM with no masked-out
@@ -14,7 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import device_guard, precision_for
+from ._launch import conv_precision, device_guard, needs_int64
+from ._weights import packed
 
 ACT_CODES = {"none": 0, "elu": 1, "leaky_relu": 2, "silu": 3, "snake": 4}
 SNAKE_EPS = 1e-9  # == reference.SNAKE_EPS
@@ -55,19 +61,29 @@ def _activate(z, ACT: tl.constexpr, slope, a_ptr, co, co_ok):
 
 
 @triton.jit
+def _wide(v, INT64: tl.constexpr):
+    """Index vector v in int64 where offsets inside one batch item can pass int32 (needs_int64)."""
+    if INT64:
+        v = v.to(tl.int64)
+    return v
+
+
+@triton.jit
 def causal_conv1d_kernel(
     x_ptr, w_ptr, b_ptr, a_ptr, r_ptr, y_ptr,
     Cin, Cout, Tout, K, stride, dilation, slope,
     sxb, sxc, sxt, swo, swi, swk, srb, src, srt,
     ACT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_CO: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_CI: tl.constexpr,
+    INT64: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_CI: tl.constexpr,
 ):
-    pid_t = tl.program_id(0)
+    # Axis 0 runs over (batch item, time block), so any batch fits the grid (axis 2 stops at 65535).
+    n_tb = tl.cdiv(Tout, BLOCK_T)
+    pid_t = tl.program_id(0) % n_tb
+    b = (tl.program_id(0) // n_tb).to(tl.int64)
     pid_co = tl.program_id(1)
-    b = tl.program_id(2).to(tl.int64)
-    co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)  # [BCO]
-    t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)  # [BT]
-    cis = tl.arange(0, BLOCK_CI)  # [BCI]
+    co = _wide(pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO), INT64)  # [BCO]
+    t = _wide(pid_t * BLOCK_T + tl.arange(0, BLOCK_T), INT64)  # [BT]
+    cis = _wide(tl.arange(0, BLOCK_CI), INT64)  # [BCI]
     co_ok = co < Cout
     t_ok = t < Tout
     pad = (K - 1) * dilation
@@ -100,16 +116,18 @@ def causal_conv_transpose1d_kernel(
     Cin, Cout, T, K, stride, slope,
     sxb, sxc, sxt, swi, swo, swk,
     ACT: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_CO: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_CI: tl.constexpr,
+    INT64: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_CI: tl.constexpr,
 ):
-    pid_q = tl.program_id(0)
+    # Axis 0 runs over (batch item, output phase, input block): any batch fits the grid.
+    n_qb = tl.cdiv(T, BLOCK_Q)
+    pid_q = tl.program_id(0) % n_qb
+    pid_bp = tl.program_id(0) // n_qb
     pid_co = tl.program_id(1)
-    pid_bp = tl.program_id(2)
     b = (pid_bp // stride).to(tl.int64)
     p = pid_bp % stride  # output phase: this program writes t' = q*stride + p
-    co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
-    q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    cis = tl.arange(0, BLOCK_CI)
+    co = _wide(pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO), INT64)
+    q = _wide(pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q), INT64)
+    cis = _wide(tl.arange(0, BLOCK_CI), INT64)
     co_ok = co < Cout
     q_ok = q < T
     x_b = x_ptr + b * sxb
@@ -139,15 +157,26 @@ def _pow2_clamp(n, lo, hi):
     return max(lo, min(hi, triton.next_power_of_2(max(1, n))))
 
 
-def conv_config(cin: int, cout: int, tout: int, dtype: torch.dtype) -> dict:
+def conv_config(cin: int, cout: int, tout: int, dtype: torch.dtype, precision: str = "tf32") -> dict:
     """Tile sizes the launcher uses (and the kernel report compiles): tl.dot needs every side >= 16.
-    Exact-fp32 dots run on FMA units with the whole tile in registers: 32 x 32 x 16 is the largest
-    tile that compiles without spills for sm_90 under Triton 3.6, 3.8 and 3.9 alike (register
-    allocation differs between releases; python -m fastcodec.dev.kernel_report checks the installed one)."""
-    if dtype == torch.float32:
+    Exact-fp32 dots (precision 'ieee') run on FMA units with the whole tile in registers: 32 x 32 x
+    16 is the largest tile that compiles without spills for sm_90 under Triton 3.6, 3.8 and 3.9
+    alike (python -m fastcodec.dev.kernel_report checks the installed release); tensor-core dots
+    (16-bit, or fp32 as TF32) take 64-wide tiles."""
+    if dtype == torch.float32 and precision == "ieee":
         return dict(BLOCK_CO=_pow2_clamp(cout, 16, 32), BLOCK_T=_pow2_clamp(tout, 16, 32), BLOCK_CI=16, num_warps=4)
+    ci_max = 16 if dtype == torch.float32 else 32  # fp32 operands take twice the shared memory
     return dict(BLOCK_CO=_pow2_clamp(cout, 16, 64), BLOCK_T=_pow2_clamp(tout, 16, 64),
-                BLOCK_CI=_pow2_clamp(cin, 16, 32), num_warps=4)
+                BLOCK_CI=_pow2_clamp(cin, 16, ci_max), num_warps=4)
+
+
+def grid_for(batch_programs: int, co_blocks: int) -> tuple:
+    """The launch grid: (batch x time blocks, channel blocks). CUDA takes up to 2^31 - 1 programs
+    on axis 0 and 65535 on axis 1."""
+    if batch_programs > 2 ** 31 - 1 or co_blocks > 65535:
+        raise ValueError(f"this conv needs a grid of {batch_programs} x {co_blocks} programs, more than CUDA's "
+                         f"limits (2^31 - 1 x 65535): split the batch")
+    return batch_programs, co_blocks
 
 
 def _vector(v):
@@ -164,17 +193,21 @@ def causal_conv1d(x, weight, bias, stride, dilation, activation, negative_slope,
     y = torch.empty(B, Cout, Tout, dtype=x.dtype, device=x.device)
     if y.numel() == 0:
         return y
-    cfg = conv_config(Cin, Cout, Tout, x.dtype)
-    grid = (triton.cdiv(Tout, cfg["BLOCK_T"]), triton.cdiv(Cout, cfg["BLOCK_CO"]), B)
+    precision = conv_precision(x.dtype)
+    cfg = conv_config(Cin, Cout, Tout, x.dtype, precision)
+    grid = grid_for(B * triton.cdiv(Tout, cfg["BLOCK_T"]), triton.cdiv(Cout, cfg["BLOCK_CO"]))
     res_strides = residual.stride() if residual is not None else (0, 0, 0)
+    int64 = needs_int64((Cin, x.stride(1)), (T, x.stride(2)), (Cout * Tout, 1),
+                        *(zip(residual.shape[1:], res_strides[1:]) if residual is not None else ()))
+    w = packed(weight, transposed=False)  # [K, Cout, Cin]
     with device_guard(x):
         causal_conv1d_kernel[grid](
-            x, weight, x if bias is None else bias, x if alpha is None else alpha,
+            x, w, x if bias is None else bias, x if alpha is None else alpha,
             x if residual is None else residual, y,
             Cin, Cout, Tout, K, stride, dilation, float(negative_slope),
-            *x.stride(), *weight.stride(), *res_strides,
+            *x.stride(), w.stride(1), w.stride(2), w.stride(0), *res_strides,
             ACT=ACT_CODES[activation], HAS_BIAS=bias is not None, HAS_RES=residual is not None,
-            PRECISION=precision_for(x.dtype), **cfg)
+            PRECISION=precision, INT64=int64, **cfg)
     return y
 
 
@@ -186,14 +219,17 @@ def causal_conv_transpose1d(x, weight, bias, stride, activation, negative_slope,
     y = torch.empty(B, Cout, T * stride, dtype=x.dtype, device=x.device)
     if y.numel() == 0:
         return y
-    cfg = conv_config(Cin, Cout, T, x.dtype)
+    precision = conv_precision(x.dtype)
+    cfg = conv_config(Cin, Cout, T, x.dtype, precision)
     cfg["BLOCK_Q"] = cfg.pop("BLOCK_T")
-    grid = (triton.cdiv(T, cfg["BLOCK_Q"]), triton.cdiv(Cout, cfg["BLOCK_CO"]), B * stride)
+    grid = grid_for(B * stride * triton.cdiv(T, cfg["BLOCK_Q"]), triton.cdiv(Cout, cfg["BLOCK_CO"]))
+    int64 = needs_int64((Cin, x.stride(1)), (T, x.stride(2)), (Cout * T * stride, 1))
+    w = packed(weight, transposed=True)  # [K, Cout, Cin]
     with device_guard(x):
         causal_conv_transpose1d_kernel[grid](
-            x, weight, x if bias is None else bias, x if alpha is None else alpha, y,
+            x, w, x if bias is None else bias, x if alpha is None else alpha, y,
             Cin, Cout, T, K, stride, float(negative_slope),
-            *x.stride(), *weight.stride(),
+            *x.stride(), w.stride(2), w.stride(1), w.stride(0),
             ACT=ACT_CODES[activation], HAS_BIAS=bias is not None,
-            PRECISION=precision_for(x.dtype), **cfg)
+            PRECISION=precision, INT64=int64, **cfg)
     return y

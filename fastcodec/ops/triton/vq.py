@@ -28,7 +28,7 @@ from ._launch import device_guard, precision_for, triton_version
 
 @triton.jit
 def _exact_nearest(r_in, cb, K, D, sck, scd, d, d_ok,
-                   PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                   PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRETED: tl.constexpr):
     """Index [BLOCK_N] of the nearest code of one codebook, by exact tiles of ||c||^2 - 2 r.c."""
     kk = tl.arange(0, BLOCK_K)
     best = tl.full((BLOCK_N,), float("inf"), dtype=tl.float32)
@@ -39,7 +39,12 @@ def _exact_nearest(r_in, cb, K, D, sck, scd, d, d_ok,
         c = tl.load(cb + k[:, None] * sck + d[None, :] * scd, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
         cf = c.to(tl.float32)
         c_sq = tl.sum(cf * cf, axis=1)  # [BK]
-        cross = tl.dot(r_in, tl.trans(c), input_precision=PRECISION)  # [BN, BK]
+        if INTERPRETED and c.dtype == tl.bfloat16:
+            # Triton's interpreter (3.6, 3.8) gets bf16 dots wrong; fp32 products of bf16 values are
+            # exact, as on the tensor cores.
+            cross = tl.dot(r_in.to(tl.float32), tl.trans(c.to(tl.float32)), input_precision="ieee")
+        else:
+            cross = tl.dot(r_in, tl.trans(c), input_precision=PRECISION)  # [BN, BK]
         dist = tl.where(k_ok[None, :], c_sq[None, :] - 2.0 * cross, float("inf"))
         tile_min = tl.min(dist, axis=1)
         tile_arg = tl.argmin(dist, axis=1).to(tl.int32) + k0
@@ -176,7 +181,7 @@ def rvq_encode_kernel(
             if tl.max(overflow.to(tl.int32), axis=0) > 0:
                 best_k = tl.where(overflow, _exact_scan(r, cb, K, sck, scd, d, d_ok, BLOCK_N), best_k)
         else:
-            best_k = _exact_nearest(r_in, cb, K, D, sck, scd, d, d_ok, PRECISION, BLOCK_N, BLOCK_K)
+            best_k = _exact_nearest(r_in, cb, K, D, sck, scd, d, d_ok, PRECISION, BLOCK_N, BLOCK_K, INTERPRETED)
         tl.store(codes_ptr + n64 * n_q + i, best_k.to(tl.int64), mask=n_ok)
         chosen = tl.load(cb + best_k[:, None] * sck + d[None, :] * scd, mask=row_ok, other=0.0).to(tl.float32)
         if WRITE_DIST:
@@ -218,15 +223,16 @@ def rvq_decode_kernel(
 
 
 # Tiles per BLOCK_D = next_pow2(max(D, 16)), (BLOCK_N, BLOCK_K, num_warps): the choices that
-# compile for sm_90 without spills under Triton 3.6, 3.8 and 3.9 alike (register allocation differs
-# between releases: python -m fastcodec.dev.kernel_report, run for each, found them). Exact-fp32 dots
+# compile for sm_90 without spills under Triton 3.6 and 3.8 alike, specialized as the JIT does for
+# the codec's shapes (register allocation differs between releases and specializations: python -m
+# fastcodec.dev.kernel_report, run under each, found them). Exact-fp32 dots
 # keep their tiles in registers on FMA units, hence the smaller fp32 tiles. Nothing wider than 256
 # is spill-free everywhere (fp16 at 512 spills under 3.6), so that is the limit.
-_TILES_FP32 = {16: (16, 32, 4), 32: (16, 16, 4), 64: (16, 32, 8), 128: (16, 32, 8), 256: (16, 16, 8)}
+_TILES_FP32 = {16: (16, 32, 4), 32: (16, 16, 4), 64: (16, 32, 8), 128: (16, 16, 8), 256: (16, 16, 8)}
 _TILES_16BIT = {16: (32, 64, 4), 32: (32, 64, 8), 64: (32, 64, 4), 128: (32, 64, 8), 256: (16, 32, 8)}
-# rvq_residuals' stores of every stage's residual cost registers: under Triton 3.6 these two
-# tiles spilled 24-40 B with them (kernel report), so that mode takes half the codes per tile.
-_TILES_RES = {(True, 128): (16, 16, 8), (False, 256): (16, 16, 8)}  # (fp32?, BLOCK_D) -> tile
+# rvq_residuals' stores of every stage's residual cost registers: this tile spilled with them
+# (kernel report), so that mode takes half the codes per tile.
+_TILES_RES = {(False, 256): (16, 16, 8)}  # (fp32?, BLOCK_D) -> tile
 MAX_D = max(_TILES_FP32)
 
 
@@ -270,14 +276,13 @@ def fast_available() -> bool:
     return triton_version() >= FAST_MIN_TRITON
 
 
-_TILES_FAST = {16: (64, 64, 4), 32: (32, 64, 8), 64: (32, 64, 8), 128: (32, 32, 8), 256: (16, 32, 8)}
-_TILES_FAST_RES = {256: (16, 16, 8)}  # rvq_residuals: spilled 24 B under Triton 3.6 with (16, 32, 8)
+_TILES_FAST = {16: (64, 64, 4), 32: (32, 64, 8), 64: (32, 32, 8), 128: (16, 64, 8), 256: (16, 32, 8)}
 
 
-def fast_config(D: int, residuals: bool = False) -> dict:
-    """Tile sizes of fast mode (fp32 inputs) for code dimension D <= MAX_D; residuals: for rvq_residuals."""
+def fast_config(D: int) -> dict:
+    """Tile sizes of fast mode (fp32 inputs) for code dimension D <= MAX_D."""
     block_d = max(16, triton.next_power_of_2(D))
-    n, k, warps = (_TILES_FAST_RES if residuals else {}).get(block_d, _TILES_FAST[block_d])
+    n, k, warps = _TILES_FAST[block_d]
     return dict(BLOCK_N=n, BLOCK_K=k, BLOCK_D=block_d, num_warps=warps, M=FAST_LIST)
 
 
@@ -320,7 +325,7 @@ def _encode(x, codebooks, n_q, write_q, write_dist, write_res=False, fast=False)
         return codes, q, dist, res
     fast = fast and x.dtype == torch.float32
     if fast:
-        cfg = fast_config(D, residuals=write_res)
+        cfg = fast_config(D)
         c_sq, c_norm = _fast_inputs(codebooks, n_q)
         err_rc, err_cc = fast_error_terms(D)
     else:
