@@ -327,30 +327,31 @@ def test_leaky_relu_gradcheck_any_slope_cpp(negative_slope):
     assert torch.autograd.gradcheck(f, (x, w, b, res), eps=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
 @pytest.mark.parametrize("transposed", [False, True])
-def test_triton_fp32_convs_on_tf32_stay_within_tf32_rounding(transposed, monkeypatch):
-    """Under torch.backends.cudnn.allow_tf32 (PyTorch's default) the Triton fp32 convs run TF32
-    products, as cuDNN does. Each operand keeps 10 mantissa bits (relative error <= 2^-10 each,
-    truncation included), so an output is within ~2^-9 of sum |x||w| of the exact one, plus fp32
-    accumulation: the test allows 2^-8."""
+def test_fp32_convs_on_tf32_stay_within_tf32_rounding(backend, transposed, monkeypatch):
+    """Under torch.backends.cudnn.allow_tf32 (PyTorch's default) the Triton and C++ CUDA fp32 convs
+    run TF32 products on tensor cores, as cuDNN does. Each operand keeps 10 mantissa bits (relative
+    error <= 2^-10 each, truncation included), so an output is within ~2^-9 of sum |x||w| of the
+    exact one, plus fp32 accumulation: the test allows 2^-8. Without the flag they are exact."""
     from conftest import require_backend
 
-    require_backend("triton", "cuda")
+    require_backend(backend, "cuda")
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     x = torch.randn(3, 96, 1000, device="cuda")
     if transposed:
         w = torch.randn(96, 48, 8, device="cuda") / 20
-        out = ops.causal_conv_transpose1d(x, w, stride=4, backend="triton")
+        out = ops.causal_conv_transpose1d(x, w, stride=4, backend=backend)
         f = lambda a, b: ops.causal_conv_transpose1d_ref(a, b, stride=4)  # noqa: E731
     else:
         w = torch.randn(48, 96, 7, device="cuda") / 20
-        out = ops.causal_conv1d(x, w, dilation=3, backend="triton")
+        out = ops.causal_conv1d(x, w, dilation=3, backend=backend)
         f = lambda a, b: ops.causal_conv1d_ref(a, b, dilation=3)  # noqa: E731
     exact = f(x.double().cpu(), w.double().cpu())
     scale = f(x.double().abs().cpu(), w.double().abs().cpu())
     err = (out.double().cpu() - exact).abs()
     assert (err <= 2.0 ** -8 * scale + 1e-6).all(), (err / scale.clamp(min=1e-9)).max().item()
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # and exact again without the flag
-    again = ops.causal_conv_transpose1d(x, w, stride=4, backend="triton") if transposed else \
-        ops.causal_conv1d(x, w, dilation=3, backend="triton")
+    again = ops.causal_conv_transpose1d(x, w, stride=4, backend=backend) if transposed else \
+        ops.causal_conv1d(x, w, dilation=3, backend=backend)
     assert_close_to_reference(again, f(x, w), exact)

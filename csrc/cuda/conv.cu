@@ -1,6 +1,6 @@
-// Causal conv and causal transposed conv on CUDA, one thread per output sample with the whole
-// epilogue fused. A correct baseline with the reference's exact semantics; the tiled tensor-core
-// kernels come with issue 3. fp32/fp64/fp16/bf16, fp32 accumulation (fp64 for fp64).
+// Causal conv and causal transposed conv on CUDA: on tensor cores (conv_tc.cu) for fp16/bf16, and
+// fp32 where TF32 is allowed, on sm_80+; otherwise one thread per output sample with the whole
+// epilogue fused, the exact baseline (fp32 and fp64 exact, fp32 accumulation for 16-bit).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -8,6 +8,7 @@
 
 #include "../checks.h"
 #include "../epilogue.h"
+#include "conv_tc.h"
 #include "launch.h"
 
 namespace fastcodec {
@@ -77,6 +78,10 @@ at::Tensor causal_conv1d_cuda(const at::Tensor& x_in, const at::Tensor& w_in, co
   at::Tensor y = at::empty({B, Cout, Tout}, x.options());
   const int64_t total = y.numel();
   if (total == 0) return y;
+  if (tc::applies(x)) {
+    tc::conv(x, w, bias, alpha, residual, y, stride, dilation, act, negative_slope, /*transposed=*/false);
+    return y;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastcodec_causal_conv1d_cuda", [&] {
     causal_conv1d_kernel<scalar_t><<<grid_for(total, kThreads), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(bias), ptr_or_null<scalar_t>(alpha),
@@ -102,6 +107,10 @@ at::Tensor causal_conv_transpose1d_cuda(const at::Tensor& x_in, const at::Tensor
   at::Tensor y = at::empty({B, Cout, Tout}, x.options());
   const int64_t total = y.numel();
   if (total == 0) return y;
+  if (tc::applies(x)) {
+    tc::conv(x, w, bias, alpha, c10::nullopt, y, stride, 1, act, negative_slope, /*transposed=*/true);
+    return y;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastcodec_conv_transpose1d_cuda", [&] {
     causal_conv_transpose1d_kernel<scalar_t>
         <<<grid_for(total, kThreads), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(

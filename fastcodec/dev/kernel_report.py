@@ -306,7 +306,8 @@ def triton_kernels(arch=90, workers=None):
 
 # --- C++ CUDA ----------------------------------------------------------------------------------
 
-_CUDA_TYPES = {"IfE": "float32", "IdE": "float64", "IN3c104HalfEE": "float16", "IN3c108BFloat16EE": "bfloat16"}
+_CUDA_TYPES = {"IfE": "float32", "IdE": "float64", "IN3c104HalfEE": "float16", "IN3c108BFloat16EE": "bfloat16",
+               "I6__halfE": "float16", "I13__nv_bfloat16E": "bfloat16"}
 
 
 def cuda_kernels(arch=90):
@@ -325,12 +326,17 @@ def cuda_kernels(arch=90):
     kernels = []
     for m in re.finditer(r"Function (\S+):\n\s*(REG:.*)", res):
         mangled = m.group(1)
-        op = next((o for o in ("causal_conv_transpose1d", "causal_conv1d", "rvq_encode", "rvq_decode")
+        op = next((o for o in ("causal_conv_transpose1d", "causal_conv1d", "rvq_encode", "rvq_decode", "conv_tc")
                    if o + "_kernel" in mangled), mangled)
         dname = next((d for tag, d in _CUDA_TYPES.items() if tag in mangled), "?")
         mode = {"float32": "fp32", "float64": "fp64", "float16": "fp16", "bfloat16": "bf16"}.get(dname, "?")
-        warps = 4 if op == "rvq_encode" else 8  # kThreads: 128 in csrc/cuda/vq.cu, 256 elsewhere
-        k = Kernel("cuda", op, dname, mode, op != "rvq_decode", "-", warps, gated=_backend.CUDA_KERNELS_VERIFIED_ON_GPU)
+        # kThreads: 128 in csrc/cuda/vq.cu and conv_tc.cu, 256 elsewhere
+        warps = 4 if op in ("rvq_encode", "conv_tc") else 8
+        gated = _backend.CUDA_KERNELS_VERIFIED_ON_GPU
+        if op == "conv_tc":  # both convs on tensor cores; fp32 runs there only as TF32
+            op, mode = "causal_conv (tensor cores)", "tf32" if dname == "float32" else mode
+            gated = True  # what SASS shows needs no GPU: a spill or a missing tensor core fails CI
+        k = Kernel("cuda", op, dname, mode, op != "rvq_decode", "-", warps, gated=gated)
         _fill_from_sass(k, m.group(2), sass_by_fn.get(mangled, ""))
         judge(k)
         kernels.append(k)

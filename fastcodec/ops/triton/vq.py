@@ -228,7 +228,7 @@ def rvq_decode_kernel(
 # fastcodec.dev.kernel_report, run under each, found them). Exact-fp32 dots
 # keep their tiles in registers on FMA units, hence the smaller fp32 tiles. Nothing wider than 256
 # is spill-free everywhere (fp16 at 512 spills under 3.6), so that is the limit.
-_TILES_FP32 = {16: (16, 32, 4), 32: (16, 16, 4), 64: (16, 32, 8), 128: (16, 16, 8), 256: (16, 16, 8)}
+_TILES_FP32 = {16: (16, 32, 8), 32: (16, 32, 8), 64: (16, 64, 8), 128: (16, 16, 8), 256: (16, 16, 8)}
 _TILES_16BIT = {16: (32, 64, 4), 32: (32, 64, 8), 64: (32, 64, 4), 128: (32, 64, 8), 256: (16, 32, 8)}
 # rvq_residuals' stores of every stage's residual cost registers: this tile spilled with them
 # (kernel report), so that mode takes half the codes per tile.
