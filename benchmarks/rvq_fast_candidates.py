@@ -73,7 +73,7 @@ def main():
     cases.append(("RVQ stage 2, k-means codebook", r, cb2))
     r2 = r - cb2[torch.cdist(r, cb2).argmin(1)]
     cases.append(("RVQ stage 3, k-means codebook", r2, kmeans(r2, K)))
-    block = 32  # rows per program at D = 128 (fast_config): one overflowing row sends all to the fallback
+    block = 16  # rows per program at D = 128 (fast_config): one overflowing row sends all to the fallback
     print(f"N={N} K={K} D={D}, list of {FAST_LIST} per row")
     print("| data | mean candidates | p99 | rows over the list | rows sent to the fallback | blocks of 32 sent |")
     print("|---|---|---|---|---|---|")

@@ -32,6 +32,14 @@ def main():
     k = kr.analyze_triton(toy_dot, (a, b, c), dict(BLOCK=64, PRECISION="tf32", num_warps=4), op="toy_dot",
                           dtype="float32", mode="fp32", matrix=True)
     out["tf32_in_exact"] = dict(tensor_core=k.tensor_core, problems=k.problems)
+    # Where the JIT's binder is out of reach (Triton < 3.5) the report compiles a plain-typed stand-in.
+    from fastcodec.ops.triton import aot
+
+    specialized, aot.jit_specialized = aot.jit_specialized, lambda *a, **k: None
+    k = kr.analyze_triton(toy_dot, (a, b, c), dict(BLOCK=64, PRECISION="tf32", num_warps=4), op="toy_dot",
+                          dtype="float32", mode="tf32", matrix=True)
+    aot.jit_specialized = specialized
+    out["stand_in"] = dict(tensor_core=k.tensor_core, problems=k.problems)
     # A planted spill: the RVQ search with exact-fp32 dots and tiles far too large for registers.
     N, K, D, Q = 1000, 1024, 128, 8
     x, cbs, codes = torch.empty(N, D), torch.empty(Q, K, D), torch.empty(N, Q, dtype=torch.int64)

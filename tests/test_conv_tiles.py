@@ -68,3 +68,46 @@ def test_the_emulator_checks_its_arguments():
                  False)
     with pytest.raises(RuntimeError, match="unknown activation"):
         _emulate(torch.randn(1, 2, 5), torch.randn(3, 2, 3), None, None, None, 1, 1, "relu", 0.0, False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+def test_the_cuda_tensor_core_convs_take_the_tile_cases(dtype, monkeypatch):
+    """The same cases through the C++ CUDA convs on a GPU, which run them on tensor cores (fp32 as
+    TF32, under the flag): the fragment loads, MMAs, shared-memory staging and epilogue that the
+    emulator cannot run. 16-bit: the tolerance rule against cuDNN at the same dtype; TF32: within
+    2^-8 of sum |x||w| (tests/test_conv.py says why), 4x that through the activations (Lipschitz
+    up to 2; silu of the positive scale is at least half of it)."""
+    require_backend("cuda", "cuda")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+
+    def check(out, f, args64, args_abs):
+        ref64 = f(*args64)
+        if dtype == torch.float32:
+            scale = f(*args_abs)
+            err = (out.double().cpu() - ref64).abs()
+            assert (err <= 4 * 2.0 ** -8 * scale + 1e-5).all(), (err / scale.clamp(min=1e-9)).max().item()
+        else:
+            assert_close_to_reference(out, f(*(None if a is None else a.cuda().to(dtype) for a in args64)), ref64)
+
+    for B, Cin, Cout, T, K, stride, dilation, act, res in CONV_CASES:
+        x, w, b = torch.randn(B, Cin, T), torch.randn(Cout, Cin, K) / (Cin * K) ** 0.5, torch.randn(Cout)
+        alpha = torch.rand(Cout) + 0.5 if act == "snake" else None
+        r = torch.randn(B, Cout, -(-T // stride)) if res else None
+        kw = dict(stride=stride, dilation=dilation, activation=act, negative_slope=0.1)
+
+        def f(x, w, b, alpha, r, kw=kw):
+            return ops.causal_conv1d_ref(x, w, b, alpha=alpha, residual=r, **kw)
+        dev = [None if t is None else t.cuda().to(dtype) for t in (x, w, b, alpha, r)]
+        out = ops.causal_conv1d(dev[0], dev[1], dev[2], alpha=dev[3], residual=dev[4], backend="cuda", **kw)
+        args64 = [None if t is None else t.to(dtype).double() for t in (x, w, b, alpha, r)]
+        args_abs = [None if t is None else t.abs() for t in args64[:3]] + [args64[3], None]
+        check(out, f, args64, args_abs)
+    for B, Cin, Cout, T, K, stride in CONVT_CASES:
+        x, w, b = torch.randn(B, Cin, T), torch.randn(Cin, Cout, K) / Cin ** 0.5, torch.randn(Cout)
+
+        def ft(x, w, b, stride=stride):
+            return ops.causal_conv_transpose1d_ref(x, w, b, stride=stride, activation="elu")
+        dev = [t.cuda().to(dtype) for t in (x, w, b)]
+        out = ops.causal_conv_transpose1d(*dev, stride=stride, activation="elu", backend="cuda")
+        args64 = [t.to(dtype).double() for t in (x, w, b)]
+        check(out, ft, args64, [t.abs() for t in args64])

@@ -37,6 +37,10 @@ def test_finds_tensor_cores_in_a_tf32_dot(toys):
     assert toys["tf32"]["problems"] == []
 
 
+def test_a_plain_typed_stand_in_compiles_where_the_jit_binder_is_missing(toys):
+    assert toys["stand_in"]["tensor_core"] > 0 and toys["stand_in"]["problems"] == []
+
+
 def test_exact_fp32_dot_is_reported_not_failed(toys):
     assert toys["ieee"]["tensor_core"] == 0
     assert toys["ieee"]["problems"] == []

@@ -61,7 +61,7 @@ def test_the_grid_takes_any_batch():
 
 
 def test_a_batch_item_past_int32_reads_the_right_samples():
-    """An input whose channel stride puts a batch item's samples 2^31 elements apart (a 4 GiB
+    """An input whose channel stride puts a batch item's samples 2^31 elements apart (a 6 GiB
     virtual buffer, almost none of it touched): int32 offsets wrap there and read wild memory, so
     this runs in a child process where a crash is a failure, not the end of the test run."""
     _triton()

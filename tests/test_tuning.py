@@ -324,13 +324,15 @@ def test_cuda_fp32_keys_say_whether_tf32_is_allowed(monkeypatch):
     assert tuning.key("causal_conv1d", CPU, torch.float32, (1, 2)).split("|")[1].endswith("t")
 
 
-def test_a_streams_unmeasured_choice_is_remembered_only_inside_streams(tuned):
+def test_a_streams_unmeasured_choice_is_remembered_only_inside_streams(tuned, monkeypatch):
     """Inside no_measuring() an unmeasured key takes the static rule, remembered so that a frame
     does not walk the table again; outside, the same key is still measured, and then streams
     take the measured choice."""
     require_backend("cpp", "cpu")
-    calls = []
+    calls, walks = [], []
     run = _fake({"cpp": 3e-3, "torch": 5e-4}, calls)
+    usable = dispatch.usable
+    monkeypatch.setattr(dispatch, "usable", lambda *a, **k: walks.append(1) or usable(*a, **k))
 
     def choose():
         return dispatch.choose("causal_conv1d", "auto", CPU, torch.float32, key=lambda: ("frames",), run=run)
@@ -338,6 +340,7 @@ def test_a_streams_unmeasured_choice_is_remembered_only_inside_streams(tuned):
     with tuning.no_measuring():
         assert [choose() for _ in range(3)] == ["cpp"] * 3
     assert calls == [] and tuning.table() == {}
+    assert len(walks) == 1  # the first frame found the static choice; the others remembered it
     assert choose() == "torch" and calls  # measured here, and kept
     calls.clear()
     with tuning.no_measuring():

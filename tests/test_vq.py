@@ -291,6 +291,23 @@ def test_rvq_decode_checks_codes_where_it_costs_no_sync(target, backend_all):
         assert torch.isnan(out.cpu()[bad]).all()
 
 
+def test_unchecked_bad_codes_send_no_gradient(target):
+    """A row decoded to NaN for an out-of-range code gives its codewords no gradient, on every
+    backend alike, and nothing is indexed out of bounds (codes K and -1 at the edge stages)."""
+    backend, device = target
+    cbs = torch.randn(3, 5, 2, device=device)
+    codes = torch.tensor([[0, 1, 5], [-1, 4, 4], [1, 2, 3]], device=device)
+    grads = []
+    for be in (backend, "torch"):
+        leaf = cbs.clone().requires_grad_(True)
+        ops.rvq_decode(codes, leaf, backend=be, check=False).nan_to_num(0.0).sum().backward()
+        grads.append(leaf.grad)
+    expected = torch.zeros(3, 5, 2, device=device)
+    expected[[0, 1, 2], [1, 2, 3]] = 1.0
+    for g in grads:
+        assert torch.equal(g, expected)
+
+
 def test_empty_rows(target):
     backend, device = target
     x = torch.randn(0, 8, device=device)

@@ -2,6 +2,7 @@
 // index, masking and epilogue functions (csrc/cuda/conv_tiles.h), with scalar fp32 products in
 // place of the fragments' MMAs: tests/test_conv_tiles.py compares it with the reference, so that
 // what only a GPU can run is the fragment loads, the MMAs and the shared-memory staging.
+#include <algorithm>
 #include <limits>
 #include <vector>
 
@@ -22,6 +23,7 @@ at::Tensor emulate(const at::Tensor& x_in, const at::Tensor& w_in, const c10::op
                    bool transposed) {
   TORCH_CHECK(x_in.scalar_type() == at::kFloat, "the tile emulator takes fp32");
   if (transposed) {
+    TORCH_CHECK(!residual_in.has_value(), "the transposed conv takes no residual");
     check_conv_common(x_in, w_in, bias_in, alpha_in, /*cin_dim_of_weight=*/0, activation, stride);
   } else {
     check_conv1d(x_in, w_in, bias_in, alpha_in, residual_in, activation, stride, dilation);

@@ -157,6 +157,8 @@ __global__ void __launch_bounds__(kThreads)
     const float v = Cs[(e / BN) * LDC + e % BN];
     y[item + off] = from_float<T>(finish<float, float>(v, bias, blk.co0 + e / BN, act, slope, alpha, r));
   }
+#elif defined(__CUDA_ARCH__)
+  __trap();  // built for an older arch only: applies() keeps launches away; never a silent no-op
 #endif
 }
 
@@ -164,6 +166,14 @@ int major_capability(const at::Tensor& t) {
   int major = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, t.device().index()));
   return major;
+}
+
+// Whether the code this device runs for the kernel (its SASS or JIT-compiled PTX) is sm_80+: a
+// build for older archs only leaves the body out.
+bool kernel_has_body() {
+  cudaFuncAttributes attr;
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, conv_tc_kernel<__half>));
+  return attr.ptxVersion >= 80 || attr.binaryVersion >= 80;
 }
 
 template <typename T>
@@ -186,7 +196,7 @@ bool applies(const at::Tensor& x) {
   const auto dt = x.scalar_type();
   const bool tensor_core_type =
       dt == at::kHalf || dt == at::kBFloat16 || (dt == at::kFloat && at::globalContext().allowTF32CuDNN());
-  return tensor_core_type && major_capability(x) >= 8;
+  return tensor_core_type && major_capability(x) >= 8 && kernel_has_body();
 }
 
 void conv(const at::Tensor& x_in, const at::Tensor& w_in, const c10::optional<at::Tensor>& bias_in,

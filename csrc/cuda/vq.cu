@@ -110,7 +110,7 @@ __global__ void rvq_decode_kernel(const int64_t* __restrict__ codes, const scala
     scalar_t v = scalar_t(0);
     for (int64_t q = 0; q < n_q; ++q) {
       const int64_t k = codes[n * n_q + q];
-      // The Python API rejects such codes before launch; a direct call gets NaN, never a wild read.
+      // Unchecked codes (the Python op checks CPU codes only) give a NaN row, never a wild read.
       if (k < 0 || k >= K) {
         v = scalar_t(NAN);
         break;

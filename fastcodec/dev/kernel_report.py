@@ -14,7 +14,8 @@ bandwidth).
 --check fails (exit 1) on what is certainly bad: any LDL/STL in a gated kernel, or a gated matrix
 kernel (conv tiles, RVQ distances) in a tf32/fp16/bf16 mode without tensor-core instructions.
 Gated = the kernels 'auto' dispatches to on a GPU: the Triton kernels, and the C++ CUDA kernels
-once fastcodec.ops._backend.CUDA_KERNELS_VERIFIED_ON_GPU puts them on that path. Exact-fp32 kernels
+once fastcodec.ops._backend.CUDA_KERNELS_VERIFIED_ON_GPU puts them on that path; the C++ CUDA
+tensor-core convs always (what their SASS must show needs no GPU to check). Exact-fp32 kernels
 are reported, never failed, for tensor cores. Must run without TRITON_INTERPRET.
 """
 from __future__ import annotations
@@ -242,10 +243,14 @@ def analyze_triton(fn, args, kwargs, *, op, dtype, mode, matrix, shapes=(), arch
     from fastcodec.ops.triton import aot
 
     specialized = aot.jit_specialized(fn, args, kwargs, arch)
-    names = list(fn.arg_names)
-    constexprs = {names[i[0]]: v for i, v in specialized[2].items()}
+    if specialized is None:  # Triton < 3.5: a stand-in with plain types (see jit_specialized)
+        types, constexprs, warps = aot.stand_in(fn, args, kwargs)
+        compiled = aot.compile_one(fn, types, constexprs, warps, arch)
+    else:
+        names = list(fn.arg_names)
+        constexprs = {names[i[0]]: v for i, v in specialized[2].items()}
+        compiled = aot.compile_specialized(fn, specialized, arch)
     k = Kernel("triton", op, dtype, mode, matrix, _shown(constexprs), kwargs.get("num_warps", 4), gated=gated)
-    compiled = aot.compile_specialized(fn, specialized, arch)
     k.shared = int(getattr(compiled.metadata, "shared", 0) or 0)
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
         f.write(compiled.asm["cubin"])
@@ -269,12 +274,14 @@ def _distinct(launches, arch):
     groups = {}
     for op, fn, dname, mode, matrix, args, kwargs, shape in launches:
         spec = aot.jit_specialized(fn, args, kwargs, arch)
-        if spec is None:
-            raise RuntimeError("this Triton does not expose its JIT's specialization (it needs Triton >= 3.4): the "
-                               "report would compile a stand-in, not what runs")
-        options, signature, constexprs, attrs = spec
-        key = (fn.__name__, op, mode, json.dumps(signature, sort_keys=True), repr(sorted(constexprs.items())),
-               repr(sorted(attrs.items())), kwargs.get("num_warps"))
+        if spec is None:  # Triton < 3.5
+            types, constexprs, _ = aot.stand_in(fn, args, kwargs)
+            key = (fn.__name__, op, mode, json.dumps(types, sort_keys=True), repr(sorted(constexprs.items())),
+                   kwargs.get("num_warps"))
+        else:
+            options, signature, constexprs, attrs = spec
+            key = (fn.__name__, op, mode, json.dumps(signature, sort_keys=True), repr(sorted(constexprs.items())),
+                   repr(sorted(attrs.items())), kwargs.get("num_warps"))
         entry = groups.setdefault(key, (op, fn, dname, mode, matrix, args, kwargs, []))
         if shape is not None:
             entry[7].append(shape)
@@ -295,7 +302,7 @@ def triton_kernels(arch=90, workers=None):
     global _jobs
     _jobs = _distinct(triton_launches(), arch)
     todo = [(i, arch) for i in range(len(_jobs))]
-    workers = min(workers or os.cpu_count() or 1, len(todo))
+    workers = min(workers or len(os.sched_getaffinity(0)), len(todo))
     if workers <= 1:
         return [_analyze_job(t) for t in todo]
     import multiprocessing

@@ -240,8 +240,12 @@ def _rvq_decode_backward(ctx, g):
     N, n_q = codes.shape
     if not ctx.needs_input_grad[1]:
         return None, None
-    flat = (codes + torch.arange(n_q, device=codes.device) * K).reshape(-1)
-    gcb = g.new_zeros(Q * K, D).index_add(0, flat, g.unsqueeze(1).expand(N, n_q, D).reshape(-1, D))
+    # A row with a code outside [0, K) decoded to NaN (unchecked GPU codes): it sends no gradient,
+    # and its codes are clamped so that nothing is indexed out of bounds.
+    bad = ((codes < 0) | (codes >= K)).any(1, keepdim=True)  # [N, 1]
+    flat = (codes.clamp(0, K - 1) + torch.arange(n_q, device=codes.device) * K).reshape(-1)
+    rows = torch.where(bad, torch.zeros_like(g), g)
+    gcb = g.new_zeros(Q * K, D).index_add(0, flat, rows.unsqueeze(1).expand(N, n_q, D).reshape(-1, D))
     return None, gcb.view(Q, K, D)
 
 

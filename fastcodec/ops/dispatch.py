@@ -167,7 +167,7 @@ def choose(op: str, backend: str, device: torch.device, dtype, shape=None, key=N
     return chosen
 
 
-# (op, device type, CPU threads, dtype, key) -> the backend the tuning table gave: what a warm call
+# (op, device type, CPU threads, dtype, key, TF32 tag) -> the backend the tuning table gave: what a warm call
 # reads. Cleared with the table (tuning.forget, tuning.share, a new cache path).
 _settled: dict = {}
 # The same keys -> the static choice a call took where it could not measure (a stream's frames):

@@ -13,25 +13,26 @@ freed (one per weight). The Triton convs keep their packed weights under the sam
 from __future__ import annotations
 
 import contextlib
+import threading
 
 from . import _extension
 
-_active = [False]
+_scope = threading.local()  # .on: a weight_cache() scope is on in this thread
 
 
 def active() -> bool:
-    """Whether a weight_cache() scope is on."""
-    return _active[0]
+    """Whether a weight_cache() scope is on in this thread."""
+    return getattr(_scope, "on", False)
 
 
 @contextlib.contextmanager
 def weight_cache(enabled: bool = True):
     lib = _extension._C
     previous = lib.set_weight_cache(enabled) if lib is not None else None
-    outer, _active[0] = _active[0], bool(enabled)
+    outer, _scope.on = active(), bool(enabled)
     try:
         yield
     finally:
-        _active[0] = outer
+        _scope.on = outer
         if lib is not None:
             lib.set_weight_cache(previous)

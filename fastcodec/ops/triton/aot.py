@@ -40,7 +40,7 @@ def jit_specialized(kernel, args, kwargs, arch=90):
     """(signature, constexprs, attrs, options) that `kernel[grid](*args, **kwargs)` would compile
     with on an sm_<arch> GPU: Triton's own binder decides, from the actual arguments, which ints
     are specialized (equal to 1, divisible by 16) and which pointers are 16-byte aligned. None
-    where this Triton's JIT does not expose its binder (before 3.4): then only the plain types are known."""
+    where this Triton's JIT does not expose its binder (before 3.5): then only the plain types are known."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
     from triton.runtime import jit
@@ -62,3 +62,25 @@ def compile_specialized(kernel, specialized, arch=90):
     options, signature, constexprs, attrs = specialized
     return triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=GPUTarget("cuda", arch, 32),
                           options=options.__dict__)
+
+
+_OPTIONS = ("num_warps", "num_stages", "num_ctas")
+_POINTEE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64", "int64": "i64",
+            "int32": "i32", "int16": "i16", "int8": "i8", "uint8": "u8", "bool": "i1"}
+
+
+def stand_in(kernel, args, kwargs):
+    """(types, constexprs, num_warps) for compile_one() from a launch's arguments, where
+    jit_specialized() cannot ask the JIT: plain types, no specialization (what runs may differ)."""
+    names = list(kernel.arg_names)
+    types, constexprs = {}, {k: v for k, v in kwargs.items() if k not in _OPTIONS}
+    for name, value in zip(names, args):
+        if hasattr(value, "data_ptr"):
+            types[name] = "*" + _POINTEE[str(value.dtype).removeprefix("torch.")]
+        elif isinstance(value, bool):
+            types[name] = "i1"
+        elif isinstance(value, int):
+            types[name] = "i32" if -2 ** 31 <= value < 2 ** 31 else "i64"
+        else:
+            types[name] = "fp32"
+    return types, constexprs, kwargs.get("num_warps", 4)

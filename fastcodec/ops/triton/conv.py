@@ -148,7 +148,7 @@ def causal_conv_transpose1d_kernel(
     if HAS_BIAS:
         acc += tl.load(b_ptr + co, mask=co_ok, other=0.0).to(tl.float32)[:, None]
     acc = _activate(acc, ACT, slope, a_ptr, co, co_ok)
-    Tout = T * stride
+    Tout = _wide(T, INT64) * stride
     y = y_ptr + b * Cout * Tout + co[:, None] * Tout + (q * stride + p)[None, :]
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=co_ok[:, None] & q_ok[None, :])
 

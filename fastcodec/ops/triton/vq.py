@@ -217,13 +217,13 @@ def rvq_decode_kernel(
         c = tl.load(cb_ptr + i * sbq + k[:, None] * sbk + d[None, :] * sbd,
                     mask=(n_ok & k_ok)[:, None] & d_ok[None, :], other=0.0)
         acc = (acc + c.to(tl.float32)).to(dtype).to(tl.float32)
-    # The public op rejects out-of-range codes first; a direct call gets NaN rows, never a wild read.
+    # Unchecked codes (the public op checks CPU codes only) give NaN rows, never a wild read.
     acc = tl.where(bad[:, None], float("nan"), acc)
     tl.store(out_ptr + n64[:, None] * D + d[None, :], acc.to(dtype), mask=n_ok[:, None] & d_ok[None, :])
 
 
 # Tiles per BLOCK_D = next_pow2(max(D, 16)), (BLOCK_N, BLOCK_K, num_warps): the choices that
-# compile for sm_90 without spills under Triton 3.6 and 3.8 alike, specialized as the JIT does for
+# compile for sm_90 without spills under Triton 3.6, 3.8 and 3.9 alike, specialized as the JIT does for
 # the codec's shapes (register allocation differs between releases and specializations: python -m
 # fastcodec.dev.kernel_report, run under each, found them). Exact-fp32 dots
 # keep their tiles in registers on FMA units, hence the smaller fp32 tiles. Nothing wider than 256
