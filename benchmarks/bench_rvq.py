@@ -24,14 +24,15 @@ import warnings
 import pytest
 import torch
 
-from common import DEVICE, ON_GPU, implementations, run
+from common import COMPACT, DEVICE, ON_GPU, implementations, run
 from fastcodec import ops
 from fastcodec.dev.shapes import RVQ_SHAPES, rvq_large
 
 # A stream codes one frame (one row per item) per call: blocks of 1 and 3 live rows.
 STREAM_SHAPES = [("stream N1 Q8 K1024 D128", 1, 8, 1024, 128), ("stream N3 Q8 K1024 D128", 3, 8, 1024, 128)]
-SHAPES = RVQ_SHAPES + [rvq_large(ON_GPU)] + STREAM_SHAPES
-BASELINES = ["residualvq"] + ([] if ON_GPU else ["faiss"])
+# (The compact selection of gpu_suite.sh: the training and stream shapes, no other libraries.)
+SHAPES = RVQ_SHAPES + ([] if COMPACT else [rvq_large(ON_GPU)]) + STREAM_SHAPES
+BASELINES = [] if COMPACT else ["residualvq"] + ([] if ON_GPU else ["faiss"])
 # Fast mode (TF32 candidates, exact re-check) exists only in the Triton kernels, so only on a GPU.
 FAST = ["triton-fast"] if "triton" in implementations() else []
 

@@ -9,7 +9,7 @@ ab_train.py times the same steps with the backends alternating.
 """
 import pytest
 import torch
-from common import DEVICE, ON_GPU, run
+from common import COMPACT, DEVICE, ON_GPU, run
 
 from fastcodec import ops
 from fastcodec.train.config import TrainConfig
@@ -20,6 +20,8 @@ from fastcodec.train.loop import Trainer
 CASES = ([("soundstream-24k", 16, 1.0, "gen"), ("soundstream-24k", 16, 1.0, "full"), ("tiny", 32, 1.0, "full")]
          if ON_GPU else
          [("tiny", 8, 1.0, "gen"), ("tiny", 8, 1.0, "full"), ("soundstream-24k", 2, 0.5, "gen")])
+if COMPACT:  # gpu_suite.sh: one training step of the codec alone
+    CASES = CASES[:1]
 
 
 def _fast():
