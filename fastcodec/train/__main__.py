@@ -14,7 +14,7 @@ from ..nn import PRESETS
 from ..checkpoint import CheckpointError
 from .config import TrainConfig
 from .data import DataError
-from .loop import Trainer, TrainingError
+from .loop import Trainer, TrainingError, destroy_group
 
 
 def _lost_peers(exc: RuntimeError) -> bool:
@@ -104,6 +104,7 @@ def config_from_args(args, argv) -> TrainConfig:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
+    trainer = None
     try:
         cfg = config_from_args(args, argv)
         trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
@@ -123,10 +124,12 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 1
     finally:
-        # Under torchrun: tear the group down before exit (torch 2.4's gloo otherwise aborted a rank
-        # now and then at interpreter shutdown, after training had finished).
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        # Under torchrun: tear the group down before exit, DDP wrappers first (left to interpreter
+        # shutdown, torch 2.4's gloo aborted a rank now and then; dropped in the wrong order, a rank hung).
+        if trainer is not None:
+            trainer.close()
+        elif torch.distributed.is_available() and torch.distributed.is_initialized():
+            destroy_group()
     return 130 if trainer.interrupted else 0
 
 

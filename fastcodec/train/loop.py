@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import hashlib
 import inspect
 import json
@@ -75,7 +76,8 @@ class _Dist:
         use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
         self.device = torch.device(f"cuda:{self.local_rank}" if use_cuda else "cpu")
         self.active = self.world > 1
-        if self.active and not torch.distributed.is_initialized():
+        self.owns_group = self.active and not torch.distributed.is_initialized()
+        if self.owns_group:
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
             # An explicit timeout: a rank that died or hangs ends the others with an error naming the
@@ -86,6 +88,12 @@ class _Dist:
     @property
     def main(self):
         return self.rank == 0
+
+    def close(self):
+        """Destroy the process group this object created (one a caller made stays theirs)."""
+        if self.owns_group and torch.distributed.is_initialized():
+            destroy_group()
+        self.owns_group = False
 
     def same_on_all(self, value: int) -> bool:
         """Whether every rank holds the same integer."""
@@ -102,6 +110,23 @@ class _Dist:
         t = torch.tensor([1.0 if flag else 0.0], device=self.device)
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
         return bool(t.item())
+
+
+def destroy_group(group=None):
+    """torch.distributed.destroy_process_group(group) (default: the world group) such that the group's
+    last reference is its backend's own Python object, whose binding releases the GIL while it joins
+    the gloo worker threads. Dropped last by a DDP reducer or a ProcessGroup instead (they keep the
+    GIL), the join can wait on a worker that needs the GIL to free a finished collective's tensors: a
+    rank hung at exit. Drop DDP wrappers over the group first, and pass the last reference to it."""
+    if group is None:
+        group = torch.distributed.group.WORLD
+    backends = []
+    for device in ("cpu", "cuda"):
+        with contextlib.suppress(RuntimeError, AttributeError):
+            backends.append(group._get_backend(torch.device(device)))
+    torch.distributed.destroy_process_group(group)
+    del group
+    backends.clear()  # the last references: each joins its workers with the GIL released
 
 
 def _checkpoints(out: Path):
@@ -195,6 +220,13 @@ class Trainer:
             self.crit = ddp(self.critics, device_ids=ids, **no_sync)
         self._stop_requested = False
         self.interrupted = False  # set when a Ctrl-C ended the run early (after its checkpoint)
+
+    def close(self):
+        """Drop the DDP wrappers (their reducers hold the process group), then destroy the group
+        if this trainer created it. The trainer can still be read but not run after this."""
+        self.gen, self.crit = self.model, self.critics
+        gc.collect()  # a wrapper in a reference cycle would otherwise free its reducer later, anywhere
+        self.dist.close()
 
     # ---- output -------------------------------------------------------------------------------
     def _say(self, msg):
@@ -558,5 +590,9 @@ class _progress:
 
 def train(cfg: TrainConfig, resume: bool = False, log=print, progress: bool = True) -> dict:
     """Train (or continue) a run; returns the last logged metrics row."""
-    return Trainer(cfg, resume=resume, log=log, progress=progress).run()
+    trainer = Trainer(cfg, resume=resume, log=log, progress=progress)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
 
