@@ -4,13 +4,13 @@ that synchronizes the GPU, adapts its round count to the op's cost, and records 
 FASTCODEC_BENCH_COMPACT=1 selects the representative subset that benchmarks/gpu_suite.sh times in
 its one lent run; FASTCODEC_BENCH_PLAN=gpu collects as on a GPU (with the GPU's backends) on a
 machine without one, so that the suite's selection can be counted there (gpu_suite.sh plan)."""
-import contextlib
 import functools
 import os
 import time
 
 import torch
 
+from fastcodec.dev.tf32 import cudnn_tf32
 from fastcodec.ops import _backend
 
 PLAN_GPU = os.environ.get("FASTCODEC_BENCH_PLAN") == "gpu"
@@ -47,19 +47,9 @@ def with_precision(impl: str, fn):
     """fn, called with TF32 allowed for fp32 convs exactly when impl asks for it."""
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        with _cudnn_tf32(impl.endswith("+tf32")):
+        with cudnn_tf32(impl.endswith("+tf32")):
             return fn(*args, **kwargs)
     return call
-
-
-@contextlib.contextmanager
-def _cudnn_tf32(allowed):
-    saved = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = allowed
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32 = saved
 
 
 def sync():

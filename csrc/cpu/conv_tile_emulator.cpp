@@ -36,8 +36,7 @@ at::Tensor emulate(const at::Tensor& x_in, const at::Tensor& w_in, const c10::op
   const auto alpha = alpha_in.has_value() ? c10::optional<at::Tensor>(alpha_in->contiguous()) : c10::nullopt;
   const auto residual =
       residual_in.has_value() ? c10::optional<at::Tensor>(residual_in->contiguous()) : c10::nullopt;
-  const Shape s = make_shape(x.size(1), transposed ? w_in.size(1) : w_in.size(0), x.size(2), w_in.size(2), stride,
-                             dilation, transposed);
+  const Shape s = shape_of(x, w_in, stride, dilation, transposed);
   const int64_t B = x.size(0), Tout = s.out_len;
   at::Tensor y = at::full({B, s.Cout, Tout}, std::numeric_limits<float>::quiet_NaN(), x.options());
   const float* xp = x.data_ptr<float>();

@@ -8,6 +8,9 @@
 #include <cuda_fp16.h>
 #include <mma.h>
 
+#include <array>
+#include <atomic>
+#include <cstdint>
 #include <type_traits>
 
 #include <ATen/ATen.h>
@@ -162,18 +165,29 @@ __global__ void __launch_bounds__(kThreads)
 #endif
 }
 
-int major_capability(const at::Tensor& t) {
+// Whether `device` is sm_80+ and the code it runs for the kernel (its SASS or JIT-compiled PTX) is
+// too: a build for older archs only leaves the body out.
+bool runs_tensor_core_body(int device) {
   int major = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, t.device().index()));
-  return major;
-}
-
-// Whether the code this device runs for the kernel (its SASS or JIT-compiled PTX) is sm_80+: a
-// build for older archs only leaves the body out.
-bool kernel_has_body() {
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  if (major < 8) return false;
+  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
   cudaFuncAttributes attr;
   C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, conv_tc_kernel<__half>));
   return attr.ptxVersion >= 80 || attr.binaryVersion >= 80;
+}
+
+// runs_tensor_core_body, asked of the driver once per device: fixed for the process, and the two
+// queries cost more than a small conv's launch.
+bool runs_tensor_core_body_cached(int device) {
+  static std::array<std::atomic<int8_t>, 64> known{};  // 0: not asked yet, 1: no, 2: yes
+  if (device < 0 || device >= static_cast<int>(known.size())) return runs_tensor_core_body(device);
+  int8_t k = known[device].load(std::memory_order_relaxed);
+  if (k == 0) {
+    k = runs_tensor_core_body(device) ? 2 : 1;
+    known[device].store(k, std::memory_order_relaxed);
+  }
+  return k == 2;
 }
 
 template <typename T>
@@ -196,7 +210,7 @@ bool applies(const at::Tensor& x) {
   const auto dt = x.scalar_type();
   const bool tensor_core_type =
       dt == at::kHalf || dt == at::kBFloat16 || (dt == at::kFloat && at::globalContext().allowTF32CuDNN());
-  return tensor_core_type && major_capability(x) >= 8 && kernel_has_body();
+  return tensor_core_type && runs_tensor_core_body_cached(x.device().index());
 }
 
 void conv(const at::Tensor& x_in, const at::Tensor& w_in, const c10::optional<at::Tensor>& bias_in,
@@ -211,8 +225,7 @@ void conv(const at::Tensor& x_in, const at::Tensor& w_in, const c10::optional<at
       alpha_in.has_value() ? c10::optional<at::Tensor>(alpha_in->to(at::kFloat).contiguous()) : c10::nullopt;
   const c10::optional<at::Tensor> residual =
       residual_in.has_value() ? c10::optional<at::Tensor>(residual_in->contiguous()) : c10::nullopt;
-  const Shape s = make_shape(x.size(1), transposed ? w_in.size(1) : w_in.size(0), x.size(2), w_in.size(2), stride,
-                             dilation, transposed);
+  const Shape s = shape_of(x, w_in, stride, dilation, transposed);
   const at::Tensor* b = bias ? &*bias : nullptr;
   const at::Tensor* a = alpha ? &*alpha : nullptr;
   const at::Tensor* r = residual ? &*residual : nullptr;

@@ -39,6 +39,13 @@ inline Shape make_shape(int64_t Cin, int64_t Cout, int64_t T, int64_t K, int64_t
   return s;
 }
 
+// The Shape of a conv of x [B, Cin, T] with w [Cout, Cin, K] (transposed: [Cin, Cout, K]); a template
+// so that this header needs no ATen.
+template <typename Tensor>
+Shape shape_of(const Tensor& x, const Tensor& w, int64_t stride, int64_t dilation, bool transposed) {
+  return make_shape(x.size(1), transposed ? w.size(1) : w.size(0), x.size(2), w.size(2), stride, dilation, transposed);
+}
+
 FC_HOST_DEVICE int64_t taps(const Shape& s, int64_t p) {
   return s.transposed ? (s.K - p + s.stride - 1) / s.stride : s.K;
 }

@@ -22,7 +22,7 @@ from ..nn import CodecConfig, SoundStream, resolve_backend, set_backend
 from ..integers import is_int
 from . import files
 from . import format as fcdc
-from .streaming import StreamingDecoder, StreamingEncoder, check_source_rate
+from .streaming import StreamingDecoder, StreamingEncoder, check_codes, check_source_rate
 
 
 @dataclasses.dataclass
@@ -154,11 +154,7 @@ class Codec:
             raise ValueError(f"codes are [B, C={C}, n_q={n_q}, F] but channels={encoded.channels!r}, "
                              f"n_q={encoded.n_q!r}")
         self._n_q(n_q)
-        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
-            raise TypeError(f"codes must be integers, got {codes.dtype}")
-        K = self.cfg.codebook_size
-        if codes.numel() and bool((codes.min() < 0) | (codes.max() >= K)):  # (the model's decode checks CPU codes only)
-            raise ValueError(f"codes must be in 0..{K - 1}")
+        check_codes(codes, self.cfg.codebook_size)
         frames, lengths = torch.as_tensor(encoded.frames), torch.as_tensor(encoded.lengths)
         if frames.shape != (B,) or lengths.shape != (B,) or frames.is_floating_point() or lengths.is_floating_point():
             raise ValueError(f"frames and lengths must be {B} integers each (one per item), got shapes "

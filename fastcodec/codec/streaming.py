@@ -36,6 +36,15 @@ def check_source_rate(rate, given=None, name="sample_rate") -> int:
     return int(rate)
 
 
+def check_codes(codes: torch.Tensor, codebook_size: int) -> None:
+    """A TypeError unless codes are integers, a ValueError unless each is in 0..codebook_size - 1
+    (checked here on any device, in one read-back: the model's decode checks CPU codes only)."""
+    if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+        raise TypeError(f"codes must be integers, got {codes.dtype}")
+    if codes.numel() and bool((codes.min() < 0) | (codes.max() >= codebook_size)):
+        raise ValueError(f"codes must be in 0..{codebook_size - 1}")
+
+
 def _live(method):
     """A stream's call: no gradients, in a stream's frame scope (fastcodec.nn.frame: nothing timed,
     packed weights kept)."""
@@ -150,11 +159,7 @@ class StreamingDecoder:
         c = codes if isinstance(codes, torch.Tensor) else torch.as_tensor(np.asarray(codes))
         if c.dim() != 3 or c.shape[0] != self.channels:
             raise ValueError(f"codes must be [{self.channels}, n_q, n], got {list(c.shape)}")
-        if c.dtype.is_floating_point or c.dtype == torch.bool:
-            raise TypeError(f"codes must be integers, got {c.dtype}")
-        K = self.codec.cfg.codebook_size
-        if c.numel() and (int(c.min()) < 0 or int(c.max()) >= K):
-            raise ValueError(f"codes must be in 0..{K - 1}")
+        check_codes(c, self.codec.cfg.codebook_size)
         q = self.codec.model.quantizer
         dev = q.codebooks.device
         if c.shape[2] == 0:

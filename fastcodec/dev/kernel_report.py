@@ -31,6 +31,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
+from .tf32 import cudnn_tf32
+
 # H100 SXM (sm_90), dense peaks and limits.
 H100 = dict(fp32=67e12, tf32=495e12, bf16=990e12, fp16=990e12, fp64=67e12, bandwidth=3.35e12,
             regs_per_sm=65536, max_warps_per_sm=64, max_blocks_per_sm=32, smem_per_sm=233472,
@@ -146,18 +148,6 @@ def _captured(module, name):
         setattr(module, name, capture.kernel)
 
 
-@contextlib.contextmanager
-def _tf32(allowed: bool):
-    import torch
-
-    saved = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = allowed
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32 = saved
-
-
 def triton_launches():
     """What the launchers pass their kernels for the codec's shapes: (op, kernel, dtype, mode,
     matrix, args, kwargs, shapes) per distinct launch, found by running the real launchers
@@ -189,7 +179,7 @@ def triton_launches():
                 r = torch.empty(4, cout, tout, dtype=dtype) if res else None
                 shape = (name + " 4x1s", 2 * 4 * cout * cin * k * tout,
                          e * (cin * 4 * tps + cout * cin * k + 4 * cout * tout * (2 if res else 1)))
-                with _tf32(tf32):
+                with cudnn_tf32(tf32):
                     record(conv, "causal_conv1d_kernel", "causal_conv1d", dname, mode, True, shape,
                            lambda: conv.causal_conv1d(x, w, b, stride, dil, act or "none", 0.01, None, r))
             for name, cin, cout, k, stride, tps in S.decoder_up_layers():
@@ -197,13 +187,13 @@ def triton_launches():
                     torch.empty(cout, dtype=dtype)
                 shape = (name + " 4x1s", 2 * 4 * cin * cout * k * tps,
                          e * (4 * cin * tps + cin * cout * k + 4 * cout * tps * stride))
-                with _tf32(tf32):
+                with cudnn_tf32(tf32):
                     record(conv, "causal_conv_transpose1d_kernel", "causal_conv_transpose1d", dname, mode, True,
                            shape, lambda: conv.causal_conv_transpose1d(x, w, b, stride, "elu", 0.01, None))
             # The snake epilogue (DAC-style models) in the most common tile of each dtype.
             x, w, a = torch.empty(4, 32, 24000, dtype=dtype), torch.empty(32, 32, 7, dtype=dtype), \
                 torch.empty(32, dtype=dtype)
-            with _tf32(tf32):
+            with cudnn_tf32(tf32):
                 record(conv, "causal_conv1d_kernel", "causal_conv1d", dname, mode, True, None,
                        lambda: conv.causal_conv1d(x, w, None, 1, 1, "snake", 0.01, a, None))
         rvq_shapes = {}
@@ -237,12 +227,13 @@ def _shown(constexprs: dict) -> str:
                       sort_keys=True)
 
 
-def analyze_triton(fn, args, kwargs, *, op, dtype, mode, matrix, shapes=(), arch=90, gated=True):
+def analyze_triton(fn, args, kwargs, *, op, dtype, mode, matrix, shapes=(), arch=90, gated=True, specialized=...):
     """Compile one recorded launch for sm_<arch>, specialized as the JIT would, and read its SASS
-    into a judged Kernel."""
+    into a judged Kernel. specialized: what aot.jit_specialized returned for it, if already asked."""
     from fastcodec.ops.triton import aot
 
-    specialized = aot.jit_specialized(fn, args, kwargs, arch)
+    if specialized is ...:
+        specialized = aot.jit_specialized(fn, args, kwargs, arch)
     if specialized is None:  # Triton < 3.5: a stand-in with plain types (see jit_specialized)
         types, constexprs, warps = aot.stand_in(fn, args, kwargs)
         compiled = aot.compile_one(fn, types, constexprs, warps, arch)
@@ -282,7 +273,7 @@ def _distinct(launches, arch):
             options, signature, constexprs, attrs = spec
             key = (fn.__name__, op, mode, json.dumps(signature, sort_keys=True), repr(sorted(constexprs.items())),
                    repr(sorted(attrs.items())), kwargs.get("num_warps"))
-        entry = groups.setdefault(key, (op, fn, dname, mode, matrix, args, kwargs, []))
+        entry = groups.setdefault(key, (op, fn, dname, mode, matrix, args, kwargs, [], spec))
         if shape is not None:
             entry[7].append(shape)
     return list(groups.values())
@@ -293,8 +284,9 @@ _jobs: list = []  # the distinct launches, read by the pool's forked workers
 
 def _analyze_job(i_arch):
     i, arch = i_arch
-    op, fn, dname, mode, matrix, args, kwargs, shapes = _jobs[i]
-    return analyze_triton(fn, args, kwargs, op=op, dtype=dname, mode=mode, matrix=matrix, shapes=shapes, arch=arch)
+    op, fn, dname, mode, matrix, args, kwargs, shapes, spec = _jobs[i]
+    return analyze_triton(fn, args, kwargs, op=op, dtype=dname, mode=mode, matrix=matrix, shapes=shapes, arch=arch,
+                          specialized=spec)
 
 
 def triton_kernels(arch=90, workers=None):
