@@ -127,7 +127,7 @@ def extensions():
           f"{'sm_' + ', sm_'.join(archs) + ' + PTX' if build_cuda else 'no (' + why_not + ')'}")
     gen = write_build_info(build_cuda, archs, why_not)
     cpu = ["conv", "conv_gemm", "grouped_conv", "weight_grad", "skinny_gemm", "stream_chain", "weight_cache",
-           "vq", "vq_search", "conv_tile_emulator"]
+           "vq", "vq_search", "conv_tile_emulator", "vq_tile_emulator"]
     sources = ["csrc/fastcodec.cpp"] + [f"csrc/cpu/{name}.cpp" for name in cpu]
     # No -std: torch's builder picks the standard its headers need (C++17 for 2.4, C++20 for 2.14).
     cxx = ["-O3", "-fopenmp"]
@@ -139,7 +139,7 @@ def extensions():
     gencode.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", ";".join(f"{a[:-1]}.{a[-1]}" for a in archs))
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"] + gencode
-    cuda = ["csrc/cuda/conv.cu", "csrc/cuda/conv_tc.cu", "csrc/cuda/vq.cu"]
+    cuda = ["csrc/cuda/conv.cu", "csrc/cuda/conv_tc.cu", "csrc/cuda/vq.cu", "csrc/cuda/vq_tc.cu"]
     return [cpp_extension.CUDAExtension("fastcodec._C", sources + cuda,
                                         extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)]
 

@@ -52,17 +52,20 @@ def test_kernel_report_passes_its_check(tmp_path):
     if tuned:
         assert all(k["ldl"] == 0 and k["stl"] == 0 for k in triton)
     assert all(k["tensor_core"] > 0 for k in triton if k["matrix"] and k["mode"] in ("bf16", "fp16"))
-    # The C++ CUDA tensor-core convs, where this build has sm_90 code (a CPU-only torch has none):
-    # HMMA in each of fp16, bf16 and TF32, no local memory, gated (so --check above covered them).
+    # The C++ CUDA tensor-core kernels, where this build has sm_90 code (a CPU-only torch has none):
+    # HMMA in each of the convs' fp16, bf16 and TF32 and the RVQ search's fp16 and bf16, no local
+    # memory, gated (so --check above covered them).
     from fastcodec.ops import _extension
 
     tc = [k for k in kernels if k["op"] == "causal_conv (tensor cores)"]
+    search = [k for k in kernels if k["op"] == "rvq_encode (tensor cores)"]
     if "90" in _extension.cuda_build_archs():
         assert sorted((k["dtype"], k["mode"]) for k in tc) == [("bfloat16", "bf16"), ("float16", "fp16"),
                                                                ("float32", "tf32")]
-        assert all(k["tensor_core"] > 0 and k["ldl"] == k["stl"] == 0 and k["gated"] for k in tc), tc
+        assert sorted((k["dtype"], k["mode"]) for k in search) == [("bfloat16", "bf16"), ("float16", "fp16")]
+        assert all(k["tensor_core"] > 0 and k["ldl"] == k["stl"] == 0 and k["gated"] for k in tc + search), tc + search
     else:
-        assert tc == []
+        assert tc == search == []
 
 
 TINY_DOT = """

@@ -8,13 +8,12 @@
 #include <cuda_fp16.h>
 #include <mma.h>
 
-#include <array>
-#include <atomic>
-#include <cstdint>
 #include <type_traits>
 
 #include <ATen/ATen.h>
 
+#include "arch.h"
+#include "cast.cuh"
 #include "conv_tc.h"
 #include "conv_tiles.h"
 #include "launch.h"
@@ -22,18 +21,6 @@
 namespace fastcodec {
 namespace tc {
 namespace {
-
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_float(float v) { return v; }
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
 
 // Per element type: the fragments' input type and MMA depth, and the shared-memory row padding
 // (rows stay 32-byte aligned for the fragment loads and off one bank).
@@ -165,31 +152,6 @@ __global__ void __launch_bounds__(kThreads)
 #endif
 }
 
-// Whether `device` is sm_80+ and the code it runs for the kernel (its SASS or JIT-compiled PTX) is
-// too: a build for older archs only leaves the body out.
-bool runs_tensor_core_body(int device) {
-  int major = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  if (major < 8) return false;
-  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
-  cudaFuncAttributes attr;
-  C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, conv_tc_kernel<__half>));
-  return attr.ptxVersion >= 80 || attr.binaryVersion >= 80;
-}
-
-// runs_tensor_core_body, asked of the driver once per device: fixed for the process, and the two
-// queries cost more than a small conv's launch.
-bool runs_tensor_core_body_cached(int device) {
-  static std::array<std::atomic<int8_t>, 64> known{};  // 0: not asked yet, 1: no, 2: yes
-  if (device < 0 || device >= static_cast<int>(known.size())) return runs_tensor_core_body(device);
-  int8_t k = known[device].load(std::memory_order_relaxed);
-  if (k == 0) {
-    k = runs_tensor_core_body(device) ? 2 : 1;
-    known[device].store(k, std::memory_order_relaxed);
-  }
-  return k == 2;
-}
-
 template <typename T>
 void launch(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias, const at::Tensor* alpha,
             const at::Tensor* residual, at::Tensor& y, const Shape& s, Activation act, double slope) {
@@ -210,7 +172,9 @@ bool applies(const at::Tensor& x) {
   const auto dt = x.scalar_type();
   const bool tensor_core_type =
       dt == at::kHalf || dt == at::kBFloat16 || (dt == at::kFloat && at::globalContext().allowTF32CuDNN());
-  return tensor_core_type && runs_tensor_core_body_cached(x.device().index());
+  static ArchCache known{};
+  return tensor_core_type &&
+         runs_sm80_body(x.device().index(), reinterpret_cast<const void*>(conv_tc_kernel<__half>), known);
 }
 
 void conv(const at::Tensor& x_in, const at::Tensor& w_in, const c10::optional<at::Tensor>& bias_in,

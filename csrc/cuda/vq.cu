@@ -1,7 +1,7 @@
 // Nearest-codeword search and residual VQ on CUDA: one block per row of x, the residual kept in
 // shared memory across all stages, threads striding over the codebook with a running min/argmin,
 // then a block reduction that breaks ties toward the lower index. No N x K buffer. Exact fp32
-// direct distances; the tensor-core search comes with issue 4.
+// direct distances; fp16/bf16 with D <= 128 on sm_80+ go to the tensor-core search (vq_tc.cu).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -9,6 +9,7 @@
 
 #include "../checks.h"
 #include "launch.h"
+#include "vq_tc.h"
 
 namespace fastcodec {
 namespace {
@@ -130,6 +131,7 @@ void launch_rvq(const at::Tensor& x, const at::Tensor& cbs, const at::Tensor& co
                 const at::Tensor* sqdist, int64_t n_q, const at::Tensor* residuals = nullptr) {
   const int64_t N = x.size(0), D = x.size(1), K = cbs.size(1);
   if (N == 0) return;
+  if (vqtc::applies(x, D)) return vqtc::rvq(x, cbs, codes, quantized, sqdist, n_q, residuals);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastcodec_rvq_encode_cuda", [&] {
     const size_t smem = residual_bytes<scalar_t>(D);
     TORCH_CHECK(smem <= kMaxResidualBytes, "fastcodec: cuda rvq supports D up to ",

@@ -15,8 +15,8 @@ bandwidth).
 kernel (conv tiles, RVQ distances) in a tf32/fp16/bf16 mode without tensor-core instructions.
 Gated = the kernels 'auto' dispatches to on a GPU: the Triton kernels, and the C++ CUDA kernels
 once fastcodec.ops._backend.CUDA_KERNELS_VERIFIED_ON_GPU puts them on that path; the C++ CUDA
-tensor-core convs always (what their SASS must show needs no GPU to check). Exact-fp32 kernels
-are reported, never failed, for tensor cores. Must run without TRITON_INTERPRET.
+tensor-core convs and RVQ search always (what their SASS must show needs no GPU to check).
+Exact-fp32 kernels are reported, never failed, for tensor cores. Must run without TRITON_INTERPRET.
 """
 from __future__ import annotations
 
@@ -325,16 +325,18 @@ def cuda_kernels(arch=90):
     kernels = []
     for m in re.finditer(r"Function (\S+):\n\s*(REG:.*)", res):
         mangled = m.group(1)
-        op = next((o for o in ("causal_conv_transpose1d", "causal_conv1d", "rvq_encode", "rvq_decode", "conv_tc")
-                   if o + "_kernel" in mangled), mangled)
+        op = next((o for o in ("causal_conv_transpose1d", "causal_conv1d", "rvq_encode", "rvq_decode", "conv_tc",
+                               "rvq_tc") if o + "_kernel" in mangled), mangled)
         dname = next((d for tag, d in _CUDA_TYPES.items() if tag in mangled), "?")
         mode = {"float32": "fp32", "float64": "fp64", "float16": "fp16", "bfloat16": "bf16"}.get(dname, "?")
-        # kThreads: 128 in csrc/cuda/vq.cu and conv_tc.cu, 256 elsewhere
-        warps = 4 if op in ("rvq_encode", "conv_tc") else 8
+        # kThreads: 128 in csrc/cuda/vq.cu, vq_tc.cu and conv_tc.cu, 256 elsewhere
+        warps = 4 if op in ("rvq_encode", "conv_tc", "rvq_tc") else 8
         gated = _backend.CUDA_KERNELS_VERIFIED_ON_GPU
         if op == "conv_tc":  # both convs on tensor cores; fp32 runs there only as TF32
             op, mode = "causal_conv (tensor cores)", "tf32" if dname == "float32" else mode
             gated = True  # what SASS shows needs no GPU: a spill or a missing tensor core fails CI
+        elif op == "rvq_tc":  # the fp16/bf16 search on tensor cores: gated likewise
+            op, gated = "rvq_encode (tensor cores)", True
         k = Kernel("cuda", op, dname, mode, op != "rvq_decode", "-", warps, gated=gated)
         _fill_from_sass(k, m.group(2), sass_by_fn.get(mangled, ""))
         judge(k)

@@ -1,0 +1,194 @@
+// Residual VQ search on tensor cores (sm_80+, fp16/bf16): the block loop of vq_tiles.h with WMMA
+// fragments for the cross terms r.c. Each warp stages its code tile in shared memory (zero-padded
+// to the MMA depth), multiplies the block's 16 residual rows by it, and scans the 16 x 16 scores
+// for a running min per row; the warps' bests merge under the tie rule and the residual moves on,
+// all stages in one launch.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
+
+#include <cstdint>
+
+#include <ATen/ATen.h>
+
+#include "arch.h"
+#include "cast.cuh"
+#include "launch.h"
+#include "vq_tc.h"
+#include "vq_tiles.h"
+
+namespace fastcodec {
+namespace vqtc {
+
+// The kernel's rounding to its 16-bit type (vq_tiles.h's next_residual, next_quantized).
+template <>
+struct Cast<__half> {
+  static __device__ __forceinline__ __half to(float v) { return from_float<__half>(v); }
+  static __device__ __forceinline__ float from(__half v) { return to_float(v); }
+};
+template <>
+struct Cast<__nv_bfloat16> {
+  static __device__ __forceinline__ __nv_bfloat16 to(float v) { return from_float<__nv_bfloat16>(v); }
+  static __device__ __forceinline__ float from(__nv_bfloat16 v) { return to_float(v); }
+};
+
+namespace {
+
+// The CUDA type of a c10 16-bit type (same bits): the kernel converts through its intrinsics
+// (c10::Half's device conversions take the value's address, which put it in local memory).
+template <typename T>
+struct Native;
+template <>
+struct Native<c10::Half> {
+  using type = __half;
+};
+template <>
+struct Native<c10::BFloat16> {
+  using type = __nv_bfloat16;
+};
+
+// x: [N, D], cbs: [Q, K, D] (contiguous), c_sq: fp32 ||c||^2 [Q, K]; codes [N, n_q]; optional outputs as csrc/cuda/vq.cu's
+// kernel: quantized [N, D], sqdist [N] (the last stage's ||r - c||^2), residuals [N, n_q + 1, D].
+template <typename T>  // __half or __nv_bfloat16
+__global__ void __launch_bounds__(kThreads)
+    rvq_tc_kernel(const T* __restrict__ x, const T* __restrict__ cbs, const float* __restrict__ c_sq,
+                  int64_t* __restrict__ codes,
+                  T* __restrict__ quantized, T* __restrict__ sqdist, T* __restrict__ residuals, Shape s, Smem m) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  using namespace nvcuda;
+  extern __shared__ __align__(128) unsigned char smem[];
+  float* R = reinterpret_cast<float*>(smem + m.r);
+  T* Ra = reinterpret_cast<T*>(smem + m.ra);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  T* Cb = reinterpret_cast<T*>(smem + m.cb) + warp * RK * int(s.ld);
+  float* Sc = reinterpret_cast<float*>(smem + m.scores) + warp * RM * LDS;
+  float* best_d = reinterpret_cast<float*>(smem + m.best_d);
+  int64_t* best_k = reinterpret_cast<int64_t*>(smem + m.best_k);
+  int64_t* chosen = reinterpret_cast<int64_t*>(smem + m.chosen);
+  const T zero = Cast<T>::to(0.f);
+  // Tile indices in 32 bits: a 64-bit division is a call on the GPU, with spills around it.
+  const int D = int(s.D), Dp = int(s.Dp), ld = int(s.ld);
+
+  for (int64_t rb = blockIdx.x; rb < s.row_blocks; rb += gridDim.x) {
+    const int64_t n0 = rb * RM;
+    auto write_residual = [&](int64_t slot) {  // residuals[:, slot] of the block's rows
+      if (!residuals) return;
+      for (int e = threadIdx.x; e < RM * D; e += kThreads) {
+        const int row = e / D, d = e % D;
+        const int64_t n = n0 + row;
+        if (n < s.N) residuals[(n * (s.n_q + 1) + slot) * s.D + d] = Cast<T>::to(R[row * Dp + d]);
+      }
+    };
+    for (int e = threadIdx.x; e < RM * Dp; e += kThreads) {
+      const int row = e / Dp, d = e % Dp;
+      const int64_t n = n0 + row;
+      const bool in = n < s.N && d < D;
+      const T v = in ? x[n * s.D + d] : zero;
+      R[e] = Cast<T>::from(v);
+      Ra[row * ld + d] = v;
+      if (in && quantized) quantized[n * s.D + d] = zero;
+    }
+    __syncthreads();
+    for (int64_t i = 0; i < s.n_q; ++i) {
+      write_residual(i);
+      float mine = INFINITY;  // lanes < RM: row `lane`'s best among this warp's tiles
+      int64_t mine_k = s.K;
+      for (int64_t t = warp; t < s.code_tiles; t += kWarps) {
+        for (int e = lane; e < RK * Dp; e += 32) {
+          const int64_t off = code_offset(s, i, t, e);
+          Cb[(e / Dp) * ld + e % Dp] = off < 0 ? zero : cbs[off];
+        }
+        __syncwarp();
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+        wmma::fill_fragment(acc, 0.f);
+        for (int kk = 0; kk < Dp; kk += 16) {
+          wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> fb;
+          wmma::load_matrix_sync(fa, Ra + kk, unsigned(ld));
+          wmma::load_matrix_sync(fb, Cb + kk, unsigned(ld));
+          wmma::mma_sync(acc, fa, fb, acc);
+        }
+        wmma::store_matrix_sync(Sc, acc, LDS, wmma::mem_row_major);
+        __syncwarp();
+        if (lane < RM) scan_tile(s, t, Sc + lane * LDS, c_sq + i * s.K, mine, mine_k);
+        __syncwarp();  // the next tile overwrites Cb and Sc
+      }
+      if (lane < RM) {
+        best_d[warp * RM + lane] = mine;
+        best_k[warp * RM + lane] = mine_k;
+      }
+      __syncthreads();
+      if (threadIdx.x < RM) {
+        const int64_t k = merge_warps(s, best_d, best_k, threadIdx.x), n = n0 + threadIdx.x;
+        chosen[threadIdx.x] = k;
+        if (n < s.N) codes[n * s.n_q + i] = k;
+        if (sqdist && i + 1 == s.n_q && n < s.N) {
+          // Recomputed directly (not from the score), so a NaN input reports NaN, not +inf.
+          const T* c = cbs + (i * s.K + k) * s.D;
+          float acc = 0.f;
+          for (int d = 0; d < D; ++d) {
+            const float diff = R[threadIdx.x * Dp + d] - Cast<T>::from(c[d]);
+            acc += diff * diff;
+          }
+          sqdist[n] = Cast<T>::to(acc);
+        }
+      }
+      __syncthreads();
+      for (int e = threadIdx.x; e < RM * D; e += kThreads) {
+        const int row = e / D, d = e % D;
+        const int64_t n = n0 + row;
+        const float c = Cast<T>::from(cbs[(i * s.K + chosen[row]) * s.D + d]);
+        const float r = next_residual<T>(R[row * Dp + d], c);
+        R[row * Dp + d] = r;
+        Ra[row * ld + d] = Cast<T>::to(r);
+        if (quantized && n < s.N)
+          quantized[n * s.D + d] = Cast<T>::to(next_quantized<T>(Cast<T>::from(quantized[n * s.D + d]), c));
+      }
+      __syncthreads();
+    }
+    write_residual(s.n_q);
+    __syncthreads();
+  }
+#else
+  __trap();  // built for an older arch only: applies() keeps launches away; never a silent no-op
+#endif
+}
+
+template <typename T>
+void launch(const at::Tensor& x, const at::Tensor& cbs, const at::Tensor& codes, const at::Tensor* quantized,
+            const at::Tensor* sqdist, const at::Tensor* residuals, const Shape& s) {
+  using N = typename Native<T>::type;
+  auto ptr = [](const at::Tensor* t) { return t ? reinterpret_cast<N*>(t->data_ptr<T>()) : nullptr; };
+  const at::Tensor c_sq = code_norms(cbs);
+  const Smem m = smem_layout(s);  // <= 48 KiB for D <= kMaxD: no opt-in needed
+  rvq_tc_kernel<N><<<grid_for(s.row_blocks, 1), kThreads, size_t(m.bytes), c10::cuda::getCurrentCUDAStream()>>>(
+      ptr(&x), ptr(&cbs), c_sq.data_ptr<float>(), codes.data_ptr<int64_t>(), ptr(quantized), ptr(sqdist),
+      ptr(residuals), s, m);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+bool applies(const at::Tensor& x, int64_t D) {
+  static ArchCache known{};
+  const auto dt = x.scalar_type();
+  return (dt == at::kHalf || dt == at::kBFloat16) && D >= 1 && D <= kMaxD &&
+         runs_sm80_body(x.device().index(), reinterpret_cast<const void*>(rvq_tc_kernel<__half>), known);
+}
+
+void rvq(const at::Tensor& x, const at::Tensor& cbs, const at::Tensor& codes, const at::Tensor* quantized,
+         const at::Tensor* sqdist, int64_t n_q, const at::Tensor* residuals) {
+  const Shape s = make_shape(x.size(0), cbs.size(1), x.size(1), n_q);
+  if (s.N == 0) return;
+  switch (x.scalar_type()) {
+    case at::kHalf:
+      return launch<c10::Half>(x, cbs, codes, quantized, sqdist, residuals, s);
+    case at::kBFloat16:
+      return launch<c10::BFloat16>(x, cbs, codes, quantized, sqdist, residuals, s);
+    default:
+      TORCH_CHECK(false, "fastcodec: the tensor-core RVQ search takes fp16 or bf16, got ", x.scalar_type());
+  }
+}
+
+}  // namespace vqtc
+}  // namespace fastcodec
