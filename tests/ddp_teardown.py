@@ -1,6 +1,7 @@
 """Launched under torchrun by tests/test_train.py: groups torn down right after DDP steps and an
 all_gather_object (the replica check's), as the trainer ends a run. On torch 2.13 the reducer used to
 drop a group's last reference and a rank hung in the group's destructor within a few rounds."""
+import gc
 import sys
 import types
 
@@ -25,6 +26,7 @@ for _ in range(ROUNDS):  # groups beside the world one, each torn down the train
     gen, crit = DDP(torch.nn.Linear(4, 4), process_group=groups[0]), DDP(torch.nn.Linear(4, 1), process_group=groups[0])
     steps_then_gather(gen, crit, groups[0])
     del gen, crit
+    gc.collect()  # as Trainer.close
     destroy_group(groups.pop())
 
 # The world group, through Trainer.close as the CLI calls it.

@@ -56,23 +56,26 @@ def test_the_search_tiles_find_each_stages_nearest_code(case, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_ties_across_warps_go_to_the_lowest_index(dtype):
-    """A code repeated in tiles that different warps scan (and twice within one warp's tiles)
-    resolves to its first copy, as torch.argmin; a NaN row gets code 0 and leaves its neighbours
-    alone."""
+    """A code whose first copy sits in a later warp's tile than its other copies (warp 1's tile
+    holds code 20; warps 0 and 2 hold copies 40, 64 and 129) resolves to that first copy, as
+    torch.argmin: the merge ranks by index on equal scores, not by warp. A NaN row gets code 0 and
+    leaves its neighbours alone."""
     K, D = 130, 24
     cbs = torch.randn(1, K, D).to(dtype)
-    for k in (40, 70, 129):  # tiles 2, 4 and 8: warps 2, 0 and 0
-        cbs[0, k] = cbs[0, 5]
-    x = torch.stack([cbs[0, 5], cbs[0, 9], torch.full((D,), float("nan"), dtype=dtype)])
+    for k in (40, 64, 129):  # tiles 2, 4 and 8: warps 2, 0 and 0
+        cbs[0, k] = cbs[0, 20]
+    x = torch.stack([cbs[0, 20], cbs[0, 9], torch.full((D,), float("nan"), dtype=dtype)])
     codes, _, sqdist, _ = _emulate(x, cbs, 1)
-    assert codes[:, 0].tolist() == [5, 9, 0]
+    assert codes[:, 0].tolist() == [20, 9, 0]
     assert sqdist[0] == 0 and sqdist[1] == 0 and torch.isnan(sqdist[2])
 
 
 def test_the_shared_memory_layout_fits_and_aligns():
-    """For every D the kernel takes: regions in order, 128-byte aligned, none overlapping the next,
-    all within the 48 KiB a launch gets without opting in; 16-bit rows a multiple of 8 elements
-    (WMMA's ldm) so each fragment load starts 32-byte aligned."""
+    """For every D the kernel takes: regions in order, 128-byte aligned (so each fragment load,
+    at a row's start plus a multiple of 16 elements, is 32-byte aligned), none overlapping the
+    next, all within the 48 KiB a launch gets without opting in; 16-bit rows a multiple of 8
+    elements (WMMA's ldm)."""
+    require_backend("cpp", "cpu")
     for D in range(1, 129):
         bytes_, *offsets = torch.ops.fastcodec_dev.rvq_tiles_smem(D)
         Dp = -(-D // 16) * 16
@@ -97,8 +100,9 @@ def test_the_emulator_checks_its_arguments():
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_the_cuda_search_takes_the_tile_cases(dtype):
     """The same cases through the C++ CUDA RVQ on a GPU, which runs fp16/bf16 with D <= 128 on
-    tensor cores: its codes, residuals and quantized match the emulator's except where scores tie
-    within rounding (different summation order), checked as above."""
+    tensor cores: each stage's code is a nearest one of the residual it searched and each residual
+    follows the last bit for bit, as the emulator's are checked above (the MMAs sum in another
+    order, so codes may differ from the emulator's where scores tie within rounding)."""
     require_backend("cuda", "cuda")
     for N, K, D, n_q in CASES:
         x = torch.randn(N, D).to(dtype)

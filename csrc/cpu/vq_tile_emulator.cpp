@@ -114,7 +114,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> emulate(const at::Ten
   at::Tensor quantized = at::full({s.N, s.D}, NAN, x.options());
   at::Tensor sqdist = at::full({s.N}, NAN, x.options());
   at::Tensor residuals = at::full({s.N, n_q + 1, s.D}, NAN, x.options());
-  const at::Tensor c_sq = code_norms(cbs);
+  const at::Tensor c_sq = code_norms(cbs, n_q);
   if (x.scalar_type() == at::kHalf)
     run<c10::Half>(x.data_ptr<c10::Half>(), cbs.data_ptr<c10::Half>(), c_sq.data_ptr<float>(), s, codes.data_ptr<int64_t>(),
                    quantized.data_ptr<c10::Half>(), sqdist.data_ptr<c10::Half>(), residuals.data_ptr<c10::Half>());

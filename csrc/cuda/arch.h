@@ -15,8 +15,8 @@ namespace fastcodec {
 // One cache per kernel: 0 not asked yet, 1 no, 2 yes, per device index.
 using ArchCache = std::array<std::atomic<int8_t>, 64>;
 
-// Whether `device` is sm_80+ and the code it runs for `kernel` (its SASS or JIT-compiled PTX) is an
-// sm_80+ build. Fixed for the process, so asked of the driver once per device: the two queries cost
+// Whether `device` is sm_80+ and the code it runs for `kernel` (its SASS or JIT-compiled PTX) was
+// built for sm_80+. Fixed for the process, so asked of the driver once per device: the two queries cost
 // more than a small launch.
 inline bool runs_sm80_body(int device, const void* kernel, ArchCache& known) {
   auto ask = [&] {
@@ -26,7 +26,9 @@ inline bool runs_sm80_body(int device, const void* kernel, ArchCache& known) {
     const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
     cudaFuncAttributes attr;
     C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
-    return attr.ptxVersion >= 80 || attr.binaryVersion >= 80;
+    // ptxVersion: the virtual arch the code was built from (binaryVersion would report the device's
+    // own arch for PTX of an older arch that the driver JIT-compiled: a body compiled out).
+    return attr.ptxVersion >= 80;
   };
   if (device < 0 || device >= static_cast<int>(known.size())) return ask();
   int8_t k = known[device].load(std::memory_order_relaxed);

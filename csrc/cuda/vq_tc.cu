@@ -159,7 +159,7 @@ void launch(const at::Tensor& x, const at::Tensor& cbs, const at::Tensor& codes,
             const at::Tensor* sqdist, const at::Tensor* residuals, const Shape& s) {
   using N = typename Native<T>::type;
   auto ptr = [](const at::Tensor* t) { return t ? reinterpret_cast<N*>(t->data_ptr<T>()) : nullptr; };
-  const at::Tensor c_sq = code_norms(cbs);
+  const at::Tensor c_sq = code_norms(cbs, s.n_q);
   const Smem m = smem_layout(s);  // <= 48 KiB for D <= kMaxD: no opt-in needed
   rvq_tc_kernel<N><<<grid_for(s.row_blocks, 1), kThreads, size_t(m.bytes), c10::cuda::getCurrentCUDAStream()>>>(
       ptr(&x), ptr(&cbs), c_sq.data_ptr<float>(), codes.data_ptr<int64_t>(), ptr(quantized), ptr(sqdist),

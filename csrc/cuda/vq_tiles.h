@@ -22,7 +22,7 @@ namespace vqtc {
 // RM rows per block (one fragment's height), RK codes per tile (its width), kWarps warps per
 // block; D up to kMaxD (the codec's code_dim is 32 to 128), padded to a multiple of 16 (MMA depth).
 constexpr int RM = 16, RK = 16, kWarps = 4, kThreads = 32 * kWarps, kMaxD = 128;
-constexpr int kPad = 8;    // 16-bit elements appended to each row: 32-byte aligned rows, off one bank
+constexpr int kPad = 8;  // 16-bit elements appended to each row: a multiple of 8 (WMMA's ldm), off one bank
 constexpr int LDS = RK + 4;  // floats per row of a warp's score tile
 
 struct Shape {
@@ -69,7 +69,8 @@ FC_HOST_DEVICE int64_t code_offset(const Shape& s, int64_t stage, int64_t tile, 
 }
 
 // Whether (d1, k1) ranks before (d2, k2): the smaller score, then the lower index (torch.argmin's
-// rule). A NaN score never ranks before anything.
+// rule). A NaN score never ranks before anything (torch.argmin would pick a NaN; as the CUDA-core
+// kernel, a row whose every score is NaN gets code 0, as torch.argmin gives it).
 FC_HOST_DEVICE bool better(float d1, int64_t k1, float d2, int64_t k2) {
   return d1 < d2 || (d1 == d2 && k1 < k2);
 }
@@ -122,9 +123,11 @@ FC_HOST_DEVICE float next_quantized(float q, float c) {
   return Cast<T>::from(Cast<T>::to(q + c));
 }
 
-// ||c||^2 [Q, K] in fp32 of codebooks [Q, K, D] (16-bit), as the launcher and the emulator both
-// compute it: once per call, ahead of the search (host code).
-inline at::Tensor code_norms(const at::Tensor& cbs) { return cbs.to(at::kFloat).square().sum(-1); }
+// ||c||^2 [n_q, K] in fp32 of the first n_q codebooks of [Q, K, D] (16-bit), as the launcher and
+// the emulator both compute it: once per call, ahead of the search (host code).
+inline at::Tensor code_norms(const at::Tensor& cbs, int64_t n_q) {
+  return cbs.narrow(0, 0, n_q).to(at::kFloat).square().sum(-1);
+}
 
 }  // namespace vqtc
 }  // namespace fastcodec

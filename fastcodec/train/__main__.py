@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import torch
@@ -14,7 +15,7 @@ from ..nn import PRESETS
 from ..checkpoint import CheckpointError
 from .config import TrainConfig
 from .data import DataError
-from .loop import Trainer, TrainingError, destroy_group
+from .loop import Trainer, TrainingError
 
 
 def _lost_peers(exc: RuntimeError) -> bool:
@@ -125,12 +126,22 @@ def main(argv=None) -> int:
         return 1
     finally:
         # Under torchrun: tear the group down before exit, DDP wrappers first (left to interpreter
-        # shutdown, torch 2.4's gloo aborted a rank now and then; dropped in the wrong order, a rank hung).
+        # shutdown, torch 2.4's gloo aborted a rank now and then; dropped in the wrong order, a rank
+        # hung). A Trainer that failed to build has torn its group down already.
         if trainer is not None:
-            trainer.close()
-        elif torch.distributed.is_available() and torch.distributed.is_initialized():
-            destroy_group()
+            _close(trainer, sys.exc_info()[1])
     return 130 if trainer.interrupted else 0
+
+
+def _close(trainer, exc):
+    """trainer.close() after the frames of `exc` (if any) let go of the DDP wrappers; a failure
+    here is reported, not allowed to replace the run's own outcome."""
+    if exc is not None:
+        traceback.clear_frames(exc.__traceback__)
+    try:
+        trainer.close()
+    except Exception as err:
+        print(f"fastcodec.train: warning: tearing down the process group failed: {err}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import json
 import os
 import signal
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -114,10 +115,11 @@ class _Dist:
 
 def destroy_group(group=None):
     """torch.distributed.destroy_process_group(group) (default: the world group) such that the group's
-    last reference is its backend's own Python object, whose binding releases the GIL while it joins
-    the gloo worker threads. Dropped last by a DDP reducer or a ProcessGroup instead (they keep the
-    GIL), the join can wait on a worker that needs the GIL to free a finished collective's tensors: a
-    rank hung at exit. Drop DDP wrappers over the group first, and pass the last reference to it."""
+    last reference is a binding that releases the GIL while it joins the gloo worker threads: its
+    backend's (older torch's ProcessGroup binding keeps the GIL). Freed last by a DDP reducer, which
+    keeps the GIL, the join can wait on a worker that needs the GIL to free a finished collective's
+    tensors: a rank hung at exit. Drop DDP wrappers over the group first; for a group other than the
+    world, the caller holds no other reference to it."""
     if group is None:
         group = torch.distributed.group.WORLD
     backends = []
@@ -127,6 +129,12 @@ def destroy_group(group=None):
     torch.distributed.destroy_process_group(group)
     del group
     backends.clear()  # the last references: each joins its workers with the GIL released
+
+
+def _release_frames(exc: BaseException):
+    """Clear the locals of the frames an exception passed through (a DDP forward's `self` among
+    them), so that nothing there keeps a reducer alive past the group's teardown."""
+    traceback.clear_frames(exc.__traceback__)
 
 
 def _checkpoints(out: Path):
@@ -151,6 +159,14 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, log=print, progress: bool = True):
         self.cfg, self.log, self.progress = cfg, log, progress
         self.dist = _Dist(cfg.device, cfg.dist_timeout)
+        try:
+            self._build(cfg, resume)
+        except BaseException as exc:  # a half-built trainer still tears down the group it made
+            _release_frames(exc)
+            self.close()
+            raise
+
+    def _build(self, cfg: TrainConfig, resume: bool):
         self.out = Path(cfg.out)
         resume_from = prepare_out_dir(self.out, resume)
         self.codec_cfg = preset(cfg.preset)
@@ -224,7 +240,7 @@ class Trainer:
     def close(self):
         """Drop the DDP wrappers (their reducers hold the process group), then destroy the group
         if this trainer created it. The trainer can still be read but not run after this."""
-        self.gen, self.crit = self.model, self.critics
+        self.gen, self.crit = getattr(self, "model", None), getattr(self, "critics", None)
         gc.collect()  # a wrapper in a reference cycle would otherwise free its reducer later, anywhere
         self.dist.close()
 
@@ -593,6 +609,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, progress: bool = Tr
     trainer = Trainer(cfg, resume=resume, log=log, progress=progress)
     try:
         return trainer.run()
+    except BaseException as exc:
+        _release_frames(exc)
+        raise
     finally:
         trainer.close()
 
