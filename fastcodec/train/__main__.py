@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-import traceback
 from pathlib import Path
 
 import torch
@@ -134,12 +133,9 @@ def main(argv=None) -> int:
 
 
 def _close(trainer, exc):
-    """trainer.close() after the frames of `exc` (if any) let go of the DDP wrappers; a failure
-    here is reported, not allowed to replace the run's own outcome."""
-    if exc is not None:
-        traceback.clear_frames(exc.__traceback__)
+    """trainer.close(exc); a failure here is reported, not allowed to replace the run's own outcome."""
     try:
-        trainer.close()
+        trainer.close(exc)
     except Exception as err:
         print(f"fastcodec.train: warning: tearing down the process group failed: {err}", file=sys.stderr)
 

@@ -131,12 +131,6 @@ def destroy_group(group=None):
     backends.clear()  # the last references: each joins its workers with the GIL released
 
 
-def _release_frames(exc: BaseException):
-    """Clear the locals of the frames an exception passed through (a DDP forward's `self` among
-    them), so that nothing there keeps a reducer alive past the group's teardown."""
-    traceback.clear_frames(exc.__traceback__)
-
-
 def _checkpoints(out: Path):
     return sorted((out / "checkpoints").glob("step*.pt"))
 
@@ -162,8 +156,7 @@ class Trainer:
         try:
             self._build(cfg, resume)
         except BaseException as exc:  # a half-built trainer still tears down the group it made
-            _release_frames(exc)
-            self.close()
+            self.close(exc)
             raise
 
     def _build(self, cfg: TrainConfig, resume: bool):
@@ -237,9 +230,13 @@ class Trainer:
         self._stop_requested = False
         self.interrupted = False  # set when a Ctrl-C ended the run early (after its checkpoint)
 
-    def close(self):
+    def close(self, exc: BaseException | None = None):
         """Drop the DDP wrappers (their reducers hold the process group), then destroy the group
-        if this trainer created it. The trainer can still be read but not run after this."""
+        if this trainer created it. The trainer can still be read but not run after this.
+        exc: an exception escaping the run; the locals of the frames it passed through (a DDP
+        forward's `self` among them) are cleared first, so none keeps a reducer alive."""
+        if exc is not None:
+            traceback.clear_frames(exc.__traceback__)
         self.gen, self.crit = getattr(self, "model", None), getattr(self, "critics", None)
         gc.collect()  # a wrapper in a reference cycle would otherwise free its reducer later, anywhere
         self.dist.close()
@@ -608,10 +605,10 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, progress: bool = Tr
     """Train (or continue) a run; returns the last logged metrics row."""
     trainer = Trainer(cfg, resume=resume, log=log, progress=progress)
     try:
-        return trainer.run()
+        result = trainer.run()
     except BaseException as exc:
-        _release_frames(exc)
+        trainer.close(exc)
         raise
-    finally:
-        trainer.close()
+    trainer.close()
+    return result
 
