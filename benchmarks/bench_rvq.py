@@ -37,6 +37,19 @@ BASELINES = [] if COMPACT else ["residualvq"] + ([] if ON_GPU else ["faiss"])
 FAST = ["triton-fast"] if "triton" in implementations() else []
 
 
+def _split_cases():
+    """The Triton search split over codes (the "triton:split" variant) beside the others, at the
+    shapes few enough in rows for the measured 'auto' to consider it."""
+    if "triton" not in implementations():
+        return []
+    from fastcodec.ops.triton.vq import SPLIT_MAX_ROWS
+
+    return [(s, "triton-split") for s in SHAPES if s[1] <= SPLIT_MAX_ROWS]
+
+
+CASES = [(s, i) for s in SHAPES for i in implementations() + FAST + BASELINES] + _split_cases()
+
+
 def _inputs(N, Q, K, D):
     torch.manual_seed(0)
     x = torch.randn(N, D, device=DEVICE)
@@ -102,8 +115,7 @@ def _cpu_peak_bytes(fn):
     return max((sum(s) for s in sizes), default=0)
 
 
-@pytest.mark.parametrize("impl", implementations() + FAST + BASELINES)
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s[0])
+@pytest.mark.parametrize("shape,impl", CASES, ids=[f"{s[0]}-{i}" for s, i in CASES])
 def test_rvq_encode(benchmark, shape, impl):
     name, N, Q, K, D = shape
     benchmark.group = f"rvq_encode {name}"
@@ -122,6 +134,13 @@ def test_rvq_encode(benchmark, shape, impl):
         exact = ops.rvq_encode(x[:20000], cbs, backend="triton")[0][:, 0]
         agree = (fn()[0][:20000, 0] == exact).float().mean().item()
         assert agree > 0.999, f"fast mode agrees with exact mode on only {agree:.2%} of first-stage codes"
+    elif impl == "triton-split":
+        from fastcodec.ops.triton.vq import code_split
+
+        def fn():
+            with code_split():
+                return ops.rvq_encode(x, cbs, backend="triton")
+        assert torch.equal(fn()[0], ops.rvq_encode(x, cbs, backend="triton")[0]), "split codes differ from one launch"
     elif name.startswith("stream"):
         def fn():
             return ops.rvq_encode(x, cbs, backend=impl)

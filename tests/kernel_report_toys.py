@@ -44,10 +44,20 @@ def main():
     N, K, D, Q = 1000, 1024, 128, 8
     x, cbs, codes = torch.empty(N, D), torch.empty(Q, K, D), torch.empty(N, Q, dtype=torch.int64)
     args = (x, cbs, codes, x, x, x, x, x, N, K, D, Q, *x.stride(), *cbs.stride(), 0.0, 0.0)
-    ce = dict(WRITE_Q=True, WRITE_DIST=False, WRITE_RES=False, PRECISION="ieee", FAST=False, M=1, INTERPRETED=False,
-              BLOCK_N=64, BLOCK_K=128, BLOCK_D=128, num_warps=4)
+    ce = dict(WRITE_Q=True, WRITE_DIST=False, WRITE_RES=False, PRECISION="ieee", CODES_MAJOR=False, FAST=False, M=1,
+              INTERPRETED=False, BLOCK_N=64, BLOCK_K=128, BLOCK_D=128, num_warps=4)
     k = kr.analyze_triton(vq.rvq_encode_kernel, args, ce, op="rvq_encode", dtype="float32", mode="fp32", matrix=True)
     out["spill"] = dict(ldl=k.ldl, stl=k.stl, stack=k.stack, problems=k.problems)
+    # The fp16 search with rows on the dot's M axis (32 of them: too few for a warpgroup MMA), then
+    # as the launcher builds it (codes on M).
+    x, cbs = x.half(), cbs.half()
+    args = (x, cbs, codes, x, x, x, x, x, N, K, D, Q, *x.stride(), *cbs.stride(), 0.0, 0.0)
+    for major in (False, True):
+        ce = dict(WRITE_Q=True, WRITE_DIST=False, WRITE_RES=False, PRECISION="tf32", CODES_MAJOR=major, FAST=False,
+                  M=1, INTERPRETED=False, BLOCK_N=32, BLOCK_K=64, BLOCK_D=128, num_warps=8)
+        k = kr.analyze_triton(vq.rvq_encode_kernel, args, ce, op="rvq_encode", dtype="float16", mode="fp16",
+                              matrix=True)
+        out[f"fp16_codes_major_{major}"] = dict(tensor_core=k.tensor_core, wgmma=k.wgmma, problems=k.problems)
     json.dump(out, sys.stdout)
 
 

@@ -1,5 +1,6 @@
 """The kernel report's check cannot pass vacuously: it finds a planted spill, the tensor-core
-instructions of a TF32 dot, and a TF32 dot inside a kernel that claims exact fp32, and reports
+instructions of a TF32 dot, a TF32 dot inside a kernel that claims exact fp32, and a 16-bit search
+whose tiles are too narrow for sm_90's warpgroup MMAs, and reports
 (without failing) an exact-fp32 dot on FMA units."""
 import json
 import os
@@ -50,6 +51,13 @@ def test_finds_a_tf32_dot_in_an_exact_fp32_kernel(toys):
     k = toys["tf32_in_exact"]
     assert k["tensor_core"] > 0
     assert k["problems"] == [f"exact fp32 kernel with {k['tensor_core']} tensor-core instructions (a TF32 dot?)"]
+
+
+def test_a_16bit_search_must_issue_warpgroup_mmas_on_sm90(toys):
+    narrow, wide = toys["fp16_codes_major_False"], toys["fp16_codes_major_True"]
+    assert narrow["tensor_core"] > 0 and narrow["wgmma"] == 0
+    assert narrow["problems"] == ["tensor cores without wgmma (HGMMA) on sm_90: tiles too narrow for a warpgroup"]
+    assert wide["wgmma"] > 0 and wide["problems"] == []
 
 
 def test_judge_fails_a_low_precision_matrix_kernel_without_tensor_cores():

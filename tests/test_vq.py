@@ -207,7 +207,7 @@ def test_rvq_encode_noncontiguous(target):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("N,Q,K,D", [(37, 4, 50, 8), (9, 3, 300, 100), (300, 8, 1024, 128)])
+@pytest.mark.parametrize("N,Q,K,D", [(37, 4, 50, 8), (9, 3, 300, 100), (21, 2, 90, 200), (300, 8, 1024, 128)])
 def test_16bit_searches_follow_the_reference_stage_by_stage(target, dtype, N, Q, K, D):
     """fp16/bf16 on the backends that take them (Triton, the C++ CUDA kernels): every stage's
     code is a nearest code of the residual that stage saw, rounded to the dtype stage by stage

@@ -12,7 +12,8 @@ shape, the roofline floor: max(FLOPs / peak of the kernel's precision mode, mini
 bandwidth).
 
 --check fails (exit 1) on what is certainly bad: any LDL/STL in a gated kernel, or a gated matrix
-kernel (conv tiles, RVQ distances) in a tf32/fp16/bf16 mode without tensor-core instructions.
+kernel (conv tiles, RVQ distances) in a tf32/fp16/bf16 mode without tensor-core instructions, or
+a Triton 16-bit search without warpgroup MMAs (HGMMA) on sm_90.
 Gated = the kernels 'auto' dispatches to on a GPU: the Triton kernels, and the C++ CUDA kernels
 once fastcodec.ops._backend.CUDA_KERNELS_VERIFIED_ON_GPU puts them on that path; the C++ CUDA
 tensor-core convs and RVQ search always (what their SASS must show needs no GPU to check).
@@ -38,6 +39,10 @@ H100 = dict(fp32=67e12, tf32=495e12, bf16=990e12, fp16=990e12, fp64=67e12, bandw
             regs_per_sm=65536, max_warps_per_sm=64, max_blocks_per_sm=32, smem_per_sm=233472,
             smem_reserved_per_block=1024, reg_alloc_unit=256)
 TC_PATTERN = re.compile(r"\b(HMMA|HGMMA|QGMMA|IMMA)\b")
+WGMMA_PATTERN = re.compile(r"\b(HGMMA|QGMMA)\b")
+# Triton kernels whose 16-bit tiles are sized for sm_90's warpgroup MMA: there, HMMA alone means
+# tiles too narrow for it (a gated failure).
+WGMMA_KERNELS = ("rvq_encode_kernel", "rvq_split_kernel")
 ELEM = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
 
@@ -58,6 +63,8 @@ class Kernel:
     ldl: int = 0
     stl: int = 0
     tensor_core: int = 0
+    wgmma: int = 0  # of which warpgroup MMAs (HGMMA/QGMMA, sm_90)
+    wide: bool = False  # its tiles are meant for wgmma (WGMMA_KERNELS in 16-bit, sm_90)
     occupancy: float = 0.0
     shapes: list = field(default_factory=list)  # [{name, flops, bytes, floor_us, bound}]
     problems: list = field(default_factory=list)
@@ -98,6 +105,7 @@ def _fill_from_sass(k: Kernel, res_usage: str, sass: str):
     k.ldl = len(re.findall(r"\bLDL\b", sass))
     k.stl = len(re.findall(r"\bSTL\b", sass))
     k.tensor_core = len(TC_PATTERN.findall(sass))
+    k.wgmma = len(WGMMA_PATTERN.findall(sass))
     k.occupancy = occupancy(k.regs, k.shared, k.num_warps)
 
 
@@ -108,6 +116,8 @@ def judge(k: Kernel):
         k.problems.append(f"matrix kernel in {k.mode} mode without tensor-core instructions")
     if k.mode == "fp32" and k.tensor_core:  # fp32 tensor-core products are TF32: not exact
         k.problems.append(f"exact fp32 kernel with {k.tensor_core} tensor-core instructions (a TF32 dot?)")
+    if k.wide and k.tensor_core and not k.wgmma:
+        k.problems.append("tensor cores without wgmma (HGMMA) on sm_90: tiles too narrow for a warpgroup")
 
 
 # --- Triton ------------------------------------------------------------------------------------
@@ -162,10 +172,12 @@ def triton_launches():
     launches = []
 
     def record(module, name, op, dname, mode, matrix, shape, call):
+        """matrix: a bool, or a function of a launch's keywords (the split search's last launch has no dot)."""
         with _captured(module, name) as cap:
             call()
         for args, kwargs in cap.calls:
-            launches.append((op, cap.kernel, dname, mode, matrix, args, kwargs, shape))
+            launches.append((op, cap.kernel, dname, mode, matrix(kwargs) if callable(matrix) else matrix, args,
+                             kwargs, shape))
 
     for dname in ("float32", "float16", "bfloat16"):
         dtype, e = getattr(torch, dname), ELEM[dname]
@@ -213,6 +225,10 @@ def triton_launches():
                     if dtype == torch.float32 and vq.fast_available():  # TF32 candidates, exact re-check
                         record(vq, "rvq_encode_kernel", label + " fast", dname, "tf32", True, keep,
                                lambda: vq._encode(x, cbs, n_q, q, dist, res, fast=True))
+                    with vq.code_split():  # the variant for few rows (one second of 24 kHz audio); its
+                        # searching launches are the same for the three ops, so they share a label
+                        record(vq, "rvq_split_kernel", "rvq search split", dname, MODES[dname],
+                               lambda kw: kw["SEARCH"], None, lambda: vq._encode(x[:75], cbs, n_q, q, dist, res))
                 codes = torch.zeros(N, Q, dtype=torch.int64)
                 record(vq, "rvq_decode_kernel", "rvq_decode", dname, "-", False, None,
                        lambda: vq.rvq_decode(codes, cbs))
@@ -223,8 +239,8 @@ MODES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
 def _shown(constexprs: dict) -> str:
-    return json.dumps({k: v for k, v in constexprs.items() if k.startswith(("BLOCK", "ACT", "HAS_RES", "INT64", "M"))},
-                      sort_keys=True)
+    shown = ("BLOCK", "ACT", "HAS_RES", "INT64", "M", "SEARCH", "CODES")
+    return json.dumps({k: v for k, v in constexprs.items() if k.startswith(shown)}, sort_keys=True)
 
 
 def analyze_triton(fn, args, kwargs, *, op, dtype, mode, matrix, shapes=(), arch=90, gated=True, specialized=...):
@@ -241,7 +257,8 @@ def analyze_triton(fn, args, kwargs, *, op, dtype, mode, matrix, shapes=(), arch
         names = list(fn.arg_names)
         constexprs = {names[i[0]]: v for i, v in specialized[2].items()}
         compiled = aot.compile_specialized(fn, specialized, arch)
-    k = Kernel("triton", op, dtype, mode, matrix, _shown(constexprs), kwargs.get("num_warps", 4), gated=gated)
+    k = Kernel("triton", op, dtype, mode, matrix, _shown(constexprs), kwargs.get("num_warps", 4), gated=gated,
+               wide=arch >= 90 and fn.__name__ in WGMMA_KERNELS and mode in ("fp16", "bf16"))
     k.shared = int(getattr(compiled.metadata, "shared", 0) or 0)
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
         f.write(compiled.asm["cubin"])
@@ -347,8 +364,8 @@ def cuda_kernels(arch=90):
 # --- output ------------------------------------------------------------------------------------
 
 def table(kernels, markdown=False):
-    head = ["src", "op", "dtype", "mode", "config", "warps", "regs", "stack", "LDL", "STL", "smem", "TC", "occ",
-            "floor (H100)", "status"]
+    head = ["src", "op", "dtype", "mode", "config", "warps", "regs", "stack", "LDL", "STL", "smem", "TC", "wgmma",
+            "occ", "floor (H100)", "status"]
     rows = []
     for k in kernels:
         floors = "; ".join(f"{s['name']}: {s['floor_us']:.1f} us ({s['bound']})" for s in k.shapes[:2])
@@ -356,7 +373,8 @@ def table(kernels, markdown=False):
             floors += f"; +{len(k.shapes) - 2} more"
         status = ("FAIL: " if k.gated else "not gated: ") + "; ".join(k.problems) if k.problems else "ok"
         rows.append([k.source, k.op, k.dtype, k.mode, k.config, str(k.num_warps), str(k.regs), str(k.stack),
-                     str(k.ldl), str(k.stl), str(k.shared), str(k.tensor_core), f"{k.occupancy:.2f}", floors or "-",
+                     str(k.ldl), str(k.stl), str(k.shared), str(k.tensor_core), str(k.wgmma),
+                     f"{k.occupancy:.2f}", floors or "-",
                      status])
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -38,6 +38,12 @@ def _triton_search_limit(D=None, dtype=None, **_):
     return None if D is None else unsupported_reason(D, dtype)
 
 
+def _few_rows(N=None, **_):
+    from .triton.vq import SPLIT_MAX_ROWS
+
+    return N is not None and N <= SPLIT_MAX_ROWS
+
+
 def _no_grad(grad=False, **_):
     return "the native stream step has no backward" if grad else None
 
@@ -66,8 +72,12 @@ TABLE = {
 # 'auto' times each as a candidate of its own, named "backend:variant" (the bare name is the rule).
 # The CPU fp32 transposed conv runs as `stride` phase convs or as one GEMM (csrc/cpu/conv.h),
 # except for inputs of up to 16 frames, which take the stream step whatever the setting.
+# The Triton searches can split each stage over codes, for calls with too few rows to fill a GPU
+# (fastcodec/ops/triton/vq.py: code_split).
 VARIANTS = {  # (op, backend) -> (dtypes, variant names, applies(**shape))
     ("causal_conv_transpose1d", "cpp"): ((F32,), ("phases", "gemm"), lambda T=None, **_: T is None or T > 16),
+    **{(op, "triton"): ((F32, F16, BF16), ("split",), _few_rows)
+       for op in ("vq_nearest", "rvq_encode", "rvq_residuals")},
 }
 
 ORDER = {  # auto's static preference per device type, before the torch reference

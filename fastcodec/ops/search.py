@@ -20,7 +20,7 @@ def vq_nearest(x, codebook, *, backend="auto", mode="exact"):
     _checks.vq(x, codebook)
     _checks.search_mode(mode)
     args = (x, codebook, mode)
-    be = dispatch.choose("vq_nearest", backend, x.device, x.dtype, shape={"D": x.shape[1]},
+    be = dispatch.choose("vq_nearest", backend, x.device, x.dtype, shape={"D": x.shape[1], "N": x.shape[0]},
                          key=lambda: (_B(x.shape[0]), codebook.shape[0], x.shape[1], mode), run=_vq_nearest_on,
                          args=args)
     return _vq_nearest_on(be, *args)
@@ -30,17 +30,25 @@ def _vq_nearest_on(be, x, codebook, mode):
     if be == "torch":
         with torch.no_grad():
             return vq_nearest_ref(x, codebook)
-    return _search_op("vq_nearest", be, mode, x.dtype)(x, codebook)
+    return _searched("vq_nearest", be, mode, x, codebook)
 
 
-def _search_op(name, backend, mode, dtype):
-    """The compiled search: the fast variant where the backend has one for this dtype."""
-    if mode == "fast" and backend == "triton" and dtype == torch.float32:
+def _searched(name, be, mode, *args):
+    """The compiled search run on backend `be`: its fast variant where the backend has one for
+    this dtype; "triton:split" (a variant the measured 'auto' chose, dispatch.VARIANTS) splits
+    each stage over codes."""
+    backend, _, variant = be.partition(":")
+    if mode == "fast" and backend == "triton" and args[0].dtype == torch.float32:
         from .triton.vq import fast_available
 
         if fast_available():
-            return compiled(name + "_fast", backend)
-    return compiled(name, backend)
+            name += "_fast"
+    if variant == "split":
+        from .triton.vq import code_split
+
+        with code_split():
+            return compiled(name, backend)(*args)
+    return compiled(name, backend)(*args)
 
 
 def rvq_encode(x, codebooks, n_q=None, *, backend="auto", mode="exact"):
@@ -73,7 +81,7 @@ def _rvq_search(name, x, codebooks, n_q, backend, mode):
     n_q = _checks.rvq(x, codebooks, n_q)
     _checks.search_mode(mode)
     args = (name, x, codebooks, n_q, mode)
-    be = dispatch.choose(name, backend, x.device, x.dtype, shape={"D": x.shape[1]},
+    be = dispatch.choose(name, backend, x.device, x.dtype, shape={"D": x.shape[1], "N": x.shape[0]},
                          key=lambda: (_B(x.shape[0]), n_q, codebooks.shape[1], x.shape[1], mode), run=_rvq_search_on,
                          args=args)
     return _rvq_search_on(be, *args)
@@ -83,7 +91,7 @@ def _rvq_search_on(be, name, x, codebooks, n_q, mode):
     if be == "torch":
         with torch.no_grad():
             return _RVQ_REFS[name](x, codebooks, n_q)
-    return _search_op(name, be, mode, x.dtype)(x, codebooks, n_q)
+    return _searched(name, be, mode, x, codebooks, n_q)
 
 
 def rvq_decode(codes, codebooks, *, backend="auto", check=None):

@@ -17,7 +17,14 @@ lower bound is below every code's upper bound; each row keeps the best M of thos
 whose list could have lost one is searched again exactly. Codes therefore follow exact mode's rule.
 16-bit inputs already run exact products on tensor cores, so for them fast mode is exact mode;
 so is it under Triton 3.0/3.1 (see FAST_MIN_TRITON).
+
+Calls with too few rows to fill the GPU can split each stage over codes instead (code_split,
+rvq_split_kernel): one launch per stage, each program merging the previous stage's partial bests,
+with the same codes as the one-launch search.
 """
+import contextlib
+import contextvars
+
 import torch
 import triton
 import triton.language as tl
@@ -27,31 +34,60 @@ from ._launch import device_guard, precision_for, triton_version
 
 
 @triton.jit
-def _exact_nearest(r_in, cb, K, D, sck, scd, d, d_ok,
-                   PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRETED: tl.constexpr):
-    """Index [BLOCK_N] of the nearest code of one codebook, by exact tiles of ||c||^2 - 2 r.c."""
+def _cross(r, c, PRECISION: tl.constexpr, CODES_MAJOR: tl.constexpr):
+    """r [BN, BD] . c [BK, BD]^T, as [BK, BN] when CODES_MAJOR, else [BN, BK]."""
+    if CODES_MAJOR:
+        return tl.dot(c, tl.trans(r), input_precision=PRECISION)
+    else:
+        return tl.dot(r, tl.trans(c), input_precision=PRECISION)
+
+
+@triton.jit
+def _exact_nearest(r_in, cb, k_lo, k_hi, sck, scd, d, d_ok, PRECISION: tl.constexpr, CODES_MAJOR: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRETED: tl.constexpr):
+    """Index [BLOCK_N] of the nearest among codes [k_lo, k_hi) of one codebook, and its ||c||^2 -
+    2 r.c [BLOCK_N] (+inf where none compares: a NaN row), by exact tiles; ties to the lowest index.
+    CODES_MAJOR: the dot's M axis runs over codes ([BLOCK_K, BLOCK_N] tiles): sm_90's wgmma needs
+    M >= 64, which a few rows cannot fill but a codebook tile can."""
     kk = tl.arange(0, BLOCK_K)
     best = tl.full((BLOCK_N,), float("inf"), dtype=tl.float32)
     best_k = tl.zeros((BLOCK_N,), dtype=tl.int32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_lo, k_hi, BLOCK_K):
         k = k0 + kk
-        k_ok = k < K
+        k_ok = k < k_hi
         c = tl.load(cb + k[:, None] * sck + d[None, :] * scd, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
         cf = c.to(tl.float32)
         c_sq = tl.sum(cf * cf, axis=1)  # [BK]
         if INTERPRETED and c.dtype == tl.bfloat16:
             # Triton's interpreter (3.6, 3.8) gets bf16 dots wrong; fp32 products of bf16 values are
             # exact, as on the tensor cores.
-            cross = tl.dot(r_in.to(tl.float32), tl.trans(c.to(tl.float32)), input_precision="ieee")
+            cross = _cross(r_in.to(tl.float32), cf, "ieee", CODES_MAJOR)
         else:
-            cross = tl.dot(r_in, tl.trans(c), input_precision=PRECISION)  # [BN, BK]
-        dist = tl.where(k_ok[None, :], c_sq[None, :] - 2.0 * cross, float("inf"))
-        tile_min = tl.min(dist, axis=1)
-        tile_arg = tl.argmin(dist, axis=1).to(tl.int32) + k0
+            cross = _cross(r_in, c, PRECISION, CODES_MAJOR)
+        if CODES_MAJOR:  # [BK, BN]
+            dist = tl.where(k_ok[:, None], c_sq[:, None] - 2.0 * cross, float("inf"))
+            tile_min = tl.min(dist, axis=0)
+            tile_arg = tl.argmin(dist, axis=0).to(tl.int32) + k0
+        else:  # [BN, BK]
+            dist = tl.where(k_ok[None, :], c_sq[None, :] - 2.0 * cross, float("inf"))
+            tile_min = tl.min(dist, axis=1)
+            tile_arg = tl.argmin(dist, axis=1).to(tl.int32) + k0
         better = tile_min < best
         best = tl.where(better, tile_min, best)
         best_k = tl.where(better, tile_arg, best_k)
-    return best_k
+    return best_k, best
+
+
+@triton.jit
+def _take(r, q, cb, best_k, sck, scd, d, row_ok, dist_ptr, n64, n_ok, WRITE_DIST: tl.constexpr):
+    """A stage's choice applied: the chosen code's squared distance to r (WRITE_DIST), then the
+    residual r - c and the running sum q + c, each rounded to the input dtype as the reference's tensors are."""
+    dtype = cb.dtype.element_ty
+    chosen = tl.load(cb + best_k[:, None] * sck + d[None, :] * scd, mask=row_ok, other=0.0).to(tl.float32)
+    if WRITE_DIST:
+        diff = r - chosen
+        tl.store(dist_ptr + n64, tl.sum(diff * diff, axis=1).to(dist_ptr.dtype.element_ty), mask=n_ok)
+    return (r - chosen).to(dtype).to(tl.float32), (q + chosen).to(dtype).to(tl.float32)
 
 
 @triton.jit
@@ -146,16 +182,9 @@ def _exact_scan(r, cb, K, sck, scd, d, d_ok, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def rvq_encode_kernel(
-    x_ptr, cb_ptr, codes_ptr, q_ptr, dist_ptr, res_ptr, csq_ptr, cnorm_ptr,
-    N, K, D, n_q,
-    sxn, sxd, scq, sck, scd,
-    err_rc, err_cc,
-    WRITE_Q: tl.constexpr, WRITE_DIST: tl.constexpr, WRITE_RES: tl.constexpr, PRECISION: tl.constexpr,
-    FAST: tl.constexpr, M: tl.constexpr, INTERPRETED: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    dtype = x_ptr.dtype.element_ty
+def _rows(x_ptr, N, D, sxn, sxd, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's rows of x: (row indices as int64, their mask, d, its mask, both masks
+    [BLOCK_N, BLOCK_D], the rows in fp32 [BLOCK_N, BLOCK_D])."""
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     d = tl.arange(0, BLOCK_D)
     n_ok = n < N
@@ -163,6 +192,22 @@ def rvq_encode_kernel(
     row_ok = n_ok[:, None] & d_ok[None, :]
     n64 = n.to(tl.int64)
     r = tl.load(x_ptr + n64[:, None] * sxn + d[None, :] * sxd, mask=row_ok, other=0.0).to(tl.float32)
+    return n64, n_ok, d, d_ok, row_ok, r
+
+
+@triton.jit
+def rvq_encode_kernel(
+    x_ptr, cb_ptr, codes_ptr, q_ptr, dist_ptr, res_ptr, csq_ptr, cnorm_ptr,
+    N, K, D, n_q,
+    sxn, sxd, scq, sck, scd,
+    err_rc, err_cc,
+    WRITE_Q: tl.constexpr, WRITE_DIST: tl.constexpr, WRITE_RES: tl.constexpr, PRECISION: tl.constexpr,
+    CODES_MAJOR: tl.constexpr,
+    FAST: tl.constexpr, M: tl.constexpr, INTERPRETED: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    dtype = x_ptr.dtype.element_ty
+    n64, n_ok, d, d_ok, row_ok, r = _rows(x_ptr, N, D, sxn, sxd, BLOCK_N, BLOCK_D)
     q = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     res_rows = res_ptr + (n64[:, None] * (n_q + 1)) * D + d[None, :]  # [N, n_q + 1, D] contiguous
     for i in range(0, n_q):
@@ -181,18 +226,71 @@ def rvq_encode_kernel(
             if tl.max(overflow.to(tl.int32), axis=0) > 0:
                 best_k = tl.where(overflow, _exact_scan(r, cb, K, sck, scd, d, d_ok, BLOCK_N), best_k)
         else:
-            best_k = _exact_nearest(r_in, cb, K, D, sck, scd, d, d_ok, PRECISION, BLOCK_N, BLOCK_K, INTERPRETED)
+            best_k, _ = _exact_nearest(r_in, cb, 0, K, sck, scd, d, d_ok, PRECISION, CODES_MAJOR, BLOCK_N, BLOCK_K,
+                                       INTERPRETED)
         tl.store(codes_ptr + n64 * n_q + i, best_k.to(tl.int64), mask=n_ok)
-        chosen = tl.load(cb + best_k[:, None] * sck + d[None, :] * scd, mask=row_ok, other=0.0).to(tl.float32)
-        if WRITE_DIST:
-            diff = r - chosen
-            tl.store(dist_ptr + n64, tl.sum(diff * diff, axis=1).to(dist_ptr.dtype.element_ty), mask=n_ok)
-        r = (r - chosen).to(dtype).to(tl.float32)
-        q = (q + chosen).to(dtype).to(tl.float32)
+        r, q = _take(r, q, cb, best_k, sck, scd, d, row_ok, dist_ptr, n64, n_ok, WRITE_DIST)
     if WRITE_Q:
         tl.store(q_ptr + n64[:, None] * D + d[None, :], q.to(dtype), mask=row_ok)
     if WRITE_RES:
         tl.store(res_rows + n_q * D, r.to(dtype), mask=row_ok)
+
+
+@triton.jit
+def _merged_code(part_ptr, idx_ptr, n64, n_ok, N, n_splits, SPLITS: tl.constexpr):
+    """The winner [BLOCK_N] among a stage's n_splits partial results (part, idx: [n_splits, N]):
+    the least distance, and among equals the first split, which holds the lower codes."""
+    s = tl.arange(0, SPLITS)
+    at = s.to(tl.int64)[:, None] * N + n64[None, :]
+    ok = (s < n_splits)[:, None] & n_ok[None, :]
+    part = tl.load(part_ptr + at, mask=ok, other=float("inf"))
+    idx = tl.load(idx_ptr + at, mask=ok, other=0)
+    first = tl.argmin(part, axis=0)
+    return tl.sum(tl.where(s[:, None] == first[None, :], idx, 0), axis=0)
+
+
+@triton.jit(do_not_specialize=["stage", "n_q"])  # one kernel for every stage and n_q (1 is a constant)
+def rvq_split_kernel(
+    x_ptr, cb_ptr, codes_ptr, part_ptr, idx_ptr, q_ptr, dist_ptr, res_ptr,
+    N, K, D, n_q, stage, n_splits, k_split, stage_parts,
+    sxn, sxd, scq, sck, scd,
+    SEARCH: tl.constexpr, WRITE_Q: tl.constexpr, WRITE_DIST: tl.constexpr, WRITE_RES: tl.constexpr,
+    PRECISION: tl.constexpr, CODES_MAJOR: tl.constexpr, INTERPRETED: tl.constexpr, SPLITS: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """One launch of the search split over codes, for calls with too few rows to fill the GPU.
+    Program (i, j) owns rows tile i and first replays the stages before `stage` from their codes
+    (stage - 1's merged from its partial results; split 0 stores them), rounding as
+    rvq_encode_kernel does. SEARCH: then it searches codes [j k_split, (j + 1) k_split) of stage
+    `stage` and stores its best (distance, index) in part/idx [n_q, n_splits, N] (stages
+    stage_parts = n_splits N apart). Otherwise (stage = n_q, one split) it stores the outputs the
+    WRITE_* flags ask for."""
+    dtype = x_ptr.dtype.element_ty
+    split = tl.program_id(1)
+    n64, n_ok, d, d_ok, row_ok, r = _rows(x_ptr, N, D, sxn, sxd, BLOCK_N, BLOCK_D)
+    q = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    res_rows = res_ptr + (n64[:, None] * (n_q + 1)) * D + d[None, :]  # [N, n_q + 1, D] contiguous
+    for i in range(0, stage):
+        if WRITE_RES:
+            tl.store(res_rows + i * D, r.to(dtype), mask=row_ok)
+        if i == stage - 1:
+            k = _merged_code(part_ptr + i * stage_parts, idx_ptr + i * stage_parts, n64, n_ok, N, n_splits, SPLITS)
+            tl.store(codes_ptr + n64 * n_q + i, k.to(tl.int64), mask=n_ok & (split == 0))
+        else:
+            k = tl.load(codes_ptr + n64 * n_q + i, mask=n_ok, other=0).to(tl.int32)
+        r, q = _take(r, q, cb_ptr + i * scq, k, sck, scd, d, row_ok, dist_ptr, n64, n_ok, WRITE_DIST)
+    if SEARCH:
+        k_lo = split * k_split
+        best_k, best = _exact_nearest(r.to(dtype), cb_ptr + stage * scq, k_lo, tl.minimum(k_lo + k_split, K), sck,
+                                      scd, d, d_ok, PRECISION, CODES_MAJOR, BLOCK_N, BLOCK_K, INTERPRETED)
+        at = stage * stage_parts + split.to(tl.int64) * N + n64
+        tl.store(part_ptr + at, best, mask=n_ok)
+        tl.store(idx_ptr + at, best_k, mask=n_ok)
+    else:
+        if WRITE_Q:
+            tl.store(q_ptr + n64[:, None] * D + d[None, :], q.to(dtype), mask=row_ok)
+        if WRITE_RES:
+            tl.store(res_rows + n_q * D, r.to(dtype), mask=row_ok)
 
 
 @triton.jit
@@ -226,13 +324,12 @@ def rvq_decode_kernel(
 # compile for sm_90 without spills under Triton 3.6, 3.8 and 3.9 alike, specialized as the JIT does for
 # the codec's shapes (register allocation differs between releases and specializations: python -m
 # fastcodec.dev.kernel_report, run under each, found them). Exact-fp32 dots
-# keep their tiles in registers on FMA units, hence the smaller fp32 tiles. Nothing wider than 256
-# is spill-free everywhere (fp16 at 512 spills under 3.6), so that is the limit.
+# keep their tiles in registers on FMA units, hence the smaller fp32 tiles. 16-bit tiles put 64
+# codes on the dot's M axis (CODES_MAJOR), the least that sm_90's wgmma takes (the report checks
+# for HGMMA). Nothing wider than 256 is spill-free everywhere (fp16 at 512 spills under 3.6), so
+# that is the limit.
 _TILES_FP32 = {16: (16, 32, 8), 32: (16, 32, 8), 64: (16, 64, 8), 128: (16, 16, 8), 256: (16, 16, 8)}
-_TILES_16BIT = {16: (32, 64, 4), 32: (32, 64, 8), 64: (32, 64, 4), 128: (32, 64, 8), 256: (16, 32, 8)}
-# rvq_residuals' stores of every stage's residual cost registers: this tile spilled with them
-# (kernel report), so that mode takes half the codes per tile.
-_TILES_RES = {(False, 256): (16, 16, 8)}  # (fp32?, BLOCK_D) -> tile
+_TILES_16BIT = {16: (32, 64, 4), 32: (32, 64, 8), 64: (32, 64, 4), 128: (32, 64, 8), 256: (16, 64, 8)}
 MAX_D = max(_TILES_FP32)
 
 
@@ -241,14 +338,12 @@ def max_dim(dtype: torch.dtype) -> int:
     return MAX_D
 
 
-def rvq_config(D: int, dtype: torch.dtype, residuals: bool = False) -> dict:
-    """Tile sizes for code dimension D <= MAX_D (see _TILES_*); residuals: for rvq_residuals."""
+def rvq_config(D: int, dtype: torch.dtype) -> dict:
+    """Tile sizes for code dimension D <= MAX_D (see _TILES_*)."""
     block_d = max(16, triton.next_power_of_2(D))
     fp32 = dtype == torch.float32
     n, k, warps = (_TILES_FP32 if fp32 else _TILES_16BIT)[block_d]
-    if residuals:
-        n, k, warps = _TILES_RES.get((fp32, block_d), (n, k, warps))
-    return dict(BLOCK_N=n, BLOCK_K=k, BLOCK_D=block_d, num_warps=warps)
+    return dict(BLOCK_N=n, BLOCK_K=k, BLOCK_D=block_d, num_warps=warps, CODES_MAJOR=not fp32)
 
 
 def decode_config(D: int) -> dict:
@@ -312,24 +407,34 @@ def _fast_inputs(codebooks, n_q):
     return c_sq, c_sq.sqrt()
 
 
+def _outputs(x, n_q, write_q, write_dist, write_res):
+    """codes [N, n_q] int64, and what the flags ask for: quantized [N, D], the last stage's
+    distance [N], residuals [N, n_q + 1, D] (None where not asked)."""
+    N, D = x.shape
+    codes = torch.empty(N, n_q, dtype=torch.int64, device=x.device)
+    q = torch.empty_like(x, memory_format=torch.contiguous_format) if write_q else None
+    dist = torch.empty(N, dtype=x.dtype, device=x.device) if write_dist else None
+    res = torch.empty(N, n_q + 1, D, dtype=x.dtype, device=x.device) if write_res else None
+    return codes, q, dist, res
+
+
 def _encode(x, codebooks, n_q, write_q, write_dist, write_res=False, fast=False):
     N, D = x.shape
     _, K, _ = codebooks.shape
     if D > max_dim(x.dtype):
         raise ValueError(unsupported_reason(D, x.dtype))
-    codes = torch.empty(N, n_q, dtype=torch.int64, device=x.device)
-    q = torch.empty_like(x, memory_format=torch.contiguous_format) if write_q else None
-    dist = torch.empty(N, dtype=x.dtype, device=x.device) if write_dist else None
-    res = torch.empty(N, n_q + 1, D, dtype=x.dtype, device=x.device) if write_res else None
+    if _split.get():
+        return _encode_split(x, codebooks, n_q, write_q, write_dist, write_res)
+    codes, q, dist, res = _outputs(x, n_q, write_q, write_dist, write_res)
     if N == 0:
         return codes, q, dist, res
     fast = fast and x.dtype == torch.float32
     if fast:
-        cfg = fast_config(D)
+        cfg = dict(fast_config(D), CODES_MAJOR=False)
         c_sq, c_norm = _fast_inputs(codebooks, n_q)
         err_rc, err_cc = fast_error_terms(D)
     else:
-        cfg = dict(rvq_config(D, x.dtype, residuals=write_res), M=1)
+        cfg = dict(rvq_config(D, x.dtype), M=1)
         c_sq, c_norm, err_rc, err_cc = x, x, 0.0, 0.0
     with device_guard(x):
         rvq_encode_kernel[(triton.cdiv(N, cfg["BLOCK_N"]),)](
@@ -338,6 +443,60 @@ def _encode(x, codebooks, n_q, write_q, write_dist, write_res=False, fast=False)
             N, K, D, n_q, *x.stride(), *codebooks.stride(), err_rc, err_cc,
             WRITE_Q=write_q, WRITE_DIST=write_dist, WRITE_RES=write_res, PRECISION=precision_for(x.dtype),
             FAST=fast, INTERPRETED=triton_interpreted(), **cfg)
+    return codes, q, dist, res
+
+
+# The split search (rvq_split_kernel) is for calls whose row tiles leave most SMs idle: at most this
+# many rows, as a variant the measured 'auto' times (dispatch.VARIANTS); no static rule takes it.
+SPLIT_MAX_ROWS = 4096
+_split = contextvars.ContextVar("fastcodec_triton_vq_split", default=False)
+
+
+@contextlib.contextmanager
+def code_split():
+    """The searches called in this block split each stage over codes (rvq_split_kernel): n_q + 1
+    launches with no host round trip, the same codes as the one-launch search in exact mode."""
+    token = _split.set(True)
+    try:
+        yield
+    finally:
+        _split.reset(token)
+
+
+def split_count(N: int, K: int, block_n: int, block_k: int, device: torch.device) -> int:
+    """Code splits per stage: enough programs to give each SM one, at least a tile of codes each
+    (off a GPU, as on an H100: what the interpreter runs and the kernel report compiles)."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+    return max(1, min(sms // triton.cdiv(N, block_n), triton.cdiv(K, block_k)))
+
+
+def _encode_split(x, codebooks, n_q, write_q, write_dist, write_res, splits=None):
+    """_encode's outputs by the code-split search: exact mode, whatever `fast` asked, since the
+    codes are exact mode's either way."""
+    N, D = x.shape
+    _, K, _ = codebooks.shape
+    codes, q, dist, res = _outputs(x, n_q, write_q, write_dist, write_res)
+    if N == 0:
+        return codes, q, dist, res
+    cfg = rvq_config(D, x.dtype)
+    splits = splits or split_count(N, K, cfg["BLOCK_N"], cfg["BLOCK_K"], x.device)
+    k_split = triton.cdiv(triton.cdiv(K, splits), cfg["BLOCK_K"]) * cfg["BLOCK_K"]  # whole tiles
+    n_splits = triton.cdiv(K, k_split)
+    part = torch.empty(n_q, n_splits, N, dtype=torch.float32, device=x.device)
+    idx = torch.empty(n_q, n_splits, N, dtype=torch.int32, device=x.device)
+    tiles = triton.cdiv(N, cfg["BLOCK_N"])
+    with device_guard(x):
+        for stage in range(n_q + 1):
+            search = stage < n_q
+            # The last launch only replays the stages (no dot): 4 warps, as 8 spilled (kernel report).
+            warps = cfg["num_warps"] if search else 4
+            rvq_split_kernel[(tiles, n_splits if search else 1)](
+                x, codebooks, codes, part, idx, x if q is None else q, x if dist is None else dist,
+                x if res is None else res, N, K, D, n_q, stage, n_splits, k_split, n_splits * N, *x.stride(),
+                *codebooks.stride(),
+                SEARCH=search, WRITE_Q=write_q and not search, WRITE_DIST=write_dist and not search,
+                WRITE_RES=write_res and not search, PRECISION=precision_for(x.dtype), INTERPRETED=triton_interpreted(),
+                SPLITS=triton.next_power_of_2(n_splits), **dict(cfg, num_warps=warps))
     return codes, q, dist, res
 
 
