@@ -1,6 +1,6 @@
 """The tensor-core RVQ search's block loop (csrc/cuda/vq_tiles.h: row blocks, code tiles taken
-round-robin by the warps, zero padding to the MMA depth, the running min and the warps' merge
-under torch.argmin's tie rule, the residual update in the input type, the shared-memory layout),
+round-robin by the warps (and by the blocks of a cluster, for few rows), zero padding to the MMA
+depth, the running min and the warps' and blocks' merges under torch.argmin's tie rule, the residual update in the input type, the shared-memory layout),
 run on the CPU by the tile emulator. What a GPU alone runs is the fragments' loads, the MMAs and
 the shared-memory staging (tests/test_vq.py's 16-bit cases on the cuda backend)."""
 import pytest
@@ -80,11 +80,63 @@ def test_the_shared_memory_layout_fits_and_aligns():
         bytes_, *offsets = torch.ops.fastcodec_dev.rvq_tiles_smem(D)
         Dp = -(-D // 16) * 16
         ld = Dp + 8
-        sizes = [16 * Dp * 4, 16 * ld * 2, 4 * 16 * ld * 2, 4 * 16 * 20 * 4, 4 * 16 * 4, 4 * 16 * 8, 16 * 8]
+        sizes = [16 * Dp * 4, 16 * ld * 2, 4 * 16 * ld * 2, 4 * 16 * 20 * 4, 4 * 16 * 4, 4 * 16 * 8, 16 * 8,
+                 2 * 16 * 4, 2 * 16 * 8]
+        assert len(offsets) == len(sizes)
         assert offsets[0] == 0 and all(o % 128 == 0 for o in offsets), (D, offsets)
         for o, size, nxt in zip(offsets, sizes, offsets[1:] + [bytes_]):
             assert o + size <= nxt, (D, offsets)
         assert bytes_ <= 48 * 1024 and ld % 8 == 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cluster", [2, 3, 8])
+def test_clusters_of_blocks_give_the_one_block_search_bit_for_bit(cluster, dtype):
+    """With few rows, `cluster` blocks share a row block, their warps taking the code tiles in turn
+    and the blocks' bests merged under the same tie rule: every output equals the one-block search's
+    (the scores of a code do not depend on which block computed them), including where a cluster
+    has more warps than tiles."""
+    g = torch.Generator().manual_seed(cluster)
+    for N, K, D, n_q in CASES:
+        x = torch.randn(N, D, generator=g).to(dtype)
+        cbs = torch.randn(n_q, K, D, generator=g).to(dtype)
+        one = _emulate(x, cbs, n_q)
+        many = torch.ops.fastcodec_dev.rvq_tiles_emulate(x, cbs, n_q, cluster)
+        for name, a, b in zip(("codes", "quantized", "sqdist", "residuals"), one, many):
+            assert torch.equal(a, b) or (a.is_floating_point() and torch.equal(a.isnan(), b.isnan())
+                                         and torch.equal(a.nan_to_num(), b.nan_to_num())), (name, N, K, D, n_q)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_ties_across_the_blocks_of_a_cluster_go_to_the_lowest_index(dtype):
+    """With 2 blocks: code 20 (tile 1: block 0, warp 1) has copies at 70 (tile 4: block 1, warp 0)
+    and 129 (tile 8: block 0, warp 0); code 90 (tile 5: block 1, warp 1) has copies at 100 (tile 6:
+    block 1) and 128 (tile 8: block 0): the first copy wins whichever block holds it. A NaN row
+    still gets code 0."""
+    K, D = 130, 24
+    cbs = torch.randn(1, K, D).to(dtype)
+    cbs[0, 70] = cbs[0, 129] = cbs[0, 20]
+    cbs[0, 100] = cbs[0, 128] = cbs[0, 90]
+    x = torch.stack([cbs[0, 20], cbs[0, 90], torch.full((D,), float("nan"), dtype=dtype)])
+    for cluster in (2, 3):
+        codes, _, sqdist, _ = torch.ops.fastcodec_dev.rvq_tiles_emulate(x, cbs, 1, cluster)
+        assert codes[:, 0].tolist() == [20, 90, 0], cluster
+        assert sqdist[0] == 0 and sqdist[1] == 0 and torch.isnan(sqdist[2])
+
+
+def test_the_cluster_size_fills_the_device_while_each_warp_has_a_tile():
+    """Blocks per row block for an H100's 132 SMs: one second of 24 kHz audio (75 rows, 5 row
+    blocks) gets the portable maximum of 8; rows that fill the SMs, or codes too few to give the
+    extra blocks' warps a tile (K = 64: 4 tiles, one block's warps), get 1."""
+    require_backend("cpp", "cpu")
+    size = torch.ops.fastcodec_dev.rvq_tiles_cluster
+    assert size(75, 1024, 132) == 8
+    assert size(16 * 40, 1024, 132) == 3  # 40 row blocks: 132 // 40
+    assert size(16 * 132, 1024, 132) == 1 and size(100_000, 1024, 132) == 1
+    assert size(75, 64, 132) == 1 and size(75, 128, 132) == 2  # 8 tiles: two blocks of 4 warps
+    with pytest.raises(RuntimeError, match="cluster"):
+        _emulate_cluster = torch.ops.fastcodec_dev.rvq_tiles_emulate
+        _emulate_cluster(torch.randn(2, 4).half(), torch.randn(1, 3, 4).half(), 1, 9)
 
 
 def test_the_emulator_checks_its_arguments():

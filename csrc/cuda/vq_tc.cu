@@ -2,7 +2,8 @@
 // fragments for the cross terms r.c. Each warp stages its code tile in shared memory (zero-padded
 // to the MMA depth), multiplies the block's 16 residual rows by it, and scans the 16 x 16 scores
 // for a running min per row; the warps' bests merge under the tie rule and the residual moves on,
-// all stages in one launch.
+// all stages in one launch. With few rows, clusters of blocks (sm_90) split each stage's codes.
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
@@ -47,8 +48,33 @@ struct Native<c10::BFloat16> {
   using type = __nv_bfloat16;
 };
 
+// The cluster's parts (sm_90; elsewhere s.cluster is 1 and a block is its own cluster).
+__device__ __forceinline__ int cluster_rank() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  return int(cooperative_groups::this_cluster().block_rank());
+#else
+  return 0;
+#endif
+}
+__device__ __forceinline__ void cluster_barrier() {  // also orders the blocks' shared-memory writes and reads
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  cooperative_groups::this_cluster().sync();
+#else
+  __trap();
+#endif
+}
+template <typename P>
+__device__ __forceinline__ const P* peer(const P* p, int rank) {  // block `rank`'s copy of shared array p
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  return cooperative_groups::this_cluster().map_shared_rank(p, rank);
+#else
+  return p;
+#endif
+}
+
 // x: [N, D], cbs: [Q, K, D] (contiguous), c_sq: fp32 ||c||^2 [Q, K]; codes [N, n_q]; optional outputs as csrc/cuda/vq.cu's
 // kernel: quantized [N, D], sqdist [N] (the last stage's ||r - c||^2), residuals [N, n_q + 1, D].
+// Launched in clusters of s.cluster blocks, which share each row block; the rank-0 block writes.
 template <typename T>  // __half or __nv_bfloat16
 __global__ void __launch_bounds__(kThreads)
     rvq_tc_kernel(const T* __restrict__ x, const T* __restrict__ cbs, const float* __restrict__ c_sq,
@@ -65,14 +91,19 @@ __global__ void __launch_bounds__(kThreads)
   float* best_d = reinterpret_cast<float*>(smem + m.best_d);
   int64_t* best_k = reinterpret_cast<int64_t*>(smem + m.best_k);
   int64_t* chosen = reinterpret_cast<int64_t*>(smem + m.chosen);
+  float* block_d = reinterpret_cast<float*>(smem + m.block_d);
+  int64_t* block_k = reinterpret_cast<int64_t*>(smem + m.block_k);
   const T zero = Cast<T>::to(0.f);
   // Tile indices in 32 bits: a 64-bit division is a call on the GPU, with spills around it.
-  const int D = int(s.D), Dp = int(s.Dp), ld = int(s.ld);
+  const int D = int(s.D), Dp = int(s.Dp), ld = int(s.ld), C = int(s.cluster);
+  const int rank = C > 1 ? cluster_rank() : 0;
+  const bool writes = rank == 0;
+  int parity = 0;  // which half of block_d/block_k this stage uses
 
-  for (int64_t rb = blockIdx.x; rb < s.row_blocks; rb += gridDim.x) {
+  for (int64_t rb = blockIdx.x / C; rb < s.row_blocks; rb += gridDim.x / C) {
     const int64_t n0 = rb * RM;
     auto write_residual = [&](int64_t slot) {  // residuals[:, slot] of the block's rows
-      if (!residuals) return;
+      if (!residuals || !writes) return;
       for (int e = threadIdx.x; e < RM * D; e += kThreads) {
         const int row = e / D, d = e % D;
         const int64_t n = n0 + row;
@@ -86,14 +117,14 @@ __global__ void __launch_bounds__(kThreads)
       const T v = in ? x[n * s.D + d] : zero;
       R[e] = Cast<T>::from(v);
       Ra[row * ld + d] = v;
-      if (in && quantized) quantized[n * s.D + d] = zero;
+      if (in && quantized && writes) quantized[n * s.D + d] = zero;
     }
     __syncthreads();
     for (int64_t i = 0; i < s.n_q; ++i) {
       write_residual(i);
       float mine = INFINITY;  // lanes < RM: row `lane`'s best among this warp's tiles
       int64_t mine_k = s.K;
-      for (int64_t t = warp; t < s.code_tiles; t += kWarps) {
+      for (int64_t t = first_tile(rank, warp); t < s.code_tiles; t += tile_stride(s)) {
         for (int e = lane; e < RK * Dp; e += 32) {
           const int64_t off = code_offset(s, i, t, e);
           Cb[(e / Dp) * ld + e % Dp] = off < 0 ? zero : cbs[off];
@@ -118,11 +149,26 @@ __global__ void __launch_bounds__(kThreads)
         best_k[warp * RM + lane] = mine_k;
       }
       __syncthreads();
+      float* my_d = block_d + parity * RM;
+      int64_t* my_k = block_k + parity * RM;
       if (threadIdx.x < RM) {
-        const int64_t k = merge_warps(s, best_d, best_k, threadIdx.x), n = n0 + threadIdx.x;
+        my_d[threadIdx.x] = INFINITY;
+        my_k[threadIdx.x] = s.K;
+        merge_bests(best_d, best_k, kWarps, RM, threadIdx.x, my_d[threadIdx.x], my_k[threadIdx.x]);
+      }
+      // The cluster's bests visible to every block; the next write to this half comes two stages
+      // on, after the next barrier, which every block reaches only once done reading this one.
+      if (C > 1) cluster_barrier();
+      else __syncthreads();
+      if (threadIdx.x < RM) {
+        float d = INFINITY;
+        int64_t best = s.K;
+        for (int c = 0; c < C; ++c)
+          merge_bests(peer(my_d, c), peer(my_k, c), 1, RM, threadIdx.x, d, best);
+        const int64_t k = code_of(s, best), n = n0 + threadIdx.x;
         chosen[threadIdx.x] = k;
-        if (n < s.N) codes[n * s.n_q + i] = k;
-        if (sqdist && i + 1 == s.n_q && n < s.N) {
+        if (n < s.N && writes) codes[n * s.n_q + i] = k;
+        if (sqdist && writes && i + 1 == s.n_q && n < s.N) {
           // Recomputed directly (not from the score), so a NaN input reports NaN, not +inf.
           const T* c = cbs + (i * s.K + k) * s.D;
           float acc = 0.f;
@@ -141,30 +187,63 @@ __global__ void __launch_bounds__(kThreads)
         const float r = next_residual<T>(R[row * Dp + d], c);
         R[row * Dp + d] = r;
         Ra[row * ld + d] = Cast<T>::to(r);
-        if (quantized && n < s.N)
+        if (quantized && writes && n < s.N)
           quantized[n * s.D + d] = Cast<T>::to(next_quantized<T>(Cast<T>::from(quantized[n * s.D + d]), c));
       }
+      parity ^= 1;
       __syncthreads();
     }
     write_residual(s.n_q);
     __syncthreads();
   }
+  if (C > 1) cluster_barrier();  // no block leaves while another may still read its shared memory
 #else
   __trap();  // built for an older arch only: applies() keeps launches away; never a silent no-op
 #endif
 }
 
+// Blocks per row block: a cluster where the sm_90 body runs and the row blocks alone leave SMs idle.
+int64_t cluster_size(const at::Tensor& x, const Shape& s, const void* kernel) {
+  static ArchCache known{};
+  const int device = x.device().index();
+  if (!runs_body(device, kernel, 90, known)) return 1;
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return cluster_for(s.N, s.K, sms);
+}
+
 template <typename T>
 void launch(const at::Tensor& x, const at::Tensor& cbs, const at::Tensor& codes, const at::Tensor* quantized,
-            const at::Tensor* sqdist, const at::Tensor* residuals, const Shape& s) {
+            const at::Tensor* sqdist, const at::Tensor* residuals, Shape s) {
   using N = typename Native<T>::type;
   auto ptr = [](const at::Tensor* t) { return t ? reinterpret_cast<N*>(t->data_ptr<T>()) : nullptr; };
   const at::Tensor c_sq = code_norms(cbs, s.n_q);
   const Smem m = smem_layout(s);  // <= 48 KiB for D <= kMaxD: no opt-in needed
-  rvq_tc_kernel<N><<<grid_for(s.row_blocks, 1), kThreads, size_t(m.bytes), c10::cuda::getCurrentCUDAStream()>>>(
-      ptr(&x), ptr(&cbs), c_sq.data_ptr<float>(), codes.data_ptr<int64_t>(), ptr(quantized), ptr(sqdist),
-      ptr(residuals), s, m);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  auto kernel = rvq_tc_kernel<N>;
+  s.cluster = cluster_size(x, s, reinterpret_cast<const void*>(kernel));
+  cudaLaunchConfig_t cfg = {};
+  cudaLaunchAttribute attr[1];
+  cfg.gridDim = dim3(unsigned(grid_for(s.row_blocks, 1) * s.cluster));
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = size_t(m.bytes);
+  cfg.stream = c10::cuda::getCurrentCUDAStream();
+  if (s.cluster > 1) {
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = unsigned(s.cluster);
+    attr[0].val.clusterDim.y = attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    int fits = 0;  // a cluster the device cannot hold at once would fail to launch: none then
+    if (cudaOccupancyMaxActiveClusters(&fits, kernel, &cfg) != cudaSuccess || fits < 1) {
+      (void)cudaGetLastError();
+      s.cluster = 1;
+      cfg.gridDim = dim3(unsigned(grid_for(s.row_blocks, 1)));
+      cfg.attrs = nullptr;
+      cfg.numAttrs = 0;
+    }
+  }
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, ptr(&x), ptr(&cbs), static_cast<const float*>(c_sq.data_ptr<float>()),
+                                    codes.data_ptr<int64_t>(), ptr(quantized), ptr(sqdist), ptr(residuals), s, m));
 }
 
 }  // namespace

@@ -8,6 +8,11 @@
 // products are exact, sums fp32), the block's warps take code tiles round-robin with a running
 // min per row, their bests merge, and the residual moves on to r - c_best rounded to the input
 // type, as the reference does. No N x K buffer; no host round trip between stages.
+//
+// When rows are few (a second of 24 kHz audio is 75 rows: 5 blocks), a cluster of `cluster` blocks
+// (sm_90) shares a row block: warp w of block rank c takes the tiles w + c kWarps, w + (c + C)
+// kWarps, ...; each block merges its warps, the blocks read each other's bests through distributed
+// shared memory and all reach the same code, so each keeps its own copy of the residual.
 #pragma once
 
 #include <cstdint>
@@ -22,6 +27,7 @@ namespace vqtc {
 // RM rows per block (one fragment's height), RK codes per tile (its width), kWarps warps per
 // block; D up to kMaxD (the codec's code_dim is 32 to 128), padded to a multiple of 16 (MMA depth).
 constexpr int RM = 16, RK = 16, kWarps = 4, kThreads = 32 * kWarps, kMaxD = 128;
+constexpr int kMaxCluster = 8;  // the portable cluster size
 constexpr int kPad = 8;  // 16-bit elements appended to each row: a multiple of 8 (WMMA's ldm), off one bank
 constexpr int LDS = RK + 4;  // floats per row of a warp's score tile
 
@@ -29,18 +35,33 @@ struct Shape {
   int64_t N, K, D, n_q;
   int64_t Dp, ld;  // D padded to the MMA depth; elements per row of the 16-bit tiles (Dp + kPad)
   int64_t row_blocks, code_tiles;
+  int64_t cluster;  // blocks sharing a row block, 1 to kMaxCluster
 };
 
-FC_HOST_DEVICE Shape make_shape(int64_t N, int64_t K, int64_t D, int64_t n_q) {
+FC_HOST_DEVICE Shape make_shape(int64_t N, int64_t K, int64_t D, int64_t n_q, int64_t cluster = 1) {
   const int64_t Dp = (D + 15) / 16 * 16;
-  return {N, K, D, n_q, Dp, Dp + kPad, (N + RM - 1) / RM, (K + RK - 1) / RK};
+  return {N, K, D, n_q, Dp, Dp + kPad, (N + RM - 1) / RM, (K + RK - 1) / RK, cluster};
 }
+
+// Blocks per row block for a device of `sms` multiprocessors: enough to give each one a block
+// while every warp still has a code tile to take; 1 where the row blocks fill the device.
+FC_HOST_DEVICE int64_t cluster_for(int64_t N, int64_t K, int64_t sms) {
+  const Shape s = make_shape(N, K, 1, 1);
+  const int64_t by_sms = sms / s.row_blocks, by_tiles = (s.code_tiles + kWarps - 1) / kWarps;
+  const int64_t c = by_sms < by_tiles ? by_sms : by_tiles;
+  return c < 1 ? 1 : (c > kMaxCluster ? kMaxCluster : c);
+}
+
+// The first code tile of warp `warp` in block rank `rank`, and the stride to its next.
+FC_HOST_DEVICE int64_t first_tile(int rank, int warp) { return int64_t(rank) * kWarps + warp; }
+FC_HOST_DEVICE int64_t tile_stride(const Shape& s) { return s.cluster * kWarps; }
 
 // Byte offsets of a block's dynamic shared memory, each 128-byte aligned: the residual in fp32
 // [RM][Dp], its 16-bit copy (the A operand) [RM][ld], each warp's code tile (B) [RK][ld], each
-// warp's scores [RM][LDS], the warps' bests per row, and the rows' chosen codes.
+// warp's scores [RM][LDS], the warps' bests per row, the rows' chosen codes, and the block's bests
+// that the cluster's blocks read ([2][RM] each: stage parity, so one cluster barrier per stage).
 struct Smem {
-  int64_t r, ra, cb, scores, best_d, best_k, chosen, bytes;
+  int64_t r, ra, cb, scores, best_d, best_k, chosen, block_d, block_k, bytes;
 };
 
 FC_HOST_DEVICE int64_t align128(int64_t b) { return (b + 127) / 128 * 128; }
@@ -54,7 +75,9 @@ FC_HOST_DEVICE Smem smem_layout(const Shape& s) {
   m.best_d = align128(m.scores + int64_t(kWarps) * RM * LDS * 4);
   m.best_k = align128(m.best_d + int64_t(kWarps) * RM * 4);
   m.chosen = align128(m.best_k + int64_t(kWarps) * RM * 8);
-  m.bytes = align128(m.chosen + int64_t(RM) * 8);
+  m.block_d = align128(m.chosen + int64_t(RM) * 8);
+  m.block_k = align128(m.block_d + int64_t(2) * RM * 4);
+  m.bytes = align128(m.block_k + int64_t(2) * RM * 8);
   return m;
 }
 
@@ -94,18 +117,22 @@ FC_HOST_DEVICE void scan_tile(const Shape& s, int64_t tile, const float* scores,
   }
 }
 
-// A row's code from the warps' bests (warp w scanned tiles w, w + kWarps, ...). K (no finite score:
-// a NaN or infinite residual) maps to 0, which torch.argmin returns for such a row.
-FC_HOST_DEVICE int64_t merge_warps(const Shape& s, const float* best_d, const int64_t* best_k, int row) {
-  float d = best_d[row];
-  int64_t k = best_k[row];
-  for (int w = 1; w < kWarps; ++w)
-    if (better(best_d[w * RM + row], best_k[w * RM + row], d, k)) {
-      d = best_d[w * RM + row];
-      k = best_k[w * RM + row];
+// A row's best (score d, index k) among `count` candidates d[j * stride + row], k[...]: the
+// warps' bests of one block (stride RM), or the cluster's blocks' (gathered as such). better() is
+// a strict total order on them (a NaN score is never stored: it never ranks before +inf), so the
+// order of the candidates does not matter.
+FC_HOST_DEVICE void merge_bests(const float* d, const int64_t* k, int count, int stride, int row, float& best_d,
+                                int64_t& best_k) {
+  for (int j = 0; j < count; ++j)
+    if (better(d[j * stride + row], k[j * stride + row], best_d, best_k)) {
+      best_d = d[j * stride + row];
+      best_k = k[j * stride + row];
     }
-  return k == s.K ? 0 : k;
 }
+
+// The code of a merged best: K (no finite score: a NaN or infinite residual) maps to 0, which
+// torch.argmin returns for such a row.
+FC_HOST_DEVICE int64_t code_of(const Shape& s, int64_t best_k) { return best_k == s.K ? 0 : best_k; }
 
 // Rounding to the input type T and back, specialized where T is known: CUDA's 16-bit types in
 // cast.cuh (the kernel), c10's in the emulator. Cast<T>::to(float) -> T, Cast<T>::from(T) -> float.
