@@ -1,8 +1,9 @@
 """The tensor-core RVQ search's block loop (csrc/cuda/vq_tiles.h: row blocks, code tiles taken
 round-robin by the warps (and by the blocks of a cluster, for few rows), zero padding to the MMA
-depth, the running min and the warps' and blocks' merges under torch.argmin's tie rule, the residual update in the input type, the shared-memory layout),
-run on the CPU by the tile emulator. What a GPU alone runs is the fragments' loads, the MMAs and
-the shared-memory staging (tests/test_vq.py's 16-bit cases on the cuda backend)."""
+depth, the running min and the warps' and blocks' merges under torch.argmin's tie rule, the
+residual update in the input type, the shared-memory layout), run on the CPU by the tile
+emulator. What a GPU alone runs is the fragments' loads, the MMAs, the shared-memory staging and
+the cluster's barriers and remote reads (tests/test_vq.py's 16-bit cases on the cuda backend)."""
 import pytest
 import torch
 

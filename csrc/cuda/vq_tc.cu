@@ -163,8 +163,8 @@ __global__ void __launch_bounds__(kThreads)
       if (threadIdx.x < RM) {
         float d = INFINITY;
         int64_t best = s.K;
-        for (int c = 0; c < C; ++c)
-          merge_bests(peer(my_d, c), peer(my_k, c), 1, RM, threadIdx.x, d, best);
+        for (int c = 0; c < C; ++c)  // (a block reads its own bests directly: unclustered, it has no cluster)
+          merge_bests(c == rank ? my_d : peer(my_d, c), c == rank ? my_k : peer(my_k, c), 1, RM, threadIdx.x, d, best);
         const int64_t k = code_of(s, best), n = n0 + threadIdx.x;
         chosen[threadIdx.x] = k;
         if (n < s.N && writes) codes[n * s.n_q + i] = k;

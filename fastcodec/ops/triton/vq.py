@@ -275,7 +275,8 @@ def rvq_split_kernel(
             tl.store(res_rows + i * D, r.to(dtype), mask=row_ok)
         if i == stage - 1:
             k = _merged_code(part_ptr + i * stage_parts, idx_ptr + i * stage_parts, n64, n_ok, N, n_splits, SPLITS)
-            tl.store(codes_ptr + n64 * n_q + i, k.to(tl.int64), mask=n_ok & (split == 0))
+            if split == 0:  # (a scalar test: a mask of n_ok & split == 0 is refused by Triton 3.9's interpreter)
+                tl.store(codes_ptr + n64 * n_q + i, k.to(tl.int64), mask=n_ok)
         else:
             k = tl.load(codes_ptr + n64 * n_q + i, mask=n_ok, other=0).to(tl.int32)
         r, q = _take(r, q, cb_ptr + i * scq, k, sck, scd, d, row_ok, dist_ptr, n64, n_ok, WRITE_DIST)
