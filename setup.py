@@ -161,7 +161,8 @@ setup(
         "soxr",   # resampling training data: a polyphase resampler beats a hand-written one
         "tqdm",   # the training progress bar (training falls back to plain lines without it)
     ],
-    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis", "tensorboard"]},
+    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis", "tensorboard", "onnx", "onnxruntime"],
+                    "onnx": ["onnx", "onnxruntime"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     entry_points={"console_scripts": ["fastcodec = fastcodec.__main__:main"]},

@@ -334,10 +334,29 @@ def _parser():
     from ..tune import add_arguments
 
     add_arguments(t)
+    x = sub.add_parser("export", help="a checkpoint -> ONNX encoder and decoder (needs the [onnx] extra)",
+                       allow_abbrev=False)
+    x.add_argument("checkpoint", help="the run's codec.pt or a checkpoint")
+    x.add_argument("outdir", help="folder for encoder.onnx, decoder.onnx and codec.json")
+    rate_args(x)
+    x.add_argument("--opset", type=int, default=17, help="ONNX opset (13..21; default 17)")
     i = sub.add_parser("info", help="versions and backends; or describe .fcdc files and checkpoints",
                        allow_abbrev=False)
     i.add_argument("paths", nargs="*", metavar="FILE")
     return p
+
+
+def cmd_export(args):
+    from ..export import ExportError, export
+
+    codec = _load_codec(args.checkpoint, "torch")
+    try:
+        out = export(codec, args.outdir, _n_q(codec, args), opset=args.opset)
+    except ExportError as exc:
+        raise CLIError(str(exc)) from None
+    sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB" for p in sorted(out.glob("*.onnx")))
+    print(f"{out}: {sizes}, codec.json (model {codec.fingerprint})")
+    return 0
 
 
 def cmd_tune(args):
@@ -347,7 +366,7 @@ def cmd_tune(args):
 
 
 COMMANDS = {"encode": cmd_encode, "decode": cmd_decode, "encode-dir": cmd_encode_dir, "tune": cmd_tune,
-            "info": cmd_info}
+            "info": cmd_info, "export": cmd_export}
 
 
 def _one_line_warnings():
