@@ -10,7 +10,7 @@ import torch
 
 from fastcodec import Codec
 from fastcodec.codec.cli import main as cli
-from fastcodec.export import EncoderGraph, ExportError, export
+from fastcodec.export import EncoderGraph, ExportError, export, run_steps
 
 onnx = pytest.importorskip("onnx")  # in the [test] extra: installed wherever the suite runs
 ort = pytest.importorskip("onnxruntime")
@@ -32,7 +32,7 @@ def exported(codec_path, tmp_path):
 
 def test_export_writes_checked_standard_graphs_and_their_description(exported):
     codec, out = exported
-    for name in ("encoder.onnx", "decoder.onnx"):
+    for name in ("encoder.onnx", "decoder.onnx", "encoder_step.onnx", "decoder_step.onnx"):
         model = onnx.load(str(out / name))
         onnx.checker.check_model(model, full_check=True)
         assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}  # no custom op leaked in
@@ -42,7 +42,16 @@ def test_export_writes_checked_standard_graphs_and_their_description(exported):
         (cfg.sample_rate, cfg.hop, cfg.codebook_size, cfg.n_q)
     assert meta["fingerprint"] == codec.fingerprint
     assert meta["graphs"]["encoder"]["outputs"] == {"codes": ["batch", cfg.n_q, "frames"]}
-    assert sorted(p.name for p in out.iterdir()) == ["codec.json", "decoder.onnx", "encoder.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["codec.json", "decoder.onnx", "decoder_step.onnx",
+                                                     "encoder.onnx", "encoder_step.onnx"]
+    for graph in ("encoder_step", "decoder_step"):  # the states codec.json lists are the graph's
+        states = meta["graphs"][graph]["states"]
+        session = _session(out / f"{graph}.onnx")
+        ins, outs = session.get_inputs()[1:], session.get_outputs()[1:]
+        assert [i.name for i in ins] == [st["name"] for st in states]
+        assert [o.name for o in outs] == [st["name"] + "_next" for st in states]
+        assert [list(i.shape[1:]) for i in ins] == [st["shape"][1:] for st in states]
+        assert all(st["layer"].startswith(graph.split("_")[0]) for st in states)
 
 
 def _first_stage_ties(model, audio, codes_a, codes_b):
@@ -131,3 +140,23 @@ def test_the_command_line(codec_path, tmp_path, capsys):
         assert says in capsys.readouterr().err
     assert cli(["export", str(tmp_path / "missing.pt"), str(tmp_path / "m")]) == 1
     assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
+
+
+@pytest.mark.parametrize("frames", [1, 4])
+def test_step_graphs_fed_in_steps_give_the_offline_codes_and_audio(codec_path, tmp_path, frames):
+    """The streaming graphs from zero states, a signal of odd length fed step by step (the last step
+    zero-padded): the package's codes (up to ties, as above) and its decoding of them."""
+    codec = Codec.load(codec_path)
+    out = export(codec, tmp_path / "steps", step_frames=frames)
+    hop, rate = codec.cfg.hop, codec.sample_rate
+    g = torch.Generator().manual_seed(frames)
+    for B, T in [(1, 1), (2, 13 * hop + 5), (1, 20 * rate + 3)]:
+        audio = (torch.rand(B, 1, T, generator=g) - 0.5) * 0.6
+        want = codec.encode(audio, rate).codes[:, 0]
+        got = run_steps(_session(out / "encoder_step.onnx"), "audio", audio, frames * hop)[..., : want.shape[2]]
+        assert got.shape == want.shape
+        assert _first_stage_ties(codec.model, audio, want, got) <= want.shape[0] * want.shape[2] // 1000
+        y = run_steps(_session(out / "decoder_step.onnx"), "codes", want, frames)[..., : want.shape[2] * hop]
+        with torch.no_grad():
+            y_want = codec.model.decode(want)
+        torch.testing.assert_close(y, y_want, rtol=1e-4, atol=1e-5 * float(y_want.abs().max() + 1e-3))
