@@ -8,7 +8,12 @@
 #include <cuda_fp16.h>
 #include <mma.h>
 
+#include <array>
+#include <atomic>
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #include <ATen/ATen.h>
 
@@ -202,14 +207,36 @@ __global__ void __launch_bounds__(kThreads)
 #endif
 }
 
-// Blocks per row block: a cluster where the sm_90 body runs and the row blocks alone leave SMs idle.
-int64_t cluster_size(const at::Tensor& x, const Shape& s, const void* kernel) {
+// Blocks per row block: a cluster where the sm_90 body runs and the row blocks alone leave SMs
+// idle. What it asks the driver is fixed per device and is asked once: the per-call path is for
+// small calls, whose launch such queries would outweigh.
+int64_t blocks_per_row_block(const at::Tensor& x, const Shape& s, const void* kernel) {
   static ArchCache known{};
+  static std::array<std::atomic<int>, 64> sm_count{};
   const int device = x.device().index();
   if (!runs_body(device, kernel, 90, known)) return 1;
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  int sms = device >= 0 && device < 64 ? sm_count[device].load(std::memory_order_relaxed) : 0;
+  if (sms == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    if (device >= 0 && device < 64) sm_count[device].store(sms, std::memory_order_relaxed);
+  }
   return cluster_for(s.N, s.K, sms);
+}
+
+// Whether the device can hold a cluster of cfg's size at once (a launch of one it cannot would
+// fail), asked once per (device, kernel, cluster size, shared memory).
+bool cluster_fits(int device, const void* kernel, const cudaLaunchConfig_t& cfg, unsigned cluster) {
+  static std::mutex mu;
+  static std::map<std::tuple<int, const void*, unsigned, size_t>, bool> known;
+  const auto key = std::make_tuple(device, kernel, cluster, cfg.dynamicSmemBytes);
+  const std::lock_guard<std::mutex> lock(mu);
+  auto it = known.find(key);
+  if (it != known.end()) return it->second;
+  int n = 0;
+  const bool fits = cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) == cudaSuccess && n >= 1;
+  (void)cudaGetLastError();  // a refusal is an answer here, not an error for the next call to find
+  known.emplace(key, fits);
+  return fits;
 }
 
 template <typename T>
@@ -220,10 +247,10 @@ void launch(const at::Tensor& x, const at::Tensor& cbs, const at::Tensor& codes,
   const at::Tensor c_sq = code_norms(cbs, s.n_q);
   const Smem m = smem_layout(s);  // <= 48 KiB for D <= kMaxD: no opt-in needed
   auto kernel = rvq_tc_kernel<N>;
-  s.cluster = cluster_size(x, s, reinterpret_cast<const void*>(kernel));
+  const void* key = reinterpret_cast<const void*>(kernel);
+  s.cluster = blocks_per_row_block(x, s, key);
   cudaLaunchConfig_t cfg = {};
   cudaLaunchAttribute attr[1];
-  cfg.gridDim = dim3(unsigned(grid_for(s.row_blocks, 1) * s.cluster));
   cfg.blockDim = dim3(kThreads);
   cfg.dynamicSmemBytes = size_t(m.bytes);
   cfg.stream = c10::cuda::getCurrentCUDAStream();
@@ -233,17 +260,16 @@ void launch(const at::Tensor& x, const at::Tensor& cbs, const at::Tensor& codes,
     attr[0].val.clusterDim.y = attr[0].val.clusterDim.z = 1;
     cfg.attrs = attr;
     cfg.numAttrs = 1;
-    int fits = 0;  // a cluster the device cannot hold at once would fail to launch: none then
-    if (cudaOccupancyMaxActiveClusters(&fits, kernel, &cfg) != cudaSuccess || fits < 1) {
-      (void)cudaGetLastError();
+    cfg.gridDim = dim3(unsigned(grid_for(s.row_blocks, 1) * s.cluster));
+    if (!cluster_fits(x.device().index(), key, cfg, unsigned(s.cluster))) {
       s.cluster = 1;
-      cfg.gridDim = dim3(unsigned(grid_for(s.row_blocks, 1)));
       cfg.attrs = nullptr;
       cfg.numAttrs = 0;
     }
   }
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, ptr(&x), ptr(&cbs), static_cast<const float*>(c_sq.data_ptr<float>()),
-                                    codes.data_ptr<int64_t>(), ptr(quantized), ptr(sqdist), ptr(residuals), s, m));
+  cfg.gridDim = dim3(unsigned(grid_for(s.row_blocks, 1) * s.cluster));
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, ptr(&x), ptr(&cbs), c_sq.data_ptr<float>(), codes.data_ptr<int64_t>(),
+                                    ptr(quantized), ptr(sqdist), ptr(residuals), s, m));
 }
 
 }  // namespace

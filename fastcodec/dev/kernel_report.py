@@ -239,7 +239,7 @@ MODES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
 def _shown(constexprs: dict) -> str:
-    shown = ("BLOCK", "ACT", "HAS_RES", "INT64", "M", "SEARCH", "CODES")
+    shown = ("BLOCK", "ACT", "HAS_RES", "INT64", "M", "SEARCH", "CODES", "SPLITS")
     return json.dumps({k: v for k, v in constexprs.items() if k.startswith(shown)}, sort_keys=True)
 
 

@@ -249,7 +249,7 @@ def _merged_code(part_ptr, idx_ptr, n64, n_ok, N, n_splits, SPLITS: tl.constexpr
     return tl.sum(tl.where(s[:, None] == first[None, :], idx, 0), axis=0)
 
 
-@triton.jit(do_not_specialize=["stage", "n_q"])  # one kernel for every stage and n_q (1 is a constant)
+@triton.jit(do_not_specialize=["stage", "n_q", "stage_parts"])  # one kernel for any of them (1 is a constant)
 def rvq_split_kernel(
     x_ptr, cb_ptr, codes_ptr, part_ptr, idx_ptr, q_ptr, dist_ptr, res_ptr,
     N, K, D, n_q, stage, n_splits, k_split, stage_parts,
@@ -270,6 +270,7 @@ def rvq_split_kernel(
     n64, n_ok, d, d_ok, row_ok, r = _rows(x_ptr, N, D, sxn, sxd, BLOCK_N, BLOCK_D)
     q = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     res_rows = res_ptr + (n64[:, None] * (n_q + 1)) * D + d[None, :]  # [N, n_q + 1, D] contiguous
+    stage_parts = stage_parts.to(tl.int64)  # n_q n_splits N can pass 2^31 under code_split() at large N
     for i in range(0, stage):
         if WRITE_RES:
             tl.store(res_rows + i * D, r.to(dtype), mask=row_ok)
@@ -449,7 +450,8 @@ def _encode(x, codebooks, n_q, write_q, write_dist, write_res=False, fast=False)
 
 # The split search (rvq_split_kernel) is for calls whose row tiles leave most SMs idle: at most this
 # many rows, as a variant the measured 'auto' times (dispatch.VARIANTS); no static rule takes it.
-SPLIT_MAX_ROWS = 4096
+SPLIT_MAX_ROWS = 2048  # (an H100's 132 SMs are full at 132 programs of 16 or 32 rows)
+SPLIT_MAX = 32  # splits per stage: each program merges this many partial bests per row
 _split = contextvars.ContextVar("fastcodec_triton_vq_split", default=False)
 
 
@@ -468,7 +470,7 @@ def split_count(N: int, K: int, block_n: int, block_k: int, device: torch.device
     """Code splits per stage: enough programs to give each SM one, at least a tile of codes each
     (off a GPU, as on an H100: what the interpreter runs and the kernel report compiles)."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
-    return max(1, min(sms // triton.cdiv(N, block_n), triton.cdiv(K, block_k)))
+    return max(1, min(sms // triton.cdiv(N, block_n), triton.cdiv(K, block_k), SPLIT_MAX))
 
 
 def _encode_split(x, codebooks, n_q, write_q, write_dist, write_res, splits=None):
