@@ -5,7 +5,8 @@
 writes into OUTDIR:
 - encoder.onnx: audio [B, 1, T] (float32 at the codec's rate, any T >= 1) -> codes [B, n_q, F]
   int64, F = ceil(T / hop), the residual VQ search inside the graph;
-- decoder.onnx: codes [B, n_q, F] int64 in [0, K) -> audio [B, 1, F * hop] float32;
+- decoder.onnx: codes [B, n_q, F] int64 in [0, K) -> audio [B, 1, F * hop] float32 (a code of -1
+  leaves its stage out: how a file coded with fewer stages is decoded);
 - encoder_step.onnx: (audio [B, 1, S * hop], state_0 ... state_n) -> (codes [B, n_q, S],
   state_0_next ... state_n_next), one streaming step of S frames (fastcodec.nn.steps): every
   causal conv's left context and every transposed conv's overlap tail is a named input and output,
@@ -38,6 +39,7 @@ from .nn.steps import DecoderStep, EncoderStep
 FORMAT = "fastcodec-onnx"
 FORMAT_VERSION = 1
 DEFAULT_OPSET = 17  # onnxruntime >= 1.11 runs it; torch 2.4's TorchScript exporter writes it
+OPSETS = range(13, 21)  # what the TorchScript exporter writes (20 at most, in torch 2.4 to 2.14)
 GRAPHS = ("encoder.onnx", "decoder.onnx", "encoder_step.onnx", "decoder_step.onnx")
 
 
@@ -66,10 +68,13 @@ class _Codebooks(nn.Module):
         return torch.stack(codes, 1)
 
     def lookup(self, codes):
-        """codes [B, n_q, F] -> latent [B, D, F]: the chosen codewords summed in stage order (as rvq_decode)."""
-        z = self.codebooks[0][codes[:, 0]]  # [B, F, D]
-        for i in range(1, self.codebooks.shape[0]):
-            z = z + self.codebooks[i][codes[:, i]]
+        """codes [B, n_q, F] -> latent [B, D, F]: the chosen codewords summed in stage order (as
+        rvq_decode); a code of -1 leaves its stage out (a file coded with fewer stages)."""
+        z = None
+        for i in range(self.codebooks.shape[0]):
+            k = codes[:, i]
+            c = self.codebooks[i][k.clamp(min=0)] * (k >= 0).unsqueeze(-1).to(self.codebooks.dtype)  # [B, F, D]
+            z = c if z is None else z + c
         return z.transpose(1, 2)
 
 
@@ -134,9 +139,11 @@ def _torch_export(module, examples, path, input_names, output_names, dynamic, op
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:  # torch >= 2.5; 2.9+ defaults to True
         kwargs["dynamo"] = False
     with warnings.catch_warnings():
-        # The TorchScript exporter's deprecation notice, and the tracer's note on the shape checks
-        # it evaluates once (they hold for every input the graph accepts).
-        warnings.simplefilter("ignore")
+        # The TorchScript exporter's deprecation notices, and the tracer's notes on the checks of
+        # shapes it evaluates once (they hold for every input the graph accepts); others still show.
+        for category in (DeprecationWarning, FutureWarning, torch.jit.TracerWarning):
+            warnings.simplefilter("ignore", category)
+        warnings.filterwarnings("ignore", "Constant folding - Only steps=1")  # (a strided slice stays a Slice)
         torch.onnx.export(module, tuple(examples), str(path), **kwargs)
 
 
@@ -164,6 +171,9 @@ def describe(codec, model, n_q: int, opset: int, frames: int) -> dict:
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "sample_rate": cfg.sample_rate, "hop": hop, "codebook_size": cfg.codebook_size, "n_q": n_q,
         "code_dim": cfg.code_dim, "fingerprint": codec.fingerprint, "opset": opset, "step_frames": frames,
+        # What a window must hold before the frames it is asked for (fastcodec.lite codes in windows).
+        "encoder_history_samples": model.encoder.history_samples(),
+        "decoder_history_frames": model.decoder.history_frames(),
         "exporter": f"torch.onnx TorchScript exporter, torch {torch.__version__.split('+')[0]}",
         "graphs": {
             "encoder": {"file": "encoder.onnx", "inputs": {"audio": ["batch", 1, "samples"]},
@@ -188,25 +198,25 @@ def export(codec, out_dir, n_q: int | None = None, opset: int = DEFAULT_OPSET, s
     the model before anything lands in out_dir. Returns out_dir."""
     onnx, _ = _onnx_modules()
     n_q = codec.model.quantizer.check_n_q(n_q)
-    if not isinstance(opset, int) or not 13 <= opset <= 21:
-        raise ValueError(f"opset must be an int in 13..21, got {opset!r}")
+    if not isinstance(opset, int) or opset not in OPSETS:
+        raise ValueError(f"opset must be an int in {OPSETS.start}..{OPSETS.stop - 1}, got {opset!r}")
     if not isinstance(step_frames, int) or not 1 <= step_frames <= 1000:
         raise ValueError(f"step_frames must be an int in 1..1000, got {step_frames!r}")
     out = Path(out_dir)
-    clash = [n for n in GRAPHS + ("codec.json",) if (out / n).exists()]
-    if clash:
-        raise ExportError(f"{out} already holds an export ({', '.join(clash)}); choose another folder")
+    if (out / "codec.json").exists():  # written last: graphs without it are an export cut short
+        raise ExportError(f"{out} already holds an export (codec.json); choose another folder")
     model = copy.deepcopy(codec.model).float().cpu().eval()
     from .nn import set_backend
 
     set_backend(model, "torch")  # PyTorch's own ops only: no custom op may reach the graph
     hop = codec.cfg.hop
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     batch = {0: "batch"}
     try:
         with torch.no_grad():
-            audio = torch.randn(1, 1, 3 * hop + 1)
+            audio = torch.randn(1, 1, 3 * hop + 1, generator=torch.Generator().manual_seed(0))
             codes = model.encode(audio, n_q)
             _torch_export(EncoderGraph(model, n_q).eval(), [audio], tmp / "encoder.onnx", ["audio"], ["codes"],
                           {"audio": {0: "batch", 2: "samples"}, "codes": {0: "batch", 2: "frames"}}, opset)
@@ -230,8 +240,15 @@ def export(codec, out_dir, n_q: int | None = None, opset: int = DEFAULT_OPSET, s
         (tmp / "codec.json").write_text(json.dumps(describe(codec, model, n_q, opset, step_frames), indent=2) + "\n")
         for name in GRAPHS + ("codec.json",):
             os.replace(tmp / name, out / name)
+    except ExportError:
+        raise
+    except Exception as exc:  # the exporter's, onnx's or onnxruntime's own: one line, nothing left
+        raise ExportError(f"exporting to {out} failed ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") \
+            from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if made and not (out / "codec.json").exists():
+            shutil.rmtree(out, ignore_errors=True)
     return out
 
 
@@ -246,7 +263,7 @@ def _verify(folder: Path, model, n_q: int, frames: int):
     """The graphs reproduce the model on a second of noise (a length the trace never saw), the
     step graphs fed step by step: audio within float tolerance of the model's decoding of the same
     codes; codes equal except where a stage's best two codes tie within rounding (the stages after
-    then differ), so at least 99% of the first stage's."""
+    then differ), so at least 99% of each stage's."""
     hop = model.cfg.hop
     g = torch.Generator().manual_seed(0)
     audio = torch.randn(2, 1, model.cfg.sample_rate + 7, generator=g) * 0.3
@@ -260,9 +277,10 @@ def _verify(folder: Path, model, n_q: int, frames: int):
         codes = codes[..., : want.shape[2]]
         if codes.shape != want.shape:
             raise ExportError(f"{name} gives codes of shape {list(codes.shape)}, the model {list(want.shape)}")
-        agree = float((codes[:, 0] == want[:, 0]).float().mean())
-        if agree < 0.99:
-            raise ExportError(f"{name} agrees with the model on only {agree:.1%} of first-stage codes")
+        for i in range(n_q):  # (a tie at one stage changes the stages after it, rarely)
+            agree = float((codes[:, i] == want[:, i]).float().mean())
+            if agree < 0.99:
+                raise ExportError(f"{name} agrees with the model on only {agree:.1%} of stage {i}'s codes")
     y = {"decoder.onnx": torch.from_numpy(dec.run(None, {"codes": want.numpy()})[0]),
          "decoder_step.onnx": run_steps(_session(folder / "decoder_step.onnx"), "codes", want, frames)}
     scale = float(y_want.abs().max()) + 1e-6

@@ -123,9 +123,14 @@ def test_an_export_that_does_not_reproduce_the_model_leaves_nothing(codec_path, 
     codec = Codec.load(codec_path, backend="torch")
     real = EncoderGraph.forward
     monkeypatch.setattr(EncoderGraph, "forward", lambda self, audio: (real(self, audio) + 1) % codec.cfg.codebook_size)
-    with pytest.raises(ExportError, match="first-stage codes"):
+    with pytest.raises(ExportError, match="stage 0's codes"):
         export(codec, tmp_path / "bad")
-    assert list((tmp_path / "bad").iterdir()) == []
+    assert not (tmp_path / "bad").exists()  # the folder it made, removed
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError):
+        export(codec, tmp_path / "kept")
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == ["notes.txt"]  # a folder it did not make, as it was
 
 
 def test_the_command_line(codec_path, tmp_path, capsys):
@@ -135,7 +140,8 @@ def test_the_command_line(codec_path, tmp_path, capsys):
     assert json.loads((out / "codec.json").read_text())["n_q"] == 2
     assert cli(["export", str(codec_path), str(out)]) == 1
     assert "already holds an export" in capsys.readouterr().err
-    for bad, says in ((["--opset", "99"], "opset must be"), (["--n-q", "9"], "n_q must be")):
+    for bad, says in ((["--opset", "21"], "opset must be"), (["--n-q", "9"], "n_q must be"),
+                      (["--step-frames", "0"], "step_frames must be")):
         assert cli(["export", str(codec_path), str(tmp_path / "other"), *bad]) == 1
         assert says in capsys.readouterr().err
     assert cli(["export", str(tmp_path / "missing.pt"), str(tmp_path / "m")]) == 1

@@ -339,7 +339,7 @@ def _parser():
     x.add_argument("checkpoint", help="the run's codec.pt or a checkpoint")
     x.add_argument("outdir", help="folder for encoder.onnx, decoder.onnx and codec.json")
     rate_args(x)
-    x.add_argument("--opset", type=int, default=17, help="ONNX opset (13..21; default 17)")
+    x.add_argument("--opset", type=int, default=17, help="ONNX opset (13..20; default 17)")
     x.add_argument("--step-frames", type=int, default=1, metavar="S",
                    help="frames per call of the streaming step graphs (default 1: one hop of latency)")
     i = sub.add_parser("info", help="versions and backends; or describe .fcdc files and checkpoints",
@@ -349,14 +349,14 @@ def _parser():
 
 
 def cmd_export(args):
-    from ..export import ExportError, export
+    from ..export import GRAPHS, ExportError, export
 
     codec = _load_codec(args.checkpoint, "torch")
     try:
         out = export(codec, args.outdir, _n_q(codec, args), opset=args.opset, step_frames=args.step_frames)
     except ExportError as exc:
         raise CLIError(str(exc)) from None
-    sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB" for p in sorted(out.glob("*.onnx")))
+    sizes = ", ".join(f"{name} {(out / name).stat().st_size / 1e6:.1f} MB" for name in GRAPHS)
     print(f"{out}: {sizes}, codec.json (model {codec.fingerprint})")
     return 0
 

@@ -83,6 +83,17 @@ class Encoder(nn.Module):
 
         return EncoderStream(self)
 
+    def history_samples(self) -> int:
+        """How many samples before a frame's last one its code can depend on (the receptive field
+        less one): encoding a window that starts that much before a frame, from a fresh start,
+        gives that frame's code as encoding from the beginning does."""
+        h, scale = 0, 1  # scale: input samples per step of the current layer's input
+        for layer in flatten(self):
+            conv = layer.conv if isinstance(layer, ResidualUnit) else layer
+            h += (conv.weight.shape[2] - 1) * conv.dilation * scale
+            scale *= conv.stride
+        return h
+
     def forward(self, x):
         # The causal ops put output m's last tap at input m*stride, so frame k would see x up to
         # k*hop only, and the decoder would have to guess the hop - 1 samples after it. One zero in
