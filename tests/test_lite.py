@@ -15,6 +15,7 @@ import torch
 import fastcodec
 from conftest import save_codec
 from fastcodec import Codec
+from fastcodec.codec import FormatError
 from fastcodec.codec import format as fcdc
 from fastcodec.export import export
 from fastcodec.lite import WINDOW_FRAMES, LiteCodec
@@ -148,6 +149,14 @@ def test_lite_refuses_bad_exports_files_and_arguments(setup, tmp_path, capsys):
         (bad / "codec.json").write_text(json.dumps({**meta, **change}))
         with pytest.raises(ValueError, match=says):
             LiteCodec(bad)
+    other_rate = tmp_path / "other_rate"  # an export that claims another rate than the files it is given
+    other_rate.mkdir()
+    (other_rate / "codec.json").write_text(json.dumps({**meta, "sample_rate": meta["sample_rate"] * 2}))
+    src = _audio(tmp_path, "r.wav", 0.5, codec.sample_rate)
+    codec.encode_file(src, tmp_path / "r.fcdc")
+    with pytest.raises(FormatError, match="does not fit this export"):
+        LiteCodec(other_rate).decode_file(tmp_path / "r.fcdc", tmp_path / "r_out.wav")
+    assert not (tmp_path / "r_out.wav").exists()
     lite = LiteCodec(model)
     with pytest.raises(ValueError, match="float"):
         lite.encode(np.zeros((1, 2, 3), np.float32))
