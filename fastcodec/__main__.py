@@ -7,6 +7,8 @@ import sys
 
 def main(argv=None) -> int:
     try:  # imports torch: a Ctrl-C here is an interruption like any other, not a traceback
+        import torch  # noqa: F401  (every command needs it; fastcodec.codec itself imports it lazily)
+
         from fastcodec.codec.cli import main as cli_main
     except KeyboardInterrupt:
         print("fastcodec: interrupted", file=sys.stderr, flush=True)
