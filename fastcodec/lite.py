@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import interrupt
 from .atomic import atomic_output, check_outputs
 from .codec import format as fcdc
 from .codec.errors import AudioError, FormatError
@@ -274,6 +275,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         codec = LiteCodec(args.model, threads=args.threads)
+        codec._session("encoder.onnx" if args.command == "encode" else "decoder.onnx")  # imports onnxruntime
+        interrupt.unwind_from_here()  # (only where __main__ installed it)
         if args.command == "encode":
             h = codec.encode_file(args.input, args.output)
             print(f"{args.output}: {h.duration:.2f} s, {h.channels} ch, {h.n_q} stages (model {h.fingerprint})")
@@ -290,4 +293,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    interrupt.install("fastcodec.lite")
+    sys.exit(interrupt.exit_status(main()))

@@ -170,3 +170,32 @@ def codec_path(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTCODEC_CACHE_DIR", str(tmp_path / "cache"))
     save_codec(tmp_path / "codec.pt")
     return tmp_path / "codec.pt"
+
+
+_SWALLOWING_IMPORT = """
+import builtins, os, runpy, signal, sys, time
+real_import = builtins.__import__
+target = sys.argv[2]
+def swallowing_import(name, *args, **kwargs):
+    if name == target and name not in sys.modules:
+        try:  # Ctrl-C inside a library's import that swallows it (as torch's import can)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = swallowing_import
+sys.argv = [sys.argv[1], *sys.argv[3:]]
+runpy.run_module(sys.argv[0], run_name="__main__")
+"""
+
+
+def run_interrupted_in_import(package, module, *argv):
+    """`python -m PACKAGE ARGV` where Ctrl-C lands, and is swallowed, while MODULE is first
+    imported -> the CompletedProcess (text)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", _SWALLOWING_IMPORT, package, module, *map(str, argv)],
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))

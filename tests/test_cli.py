@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import save_codec
+from conftest import run_interrupted_in_import, save_codec
 
 from fastcodec import Codec
 from fastcodec.codec import cli
@@ -313,6 +313,11 @@ def test_a_damaged_models_list_never_stops_the_codec(codec_path, tmp_path, capsy
     assert rc == 0 and (tmp_path / "again.fcdc").exists() and "Traceback" not in err
     assert "could not note model" in err and len(err.strip().splitlines()) <= 2
     assert not (tmp_path / "o2.wav").exists()
+
+
+def test_ctrl_c_while_torch_is_imported_stops_even_if_the_import_swallows_it(tmp_path):
+    p = run_interrupted_in_import("fastcodec", "torch", "info", tmp_path / "missing.fcdc")
+    assert p.returncode == 130 and p.stderr == "fastcodec: interrupted\n", p.stderr
 
 
 def test_ctrl_c_while_encode_dir_starts_prints_one_line(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import fastcodec
-from conftest import save_codec
+from conftest import run_interrupted_in_import, save_codec
 from fastcodec import Codec
 from fastcodec.codec import FormatError
 from fastcodec.codec import format as fcdc
@@ -178,3 +178,11 @@ def test_lite_refuses_bad_exports_files_and_arguments(setup, tmp_path, capsys):
     assert "no such audio file" in capsys.readouterr().err
     assert lite_main(["encode", str(src), str(src), "--model", str(model)]) == 1  # an output that is its input
     assert sf.info(str(src)).frames == codec.sample_rate
+
+
+def test_ctrl_c_while_onnxruntime_is_imported_stops_even_if_the_import_swallows_it(setup, tmp_path):
+    codec, model = setup
+    src = _audio(tmp_path, "a.wav", 0.5, codec.sample_rate)
+    p = run_interrupted_in_import("fastcodec.lite", "onnxruntime", "encode", src, tmp_path / "a.fcdc", "--model", model)
+    assert p.returncode == 130 and p.stderr == "fastcodec.lite: interrupted\n", p.stderr
+    assert not list(tmp_path.glob("*.fcdc")) and not list(tmp_path.glob(".*.partial"))

@@ -381,12 +381,18 @@ def _one_line_warnings():
     return previous
 
 
-def main(argv=None) -> int:
-    import warnings
-
+def parse_args(argv=None):
+    """The command line's arguments; exits 2 with argparse's message on a mistake."""
     args = _parser().parse_args(argv)
     if getattr(args, "workers", 1) < 1:
         _parser().error("--workers must be at least 1")
+    return args
+
+
+def run(args) -> int:
+    """Runs the parsed command -> exit status."""
+    import warnings
+
     previous = _one_line_warnings()
     try:
         return COMMANDS[args.command](args)
@@ -398,3 +404,7 @@ def main(argv=None) -> int:
         return 1
     finally:
         warnings.formatwarning = previous
+
+
+def main(argv=None) -> int:
+    return run(parse_args(argv))

@@ -4,33 +4,59 @@ worker, so the parent always knows which job each worker holds.
 - A worker that dies (a crash in a library, the OOM killer) fails its job with the exit code and
   is replaced while jobs remain; nothing waits for a result that cannot come. A worker that dies
   before it took a job is not replaced; if none is left, the remaining jobs fail with the reason.
-- Ctrl-C is the parent's: workers start with SIGINT ignored (an ignored signal stays ignored in a
-  spawned interpreter, so an interrupt while they import torch prints nothing); on any exception,
-  the parent stops them with SIGTERM, which raises SystemExit in them, so their atomic outputs
-  remove their partial files.
+- Ctrl-C is the parent's: workers start with SIGINT blocked (an interrupt while they import torch
+  prints nothing), and the parent neither loses one nor takes it halfway through starting a
+  worker. On any exception the parent stops them with SIGTERM. It ends a worker outright while
+  the worker starts (an exception raised inside `import torch` can be swallowed there, and it
+  has written nothing) and in its teardown; while it takes and codes jobs it raises SystemExit,
+  so an atomic output in progress removes its partial file. A worker still alive STOP_SECONDS
+  after SIGTERM is killed: nothing hangs on one.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import multiprocessing.connection
 import signal
+
+STOP_SECONDS = 30
 
 
 def _stop_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)  # unwinds: an atomic output in progress removes its partial file
 
 
+@contextlib.contextmanager
+def _sigint_held():
+    """Ctrl-C during the block is raised when it ends, not lost and not inside it (a process
+    half started would be left running). A process started in it inherits SIGINT blocked, and a
+    blocked signal stays blocked in a spawned interpreter: a worker never sees the terminal's Ctrl-C."""
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # one that waited blocked is raised now
+        if caught and callable(previous):  # one another thread took: now to its handler
+            previous(signal.SIGINT, None)
+
+
 def _serve(conn, init, init_args, work):
     """A worker: init(*init_args), then work(job) for each job the parent sends, until None."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     state = init(*init_args)
-    conn.send(None)  # ready
-    while True:
-        job = conn.recv()
-        if job is None:
-            return
-        conn.send(work(state, job))
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        conn.send(None)  # ready
+        while True:
+            job = conn.recv()
+            if job is None:
+                return
+            conn.send(work(state, job))
+    finally:  # the interpreter's teardown has nothing to unwind: SIGTERM ends it quietly
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def run(jobs, workers, init, init_args, work, on_result, on_lost):
@@ -44,22 +70,19 @@ def run(jobs, workers, init, init_args, work, on_result, on_lost):
     def start():
         parent, child = ctx.Pipe()
         p = ctx.Process(target=_serve, args=(child, init, init_args, work), daemon=True)
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
+        with _sigint_held():
             p.start()
-        finally:
-            signal.signal(signal.SIGINT, previous)
+            live[parent] = [p, None]
         child.close()
-        live[parent] = [p, None]
 
     def hand_out(conn):
         job = pending.pop() if pending else None
         live[conn][1] = job
         conn.send(job)
 
-    for _ in range(min(workers, len(pending))):
-        start()
     try:
+        for _ in range(min(workers, len(pending))):
+            start()
         while live:
             by_sentinel = {entry[0].sentinel: conn for conn, entry in live.items()}
             for ready in multiprocessing.connection.wait(list(live) + list(by_sentinel)):
@@ -93,4 +116,7 @@ def run(jobs, workers, init, init_args, work, on_result, on_lost):
         raise
     finally:
         for p, _ in live.values():
-            p.join()
+            p.join(STOP_SECONDS)
+            if p.is_alive():
+                p.kill()
+                p.join()
