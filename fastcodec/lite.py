@@ -22,12 +22,16 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from . import interrupt
-from .atomic import atomic_output, check_outputs
-from .codec import format as fcdc
-from .codec.errors import AudioError, FormatError
+
+if __name__ == "__main__":  # before numpy loads: a Ctrl-C meanwhile is one line and exit 130 too
+    interrupt.install("fastcodec.lite")
+
+import numpy as np  # noqa: E402
+
+from .atomic import atomic_output, check_outputs  # noqa: E402
+from .codec import format as fcdc  # noqa: E402
+from .codec.errors import AudioError, FormatError  # noqa: E402
 
 WINDOW_FRAMES = 256  # frames coded per graph call (plus each window's history)
 _SIZES = ("sample_rate", "hop", "codebook_size", "n_q")  # positive ints in codec.json
@@ -293,5 +297,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    interrupt.install("fastcodec.lite")
     sys.exit(interrupt.exit_status(main()))

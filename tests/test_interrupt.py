@@ -20,12 +20,14 @@ finished = True
 
 
 def _script(tmp_path, body, install=True, argv=()):
+    """Runs body as `python -m` (where CPython's exit differs from a script's), after
+    interrupt.install('prog') unless told not to."""
     (tmp_path / "swallowing.py").write_text(_SWALLOWING_MODULE)
-    head = "import sys, time\nfrom fastcodec import interrupt\n"
+    head = "import os, signal, sys, time\nfrom fastcodec import interrupt\n"
     if install:
         head += "interrupt.install('prog')\n"
-    code = head + textwrap.dedent(body)
-    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120,
+    (tmp_path / "command.py").write_text(head + textwrap.dedent(body))
+    return subprocess.run([sys.executable, "-m", "command", *argv], capture_output=True, text=True, timeout=120,
                           cwd=tmp_path, env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path])))
 
 
@@ -43,21 +45,50 @@ def test_once_writing_ctrl_c_inside_an_import_is_raised_after_it(tmp_path, insta
         interrupt.unwind_from_here()
         try:
             import swallowing
-            print("imported", swallowing.finished)
             time.sleep(2)
             print("not interrupted")
-        except KeyboardInterrupt:
-            print("interrupted after the import")
+        except KeyboardInterrupt:  # the module ran to its end (not cut short, not swallowing ours)
+            print("interrupted after the import:", getattr(sys.modules.get("swallowing"), "finished", False))
     """, install=install)
     if install:
-        assert r.returncode == 0 and r.stdout == "imported True\ninterrupted after the import\n", r.stderr
+        assert r.returncode == 0 and r.stdout == "interrupted after the import: True\n", r.stderr
     else:  # the control: Python's handler raises it inside the import, which swallows it
-        assert r.stdout == "imported True\nnot interrupted\n", r.stderr
+        assert r.stdout == "not interrupted\n", r.stderr
+
+
+def test_ctrl_c_while_unwinding_is_ignored_and_a_third_ends_the_process(tmp_path):
+    r = _script(tmp_path, """
+        interrupt.unwind_from_here()
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(2)
+        except KeyboardInterrupt:  # cleaning up
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+            print("cleaned up", flush=True)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(2)
+            print("not stopped")
+    """)
+    assert r.returncode == 130 and r.stdout == "cleaned up\n", r.stderr
+    assert r.stderr == "prog: interrupted again; stopped without cleaning up\n"
+
+
+def test_an_interrupt_held_in_an_import_just_before_exit_is_dropped(tmp_path):
+    """The command ends within the re-check's 20 ms: no stray SIGALRM kills the process."""
+    r = _script(tmp_path, """
+        interrupt.unwind_from_here()
+        import swallowing
+        print("done", flush=True)
+        sys.exit(interrupt.exit_status(0))
+    """)
+    assert r.returncode == 0 and r.stdout == "done\n" and r.stderr == "", r.stderr
 
 
 def test_exit_status_ends_an_interrupted_command_with_130(tmp_path):
     """Even where CPython marked the interrupt unhandled (it passed through an exec'd string)."""
     r = _script(tmp_path, """
+        interrupt.unwind_from_here()
         try:
             exec("raise KeyboardInterrupt")
         except KeyboardInterrupt:

@@ -180,9 +180,10 @@ def test_lite_refuses_bad_exports_files_and_arguments(setup, tmp_path, capsys):
     assert sf.info(str(src)).frames == codec.sample_rate
 
 
-def test_ctrl_c_while_onnxruntime_is_imported_stops_even_if_the_import_swallows_it(setup, tmp_path):
+@pytest.mark.parametrize("module", ["numpy", "onnxruntime"])
+def test_ctrl_c_while_a_library_is_imported_stops_even_if_the_import_swallows_it(setup, tmp_path, module):
     codec, model = setup
     src = _audio(tmp_path, "a.wav", 0.5, codec.sample_rate)
-    p = run_interrupted_in_import("fastcodec.lite", "onnxruntime", "encode", src, tmp_path / "a.fcdc", "--model", model)
+    p = run_interrupted_in_import("fastcodec.lite", module, "encode", src, tmp_path / "a.fcdc", "--model", model)
     assert p.returncode == 130 and p.stderr == "fastcodec.lite: interrupted\n", p.stderr
     assert not list(tmp_path.glob("*.fcdc")) and not list(tmp_path.glob(".*.partial"))

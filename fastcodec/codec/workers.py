@@ -9,15 +9,18 @@ worker, so the parent always knows which job each worker holds.
   worker. On any exception the parent stops them with SIGTERM. It ends a worker outright while
   the worker starts (an exception raised inside `import torch` can be swallowed there, and it
   has written nothing) and in its teardown; while it takes and codes jobs it raises SystemExit,
-  so an atomic output in progress removes its partial file. A worker still alive STOP_SECONDS
-  after SIGTERM is killed: nothing hangs on one.
+  so an atomic output in progress removes its partial file. Workers still alive STOP_SECONDS
+  after SIGTERM are killed (which can leave a `.NAME.partial`, overwritten by the next run):
+  nothing hangs on one.
 """
 from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
 import multiprocessing.connection
+import multiprocessing.resource_tracker
 import signal
+import time
 
 STOP_SECONDS = 30
 
@@ -64,6 +67,8 @@ def run(jobs, workers, init, init_args, work, on_result, on_lost):
     on_result(job, result) as results come (in the parent, in completion order) and on_lost(job,
     reason) for a job whose worker died. init and work must be importable module-level functions."""
     ctx = mp.get_context("spawn")
+    # Started by the first worker's start otherwise, and that start unblocks SIGINT on its way
+    multiprocessing.resource_tracker.ensure_running()
     pending = list(jobs)[::-1]
     live = {}  # parent end of a worker's pipe -> [process, job it holds or None]
 
@@ -115,8 +120,9 @@ def run(jobs, workers, init, init_args, work, on_result, on_lost):
             p.terminate()
         raise
     finally:
+        deadline = time.monotonic() + STOP_SECONDS
         for p, _ in live.values():
-            p.join(STOP_SECONDS)
+            p.join(max(0.0, deadline - time.monotonic()))
             if p.is_alive():
                 p.kill()
                 p.join()
