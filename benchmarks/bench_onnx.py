@@ -23,6 +23,7 @@ if ON_GPU:
     pytest.skip("CPU timings of onnxruntime's CPU provider", allow_module_level=True)
 ort = pytest.importorskip("onnxruntime")
 from fastcodec.export import export  # noqa: E402  (needs onnx, which the [onnx] extra brings with onnxruntime)
+from fastcodec.lite import ort_session  # noqa: E402
 
 SECONDS = 10.0
 THREADS = 2
@@ -48,9 +49,7 @@ def _export(name, frames):
 
 
 def _session(path):
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = THREADS, 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort_session(path, THREADS)
 
 
 def _flops(fn):

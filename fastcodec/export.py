@@ -253,10 +253,10 @@ def export(codec, out_dir, n_q: int | None = None, opset: int = DEFAULT_OPSET, s
 
 
 def _session(path):
-    _, ort = _onnx_modules()
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    from .lite import ort_session
+
+    _onnx_modules()
+    return ort_session(path)
 
 
 def _verify(folder: Path, model, n_q: int, frames: int):

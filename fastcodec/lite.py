@@ -38,6 +38,20 @@ _SIZES = ("sample_rate", "hop", "codebook_size", "n_q")  # positive ints in code
 _HISTORIES = ("encoder_history_samples", "decoder_history_frames")  # ints >= 0
 
 
+def ort_session(path, threads: int | None = None):
+    """An onnxruntime session on the CPU for the graph at path, logging errors only; threads:
+    its intra-op threads (None: onnxruntime's choice)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ImportError("fastcodec.lite needs onnxruntime: pip install onnxruntime") from None
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
 class LiteCodec:
     """An exported codec (the folder `python -m fastcodec export` wrote) run by onnxruntime."""
 
@@ -68,18 +82,10 @@ class LiteCodec:
 
     def _session(self, name):
         if name not in self._sessions:
-            try:
-                import onnxruntime as ort
-            except ImportError:
-                raise ImportError("fastcodec.lite needs onnxruntime: pip install onnxruntime") from None
             path = self.dir / name
             if not path.is_file():
                 raise ValueError(f"{path}: missing from the export")
-            opts = ort.SessionOptions()
-            opts.log_severity_level = 3
-            if self.threads:
-                opts.intra_op_num_threads = self.threads
-            self._sessions[name] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self._sessions[name] = ort_session(path, self.threads)
         return self._sessions[name]
 
     def encode(self, audio) -> np.ndarray:

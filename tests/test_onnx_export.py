@@ -11,6 +11,7 @@ import torch
 from fastcodec import Codec
 from fastcodec.codec.cli import main as cli
 from fastcodec.export import EncoderGraph, ExportError, export, run_steps
+from fastcodec.lite import ort_session
 
 onnx = pytest.importorskip("onnx")  # in the [test] extra: installed wherever the suite runs
 ort = pytest.importorskip("onnxruntime")
@@ -19,9 +20,7 @@ TIE_RTOL = 1e-5  # two codes whose fp64 distances to a residual are this close (
 
 
 def _session(path):
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort_session(path, threads=2)
 
 
 @pytest.fixture
