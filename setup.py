@@ -162,7 +162,9 @@ setup(
         "tqdm",   # the training progress bar (training falls back to plain lines without it)
     ],
     extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis", "tensorboard", "onnx", "onnxruntime"],
-                    "onnx": ["onnx", "onnxruntime"]},
+                    "onnx": ["onnx", "onnxruntime"],
+                    # quality evaluation (python -m fastcodec.eval): STOI, wide-band PESQ, the plot
+                    "eval": ["pystoi", "pesq", "matplotlib"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     entry_points={"console_scripts": ["fastcodec = fastcodec.__main__:main"]},

@@ -10,10 +10,10 @@ from fastcodec.train import loop
 if os.environ.get("RANK") == "1":
     _step = loop.Trainer.train_step
 
-    def _stuck_step(self, x):
+    def _stuck_step(self, x, position=None):
         if self.step == 1:
             time.sleep(600)
-        return _step(self, x)
+        return _step(self, x, position)
 
     loop.Trainer.train_step = _stuck_step
 

@@ -1,6 +1,7 @@
 """The training loop end to end on the tiny preset: what it writes, exact resume, bad data and
 non-finite losses, Ctrl-C, the command line, and two-process DDP on CPU."""
 import contextlib
+import csv
 import dataclasses
 import datetime
 import json
@@ -60,7 +61,8 @@ def test_a_run_writes_everything_it_promises(tmp_path):
     codec = ckpt.load(out / "codec.pt")
     assert codec["codec_config"] == saved["codec"] and "quantizer.codebooks" in codec["model"]
     metrics = (out / "metrics.csv").read_text().splitlines()
-    assert metrics[0].startswith("step,lr,loss,mel") and len(metrics) == 5
+    assert metrics[0].startswith("step,elapsed_s,progress,lr,loss,mel") and len(metrics) == 5
+    assert [float(r.split(",")[2]) for r in metrics[1:]] == [0.25, 0.5, 0.75, 1.0]  # progress by steps
     evals = (out / "eval.csv").read_text().splitlines()
     assert len(evals) == 3 and "si_sdr_nq6" in evals[0] and "dead_pct_q6" in evals[0]
     assert (out / "eval" / "step0000004.png").read_bytes()[:4] == b"\x89PNG"
@@ -107,8 +109,8 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     trainer = loop_mod.Trainer(halves, progress=False, log=lambda *_: None)
     step_once = trainer.train_step
 
-    def stop_after_two(x):
-        row = step_once(x)
+    def stop_after_two(x, position=None):
+        row = step_once(x, position)
         trainer._stop_requested = trainer.step >= 2
         return row
     monkeypatch.setattr(trainer, "train_step", stop_after_two)
@@ -311,6 +313,24 @@ def test_ddp_two_cpu_processes_stay_identical(tmp_path, monkeypatch):
     assert len(list((tmp_path / "cache").glob("tuning-*.json"))) == 1  # rank 0's measurements, kept
 
 
+def test_ddp_timed_run_ends_together(tmp_path):
+    """--time-budget under torchrun: rank 0's clock sets every rank's schedules and end, so the ranks
+    step together to the same last step (a rank that ended alone would leave the other waiting in
+    a collective until --dist-timeout) with identical weights, and the run ends with a checkpoint."""
+    run = tmp_path / "run"
+    r = _torchrun(["--out", str(run), "--time-budget", "0.2", "--steps", "40", "--batch-size", "2",
+                   "--segment-seconds", "0.25", "--disc-start", "20", "--vq-start", "4", "--eval-every", "1000",
+                   "--checkpoint-every", "1000", "--log-every", "1", "--dist-timeout", "120"], timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    last = int(rows[-1]["step"])
+    record = json.loads((run / "replicas.json").read_text())
+    assert record["step"] == last and record["identical"]
+    assert [p.name for p in (run / "checkpoints").iterdir()] == [f"step{last:07d}.pt"]
+    assert 0.5 < float(rows[-1]["progress"]) < 1  # it ran by the clock, and ended before the budget ran out
+
+
 def test_a_stuck_rank_ends_the_run_after_the_timeout(tmp_path):
     """Rank 1 hangs in step 2; rank 0 gives up in its collective after --dist-timeout with one
     line saying so, torchrun ends rank 1, and step 1's checkpoint is intact."""
@@ -464,7 +484,7 @@ def test_resume_refuses_every_changed_setting_however_it_is_spelled(tmp_path):
     saved = TrainConfig(out=str(run))
     (run / "config.json").write_text(json.dumps({"train": saved.to_dict()}))
     other = {"data": str(tmp_path), "preset": "seed-16k", "weights": '{"aux": 2}', "amp": "bf16", "device": "cpu",
-             "backend": "torch", "dist_timeout": "5"}
+             "backend": "torch", "dist_timeout": "5", "time_budget": "7.5"}
     flags = [a for a in parser()._actions
              if a.option_strings and a.dest not in ("help", "resume", "no_progress", "out")]
     assert len(flags) > 20

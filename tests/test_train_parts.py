@@ -1,5 +1,5 @@
-"""Training's building blocks: schedules, spectral features, losses, metrics, data scanning and
-batching, checkpoints, and the files training writes."""
+"""Training's building blocks: schedules, losses, data scanning and batching, checkpoints, and the
+files training writes (the metrics they share with evaluation: test_eval.py)."""
 import math
 import warnings
 
@@ -20,16 +20,8 @@ from fastcodec.train.data import (
 )
 from fastcodec.train import demo_data
 from fastcodec.train.demo_data import demo_clip
-from fastcodec.train.losses import (
-    codebook_usage,
-    critic_hinge_loss,
-    feature_matching_loss,
-    generator_hinge_loss,
-    si_sdr,
-    stage_mean_loss,
-)
+from fastcodec.train.losses import critic_hinge_loss, feature_matching_loss, generator_hinge_loss, stage_mean_loss
 from fastcodec.train.report import CSVLog, spectrogram_png, write_wav
-from fastcodec.train.spectral import MultiScaleMel, mel_distance, mel_filterbank
 
 
 def test_schedules():
@@ -61,32 +53,6 @@ def test_schedules():
     assert lr_factor(100, 10, 100, 0.1) == pytest.approx(0.1)
     cfg = TrainConfig(weights={"aux": [[0, 1], [0.5, 0]]}, steps=100)
     assert TrainConfig.from_dict(cfg.to_dict()).weights == cfg.weights
-
-
-def test_mel_filterbank_and_distance():
-    fb = mel_filterbank(512, 40, 16000)
-    assert fb.shape == (40, 257) and (fb >= 0).all()
-    assert (fb.sum(1) > 0).all()  # no empty band
-    peaks = fb.argmax(1)
-    assert (peaks[1:] >= peaks[:-1]).all()  # bands ascend in frequency
-    mel = MultiScaleMel(16000)
-    x = torch.randn(2, 1, 3000)
-    assert len(mel(x)) == 6
-    assert float(mel_distance(mel(x), mel(x))) == 0.0
-    assert float(mel_distance(mel(x), mel(0.5 * x))) > 0.1
-    short = torch.randn(1, 1, 40)  # shorter than the largest window: still defined
-    assert torch.isfinite(mel_distance(mel(short), mel(short * 2))).all()
-
-
-def test_si_sdr_and_codebook_usage():
-    ref = torch.randn(3, 1, 1000)
-    assert (si_sdr(ref * 0.3, ref) > 60).all()  # scale-invariant
-    noisy = ref + 0.1 * torch.randn_like(ref)
-    assert si_sdr(noisy, ref).mean().item() == pytest.approx(20.0, abs=1.0)
-    counts = torch.tensor([[5.0, 5.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
-    perplexity, dead = codebook_usage(counts)
-    assert perplexity.tolist() == pytest.approx([2.0, 4.0])
-    assert dead.tolist() == [0.5, 0.0]
 
 
 def test_adversarial_losses():

@@ -40,7 +40,11 @@ def parser():
     p.add_argument("--data", default=None, help="folder of .wav/.flac/.ogg files (searched recursively); "
                    "default: the built-in procedural demo set")
     p.add_argument("--preset", choices=sorted(PRESETS), default=d.preset)
-    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--steps", type=int, default=d.steps, help="the run's length; with --time-budget, the unit of "
+                   "the step-based schedules (--warmup-steps, --vq-start, --disc-start), laid over the budget")
+    p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                   help="train for this long (fractions allowed), the schedules laid over the time as measured by "
+                        "the run's own clock; it ends with a decayed LR, an evaluation and a checkpoint")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
     p.add_argument("--segment-seconds", type=float, default=d.segment_seconds, help="training crop length")
     p.add_argument("--lr", type=float, default=None, help="generator peak learning rate (default: the preset's, "

@@ -1,8 +1,8 @@
 """Training settings as data (`TrainConfig`), saved as JSON beside the checkpoints.
 
 Loss weights are curricula: piecewise-linear schedules over training progress, given as
-[[progress, weight], ...] with progress the fraction of `steps` done (0..1); a bare number is a
-constant weight.
+[[progress, weight], ...] with progress the fraction of `steps` done (0..1), or of `time_budget`
+when one is set; a bare number is a constant weight.
 """
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ class TrainConfig:
     data: str | None = None           # folder of audio; None: the built-in procedural demo set
     out: str = "runs/fastcodec"
     steps: int = 3000
+    time_budget: float | None = None  # minutes: the run ends then, the schedules laid over it (budget.py)
     batch_size: int = 8
     segment_seconds: float = 1.0      # training crop length
     lr: float | None = None           # generator peak learning rate; None: the preset's (see PRESET_LR)
@@ -104,6 +105,10 @@ class TrainConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 problems.append(f"{name} must be a positive number, got {v!r}")
+        tb = self.time_budget
+        if tb is not None and (isinstance(tb, bool) or not isinstance(tb, (int, float)) or not math.isfinite(tb)
+                               or tb <= 0):
+            problems.append(f"time_budget must be a positive number of minutes, got {tb!r}")
         if not 0.0 <= self.holdout_fraction < 1.0:
             problems.append(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
         if self.device not in ("auto", "cuda", "cpu"):
@@ -118,7 +123,8 @@ class TrainConfig:
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
 
-    def weight(self, name: str, step: int) -> float:
+    def weight(self, name: str, step: float) -> float:
+        """The loss weight at (schedule) step `step`; see budget.Clock.position for a timed run."""
         return schedule_value(self.weights[name], step / max(1, self.steps))
 
     def to_dict(self) -> dict:
@@ -166,7 +172,7 @@ def check_schedule(spec):
             raise ValueError(f"weights must be finite and non-negative at finite progress, got {spec!r}")
 
 
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+def lr_factor(step: float, warmup: int, total: int, min_ratio: float) -> float:
     """Linear warmup to 1, then cosine decay to min_ratio at `total` steps."""
     if warmup and step < warmup:
         return (step + 1) / warmup

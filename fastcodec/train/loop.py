@@ -38,23 +38,17 @@ import torch
 from ..nn import BackendUnavailable, SoundStream, preset, resolve_backend, set_backend
 from ..nn import tuning
 from .. import checkpoint as ckpt
+from .budget import Clock
 from .config import TrainConfig, lr_factor
 from .data import CropDataset, StepBatches, build_sources, eval_batch
 from .discriminators import Critics
-from .losses import (
-    codebook_usage,
-    critic_hinge_loss,
-    feature_matching_loss,
-    generator_hinge_loss,
-    si_sdr,
-    stage_mean_loss,
-    waveform_loss,
-)
+from ..eval.metrics import code_counts, codebook_usage, si_sdr
+from ..eval.spectral import MultiScaleMel, mel_distance
+from .losses import critic_hinge_loss, feature_matching_loss, generator_hinge_loss, stage_mean_loss, waveform_loss
 from .report import CSVLog, spectrogram_png, tensorboard_writer, write_wav
-from .spectral import MultiScaleMel, mel_distance
 
-TRAIN_COLUMNS = ["step", "lr", "loss", "mel", "wave", "commit", "aux", "adv", "feat", "disc", "grad_norm",
-                 "audio_seconds_per_s", "bad_steps"]
+TRAIN_COLUMNS = ["step", "elapsed_s", "progress", "lr", "loss", "mel", "wave", "commit", "aux", "adv", "feat", "disc",
+                 "grad_norm", "audio_seconds_per_s", "bad_steps"]
 
 
 class TrainingError(RuntimeError):
@@ -103,6 +97,14 @@ class _Dist:
         t = torch.tensor([value, -value], dtype=torch.float64, device=self.device)
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return int(t[0]) == value and int(-t[1]) == value
+
+    def from_main(self, *values: float) -> tuple:
+        """Rank 0's values, on every rank."""
+        if not self.active:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch.distributed.broadcast(t, 0)
+        return tuple(t.tolist())
 
     def all_true(self, flag: bool) -> bool:
         """Whether flag holds on every rank (so all ranks take the same branch)."""
@@ -197,6 +199,7 @@ class Trainer:
         self.opt_d = torch.optim.AdamW(self.critics.parameters(), lr=cfg.disc_lr, betas=cfg.betas,
                                        weight_decay=cfg.weight_decay)
         self.step, self.bad_streak = 0, 0
+        self.clock = Clock(cfg.steps, None if cfg.time_budget is None else 60.0 * cfg.time_budget)
         if resume_from is not None:
             self._resume(resume_from)
         self.segment = int(round(cfg.segment_seconds * self.codec_cfg.sample_rate))
@@ -256,6 +259,7 @@ class Trainer:
             "critics": self.critics.state_dict(),
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
+            "elapsed_s": self.clock.elapsed_s,
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
@@ -340,6 +344,7 @@ class Trainer:
         if torch.cuda.is_available() and len(state["rng_cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         self.step, self.bad_streak = int(state["step"]), int(state["bad_streak"])
+        self.clock = Clock(self.cfg.steps, self.clock.budget_s, float(state.get("elapsed_s", 0.0)))
         self._say(f"resumed from {path} at step {self.step} ({ckpt.verified(state)})")
 
     # ---- one step ---------------------------------------------------------------------------
@@ -348,17 +353,19 @@ class Trainer:
             return torch.autocast(self.dist.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def train_step(self, x):
-        """One generator (and critic) step on x [B, 1, T]; returns the metrics row."""
+    def train_step(self, x, position: float | None = None):
+        """One generator (and critic) step on x [B, 1, T]; returns the metrics row. position: the
+        step the schedules read (budget.Clock.position; default: this step)."""
         cfg, step = self.cfg, self.step
+        pos = step if position is None else position
         gen_rng = torch.Generator().manual_seed(_seed_for(cfg.seed, self.dist.rank, step, "quantizer"))
-        w = {name: cfg.weight(name, step) for name in cfg.weights}
-        critics_on = step >= cfg.disc_start and (w["adv"] > 0 or w["feat"] > 0)
+        w = {name: cfg.weight(name, pos) for name in cfg.weights}
+        critics_on = pos >= cfg.disc_start and (w["adv"] > 0 or w["feat"] > 0)
         # The learning rate is a function of the step (warmup, then cosine), so resuming needs no scheduler state.
-        factor = lr_factor(step, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+        factor = lr_factor(pos, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
         row = {"step": step + 1, "lr": cfg.lr * factor}
 
-        quantize = step >= cfg.vq_start
+        quantize = pos >= cfg.vq_start
         q = self.model.quantizer
         before_init = ({k: v.clone() for k, v in q.state_dict().items()} if quantize and not bool(q.initialized)
                        else None)
@@ -433,7 +440,7 @@ class Trainer:
         model, Q = self.model, self.codec_cfg.n_q
         was_training = model.training
         model.eval()
-        row = {"step": self.step}
+        row = {"step": self.step, "elapsed_s": self.clock.elapsed_s}
         folder = self.out / "eval"
         folder.mkdir(exist_ok=True)
         try:
@@ -441,11 +448,7 @@ class Trainer:
                 out = model(x, n_q=n)
                 row[f"si_sdr_nq{n}"] = float(si_sdr(out.audio, x).mean())
                 row[f"mel_nq{n}"] = float(mel_distance(self.mel(out.audio), self.mel(x)))
-            codes = out.quantizer.codes  # full n_q, [N, Q, F]
-            counts = torch.zeros(Q, self.codec_cfg.codebook_size, device=codes.device)
-            counts.scatter_add_(1, codes.transpose(0, 1).reshape(Q, -1), torch.ones_like(counts[:, :1]).expand(
-                Q, codes.shape[0] * codes.shape[2]))
-            perplexity, dead = codebook_usage(counts)
+            perplexity, dead = codebook_usage(code_counts(out.quantizer.codes, self.codec_cfg.codebook_size))
             for i in range(Q):
                 row[f"perplexity_q{i + 1}"] = float(perplexity[i])
                 row[f"dead_pct_q{i + 1}"] = 100.0 * float(dead[i])
@@ -470,7 +473,7 @@ class Trainer:
 
     def eval_columns(self):
         Q = self.codec_cfg.n_q
-        cols = ["step"]
+        cols = ["step", "elapsed_s"]
         for n in sorted({1, max(1, Q // 2), Q}):
             cols += [f"si_sdr_nq{n}", f"mel_nq{n}"]
         cols += [f"perplexity_q{i + 1}" for i in range(Q)] + [f"dead_pct_q{i + 1}" for i in range(Q)]
@@ -493,8 +496,10 @@ class Trainer:
             tb = tensorboard_writer(self.out / "tensorboard")
             x_eval = eval_batch(self.held_src, cfg.eval_clips,
                                 int(round(cfg.eval_seconds * self.codec_cfg.sample_rate)), cfg.seed).to(dist.device)
+        clock = self.clock
+        timed = clock.budget_s is not None
         batches = StepBatches(len(self.train_src), cfg.batch_size, cfg.seed, start_step=self.step, rank=dist.rank,
-                              world=dist.world, steps=cfg.steps)
+                              world=dist.world, steps=None if timed else cfg.steps)
         loader = torch.utils.data.DataLoader(CropDataset(self.train_src, self.segment), batch_sampler=batches,
                                              num_workers=cfg.num_workers, pin_memory=dist.device.type == "cuda",
                                              persistent_workers=cfg.num_workers > 0,
@@ -503,16 +508,27 @@ class Trainer:
                                              generator=torch.Generator().manual_seed(cfg.seed))
         self._say(f"training {cfg.preset} ({sum(p.numel() for p in self.model.parameters()) / 1e6:.2f} M parameters, "
                   f"{self.codec_cfg.bitrate() / 1000:.2f} kbps at n_q={self.codec_cfg.n_q}) on {dist.device} "
-                  f"x{dist.world}, data: {self.train_src.describe()}; writing to {self.out}")
-        bar = _progress(cfg.steps, self.step, enabled=dist.main, live=self.progress)
+                  f"x{dist.world}, data: {self.train_src.describe()}"
+                  + (f", for {cfg.time_budget:g} min" + (f" ({clock.elapsed_s / 60:.3g} spent)" if self.step else "")
+                     if timed else "") + f"; writing to {self.out}")
+        last_row, audio_done, last = {}, 0.0, False
+        if timed and dist.from_main(clock.progress(self.step))[0] >= 1:
+            self._say(f"this run has used its {cfg.time_budget:g} min budget already (step {self.step}): nothing to do")
+            return last_row
+        bar = _progress(None if timed else cfg.steps, self.step, enabled=dist.main, live=self.progress)
         previous = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
-        last_row, tic, audio_done = {}, time.perf_counter(), 0.0
+        clock.start()
+        tic, step_tic = time.perf_counter(), clock.now()
+        # With a budget, rank 0's clock decides for every rank where the schedules stand and when
+        # the run ends (the ranks must agree on both).
         try:
             for x in loader:
                 if not dist.all_true(not self._stop_requested):
                     break
                 x = x.to(dist.device, non_blocking=True)
-                row = self.train_step(x)
+                position = dist.from_main(clock.position(self.step))[0] if timed else None
+                row = self.train_step(x, position)
+                clock.took_step(clock.now() - step_tic)
                 if self.bad_streak >= cfg.max_bad_steps:
                     newest = self.newest_verified_checkpoint() if dist.main else None
                     kept = (f"the newest checkpoint that verifies is {newest[0]} (step {newest[1]})" if newest else
@@ -522,7 +538,9 @@ class Trainer:
                         f"loss or gradient. They changed no weight; {kept}. Try a lower --lr, --amp none, or "
                         f"check the data.")
                 audio_done += x.shape[0] * x.shape[2] * dist.world / self.codec_cfg.sample_rate
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                last = bool(dist.from_main(float(clock.done(self.step)))[0]) if timed else clock.done(self.step)
+                row.update(elapsed_s=clock.elapsed_s, progress=clock.progress(self.step))
+                if self.step % cfg.log_every == 0 or last:
                     now = time.perf_counter()
                     row["audio_seconds_per_s"] = audio_done / max(now - tic, 1e-9)
                     tic, audio_done = now, 0.0
@@ -534,12 +552,19 @@ class Trainer:
                                     tb.add_scalar(f"train/{k}", v, self.step)
                     last_row = row
                 bar.update(row)
-                if dist.main and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+                if dist.main and (self.step % cfg.eval_every == 0 or last):
+                    t = clock.now()
                     ev = self.evaluate(x_eval, eval_log, tb)
                     bar.write(_eval_line(ev, self.codec_cfg.n_q))
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                    clock.took_final_work("eval", clock.now() - t)
+                if self.step % cfg.checkpoint_every == 0 or last:
+                    t = clock.now()
                     self.save_checkpoint()
-            if self._stop_requested and self.step < cfg.steps:
+                    clock.took_final_work("checkpoint", clock.now() - t)
+                step_tic = clock.now()  # a step's time: its data and its step, not evaluations or checkpoints
+                if last:
+                    break
+            if self._stop_requested and not last:
                 self.interrupted = True
                 self.save_checkpoint()
                 self._say(f"interrupted: checkpoint saved at step {self.step}; continue with --resume")

@@ -1,11 +1,10 @@
-"""Training losses and quality metrics.
+"""Training losses (the quality metrics they share with evaluation live in fastcodec.eval.metrics).
 
 Adversarial terms take the critics' outputs: lists (one per sub-critic) of feature lists whose last
 entry is the logits. Audio is [B, 1, T].
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from ..nn import full_precision
@@ -65,26 +64,3 @@ def stage_mean_loss(stages, audio, hop, eps=1e-8):
             target = F.avg_pool1d(x, factor) if factor > 1 else x
             terms.append((h.float().mean(1, keepdim=True) - target).abs().mean() / scale)
     return sum(terms) / len(terms)
-
-
-def si_sdr(estimate, reference, eps=1e-8):
-    """Scale-invariant SDR in dB per example: estimate, reference [B, 1, T] -> [B]."""
-    with full_precision():
-        est = estimate.float().flatten(1)
-        ref = reference.float().flatten(1)
-        est = est - est.mean(1, keepdim=True)
-        ref = ref - ref.mean(1, keepdim=True)
-        scale = (est * ref).sum(1, keepdim=True) / (ref.pow(2).sum(1, keepdim=True) + eps)
-        target = scale * ref
-        noise = est - target
-        return 10 * torch.log10((target.pow(2).sum(1) + eps) / (noise.pow(2).sum(1) + eps))
-
-
-def codebook_usage(counts):
-    """counts [Q, K] of code assignments -> (perplexity [Q], dead fraction [Q]) per stage.
-
-    Perplexity exp(H) is the effective number of codes in use (K at best); dead = never chosen."""
-    counts = counts.double()
-    p = counts / counts.sum(1, keepdim=True).clamp(min=1)
-    entropy = -(p * p.clamp(min=1e-30).log()).sum(1)
-    return entropy.exp().float(), (counts == 0).float().mean(1)

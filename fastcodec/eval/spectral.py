@@ -1,4 +1,4 @@
-"""Spectral features for losses and evaluation: mel filterbanks and multi-scale mel spectrograms.
+"""Spectral features for training losses and quality evaluation: mel filterbanks and multi-scale mel spectrograms.
 
 Computed in fp32 with autocast off (STFTs in half precision lose the quiet bands that the log-mel
 loss is there to see). Shapes: audio [B, 1, T] or [B, T]; mel [B, n_mels, frames].
