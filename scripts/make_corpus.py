@@ -769,9 +769,13 @@ def build(out_arg: str, cache_arg: str | None, sample_rate: int, fraction: float
     if out.is_dir():
         try:
             rel = cache.resolve().relative_to(out.resolve())
-            ignore.append(rel.parts[0])
         except ValueError:
-            pass
+            rel = None
+        if rel is not None and not rel.parts:
+            raise CorpusError(f"--cache {cache} is the output folder itself; give it a folder of its own "
+                              f"(default: OUT/.debs)")
+        if rel is not None:
+            ignore.append(rel.parts[0])
     check_out_dir(out, expected, force, ignore)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / MARKER, json.dumps(expected, indent=2, sort_keys=True) + "\n")

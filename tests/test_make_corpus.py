@@ -211,6 +211,10 @@ def test_main_refuses_bad_out_in_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err.startswith(f"make_corpus: error: {out} holds a different corpus") and err.count("\n") == 1
     assert sorted(p.name for p in out.iterdir()) == [mc.MARKER]  # nothing written
+    monkeypatch.setattr(mc.shutil, "which", lambda name: "/usr/bin/" + name)  # dpkg-deb need not be here
+    assert mc.main([str(out), "--cache", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "is the output folder itself" in err and err.count("\n") == 1
 
 
 def test_main_without_dpkg_deb(tmp_path, capsys, monkeypatch):

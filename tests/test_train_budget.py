@@ -68,55 +68,72 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
-def test_a_timed_run_ends_in_its_budget_with_a_final_evaluation(tmp_path, fake_time, monkeypatch):
-    cfg = _timed(tmp_path)
+@pytest.mark.parametrize("budget_s", [10.0, 10.6])
+def test_a_timed_run_ends_in_its_budget_with_a_final_evaluation(tmp_path, fake_time, monkeypatch, budget_s):
+    cfg = _timed(tmp_path, time_budget=budget_s / 60)
     trainer = _trainer(cfg, fake_time, monkeypatch)
     trainer.run()
     trainer.close()
-    # Steps end at 1, 2, 3, 4 (+0.75 s eval and checkpoint), 5.75, 6.75, 7.75, 8.75 s; after step 8,
-    # another step (1 s) and the final eval and checkpoint (0.75 s) would pass 10 s.
+    # Steps end at 1, 2, 3, 4 (+0.75 s eval and checkpoint), 5.75, 6.75, 7.75, 8.75 s. After step 8
+    # its periodic eval and checkpoint (0.75 s), another step (1 s) and the final ones (0.75 s)
+    # would pass 10.6 s: so step 8 is the last, and its eval and checkpoint are the final ones.
     out = Path(cfg.out)
     rows = _rows(out / "metrics.csv")
     assert [int(r["step"]) for r in rows] == list(range(1, 9))
     ends = [1, 2, 3, 4, 5.75, 6.75, 7.75, 8.75]
     assert [float(r["elapsed_s"]) for r in rows] == pytest.approx(ends)
-    assert [float(r["progress"]) for r in rows] == pytest.approx([e / 10 for e in ends])
+    assert [float(r["progress"]) for r in rows] == pytest.approx([e / budget_s for e in ends], rel=1e-5)
     # Each step's schedules stand where a 20-step run stands at the fraction of the budget spent
-    # before it: the quantizer from position 4 (step 3, which initialises the codebooks on its batch:
-    # no commitment loss yet), the critics from position 10 (step 6).
-    starts = [0, 1, 2, 3, 4.75, 5.75, 6.75, 7.75]
+    # before it: the quantizer from position 4 (its first step initialises the codebooks on its
+    # batch: no commitment loss yet; step 3 at 10 s, step 4 at 10.6 s), the critics from position 10.
+    positions = [s / budget_s * 20 for s in (0, 1, 2, 3, 4.75, 5.75, 6.75, 7.75)]
     assert [float(r["lr"]) for r in rows] == pytest.approx(
-        [cfg.lr * lr_factor(s / 10 * 20, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio) for s in starts], rel=1e-5)
-    assert [r["disc"] != "" for r in rows] == [False] * 5 + [True] * 3
-    assert [r["commit"] != "0" for r in rows] == [False] * 3 + [True] * 5
+        [cfg.lr * lr_factor(p, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio) for p in positions], rel=1e-5)
+    assert [r["disc"] != "" for r in rows] == [p >= 10 for p in positions] == [False] * 5 + [True] * 3
+    first_vq = 3 if budget_s == 10 else 4
+    assert [r["commit"] != "0" for r in rows] == [False] * first_vq + [True] * (8 - first_vq)
+    assert [p >= 4 for p in positions].index(True) + 1 == first_vq
     evals = _rows(out / "eval.csv")
     assert [int(r["step"]) for r in evals] == [4, 8]
     state = ckpt.load(out / "checkpoints" / "step0000008.pt")
-    assert state["step"] == 8 and state["elapsed_s"] == pytest.approx(9.5)
+    assert state["step"] == 8 and state["clock"]["elapsed_s"] == pytest.approx(9.5) and state["clock"]["finished"]
 
 
-def test_resume_keeps_the_budget(tmp_path, fake_time, monkeypatch):
+def test_resume_keeps_the_budget_and_an_ended_run_stays_ended(tmp_path, fake_time, monkeypatch):
     cfg = _timed(tmp_path)
     first = _trainer(cfg, fake_time, monkeypatch)
+    step_once = first.train_step
+
+    def stop_after_five(x, position=None):  # as by Ctrl-C
+        row = step_once(x, position)
+        first._stop_requested = first.step >= 5
+        return row
+    monkeypatch.setattr(first, "train_step", stop_after_five)
     first.run()
     first.close()
+    assert first.interrupted
     fake_time[0] += 1000  # time between the runs is not the run's
     said = []
     again = _trainer(cfg, fake_time, monkeypatch, resume=True, log=said.append)
-    assert again.clock.elapsed_s == pytest.approx(9.5)
+    # The interrupted checkpoint: 5 steps, one eval and two checkpoints (0.25 s each) = 6 s.
+    assert again.clock.elapsed_s == pytest.approx(6.0)
     again.run()
     again.close()
+    assert any("for 0.166667 min (0.1 spent)" in m for m in said)
     rows = _rows(Path(cfg.out) / "metrics.csv")
-    # One step (from 95 % of the budget: position 19) and it is spent: the final eval and checkpoint.
-    assert [int(r["step"]) for r in rows][-1] == 9 and float(rows[-1]["elapsed_s"]) == pytest.approx(10.5)
-    assert float(rows[-1]["lr"]) == pytest.approx(cfg.lr * lr_factor(19, 2, 20, cfg.min_lr_ratio), rel=1e-5)
-    assert ckpt.load(Path(cfg.out) / "checkpoints" / "step0000009.pt")["elapsed_s"] == pytest.approx(11.25)
-    assert any("for 0.166667 min (0.158 spent)" in m for m in said)
-    spent = []
-    done = _trainer(cfg, fake_time, monkeypatch, resume=True, log=spent.append)
-    assert done.run() == {} and any("used its 0.166667 min budget already" in m for m in spent)
+    # From 6 s the steps end at 7, 8, 9 s, and after step 8 its due eval and checkpoint, a step and
+    # the final ones (the estimates came back with the checkpoint) would pass 10 s: the end.
+    assert [int(r["step"]) for r in rows] == list(range(1, 9))
+    assert [float(r["elapsed_s"]) for r in rows][5:] == pytest.approx([7, 8, 9])
+    assert [float(r["lr"]) for r in rows][5:] == pytest.approx(
+        [cfg.lr * lr_factor(p, 2, 20, cfg.min_lr_ratio) for p in (12, 14, 16)], rel=1e-5)
+    state = ckpt.load(Path(cfg.out) / "checkpoints" / "step0000008.pt")
+    assert state["clock"]["elapsed_s"] == pytest.approx(9.75) and state["clock"]["finished"]
+    ended = []  # 9.75 s of 10 spent, but the run ended: resuming it does nothing
+    done = _trainer(cfg, fake_time, monkeypatch, resume=True, log=ended.append)
+    assert done.run() == {} and any("used its 0.166667 min budget already" in m for m in ended)
     done.close()
-    assert not (Path(cfg.out) / "checkpoints" / "step0000010.pt").exists()
+    assert sorted(p.name for p in (Path(cfg.out) / "checkpoints").iterdir())[-1] == "step0000008.pt"
 
 
 @pytest.mark.parametrize("bad", [0, -1.0, math.inf, math.nan, True, "30"])

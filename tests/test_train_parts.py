@@ -238,6 +238,22 @@ def test_csv_log_resume_drops_rows_after_the_checkpoint(tmp_path):
     assert lines[0] == "step,loss" and [ln.split(",")[0] for ln in lines[1:]] == ["1", "2", "3"]
 
 
+def test_csv_log_resume_keeps_an_older_layouts_rows(tmp_path):
+    """A run logged before columns were added keeps its rows (new columns blank); a log of
+    another layout is moved aside, never over an earlier one moved aside."""
+    log = CSVLog(tmp_path / "m.csv", ["step", "loss"])
+    for s in range(1, 4):
+        log.write({"step": s, "loss": 0.5})
+    CSVLog(tmp_path / "m.csv", ["step", "elapsed_s", "loss"], resume_step=2)
+    assert (tmp_path / "m.csv").read_text().splitlines() == ["step,elapsed_s,loss", "1,,0.5", "2,,0.5"]
+    for k in range(2):
+        (tmp_path / "m.csv").write_text(f"when,what\n{k},x\n")
+        CSVLog(tmp_path / "m.csv", ["step", "loss"], resume_step=2)
+    assert (tmp_path / "m.old.csv").read_text() == "when,what\n0,x\n"
+    assert (tmp_path / "m.old.1.csv").read_text() == "when,what\n1,x\n"
+    assert (tmp_path / "m.csv").read_text() == "step,loss\n"
+
+
 def test_png_and_wav_writers(tmp_path):
     spectrogram_png(tmp_path / "s.png", [np.random.rand(20, 30), np.random.rand(20, 30)])
     data = (tmp_path / "s.png").read_bytes()

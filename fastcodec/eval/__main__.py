@@ -8,6 +8,7 @@ summary.csv and summary.md (means per category and bitrate), usage.csv, quality.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -94,7 +95,7 @@ def run(args) -> int:
     from ..nn import BackendUnavailable
     from . import metrics as m
     from . import report
-    from .scoring import FILE_COLUMNS, METRICS, EvalError, Scorer, find_items, speech_categories, summarize
+    from .scoring import METRICS, EvalError, Scorer, find_items, speech_categories, summarize
 
     try:
         items = find_items(args.audio_dir, args.manifest)
@@ -125,8 +126,12 @@ def run(args) -> int:
               file=sys.stderr)
     ckpt, audio_dir = Path(args.checkpoint), Path(args.audio_dir)
     out = Path(args.out) if args.out else ckpt.parent / f"quality-{audio_dir.resolve().name}"
-    if out.exists() and not out.is_dir():
-        return _fail(f"--out {out}: exists and is not a folder")
+    try:  # before minutes of scoring, not after
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return _fail(f"--out {out}: cannot create the folder ({exc.strerror or exc})")
+    if not os.access(out, os.W_OK):
+        return _fail(f"--out {out}: not writable")
 
     scorer = Scorer(codec, n_qs, metrics, args.max_seconds or None)
     rows, counts, skipped = [], {}, []
@@ -150,24 +155,34 @@ def run(args) -> int:
               f"Model: {codec.cfg.sample_rate} Hz, {Q} stages of {codec.cfg.codebook_size} codes, "
               f"{codec.bitrate(1) / 1000:.2f} kbps per stage; model {codec.fingerprint}. "
               f"{len(items) - len(skipped)} files scored"
-              + (f", {len(skipped)} skipped (unreadable)" if skipped else "")
+              + (f", {len(skipped)} skipped (unreadable or too short; each named when scored)" if skipped else "")
               + (f"; at most the first {args.max_seconds:g} s of each" if args.max_seconds else "")
               + (f"; PESQ-wb on {', '.join(sorted(speech)) or 'no category'}" if "pesq" in metrics else "")
               + f". Scored in {time.perf_counter() - tic:.0f} s."]
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        why_not = _write(out, rows, summary, usage, metrics, header, f"{ckpt.parent.name}/{ckpt.name} on "
+                         f"{audio_dir.resolve().name}")
+    except OSError as exc:
+        return _fail(f"writing to {out} failed ({exc})")
+    print(report.markdown(summary, usage, metrics, header))
+    print(f"wrote {out}/: files.csv, summary.csv, summary.md, usage.csv" + ("" if why_not else ", quality.png"))
+    return 0
+
+
+def _write(out, rows, summary, usage, metrics, header, title):
+    """The report files; returns why quality.png was not written, or None."""
+    from . import report
+    from .scoring import FILE_COLUMNS, METRICS
+
     report.write_csv(out / "files.csv", rows, FILE_COLUMNS)
     summary_cols = ["category", "n_q", "kbps", "files", "seconds"] + [c for k in METRICS for c in (k, f"{k}_files")]
     report.write_csv(out / "summary.csv", summary, summary_cols)
     report.write_csv(out / "usage.csv", usage, ["category", "stage", "perplexity", "dead_pct"])
-    text = report.markdown(summary, usage, metrics, header)
-    report.write_text(out / "summary.md", text)
-    why_not = report.plot_png(out / "quality.png", summary, metrics,
-                              f"{ckpt.parent.name}/{ckpt.name} on {audio_dir.resolve().name}")
+    report.write_text(out / "summary.md", report.markdown(summary, usage, metrics, header))
+    why_not = report.plot_png(out / "quality.png", summary, metrics, title)
     if why_not:
         print(f"{PROG}: note: no quality.png: {why_not}", file=sys.stderr)
-    print(text)
-    print(f"wrote {out}/: files.csv, summary.csv, summary.md, usage.csv" + ("" if why_not else ", quality.png"))
-    return 0
+    return why_not
 
 
 if __name__ == "__main__":

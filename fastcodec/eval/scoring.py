@@ -104,6 +104,8 @@ def read_mono(path, sample_rate: int, max_seconds: float | None) -> np.ndarray:
         import soxr
 
         x = soxr.resample(x, rate, sample_rate)
+    if x.shape[0] == 0:
+        raise AudioError(f"{path}: too short to resample to {sample_rate} Hz ({frames} samples at {rate} Hz)")
     return x
 
 

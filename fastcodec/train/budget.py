@@ -3,8 +3,10 @@
 With `time_budget` (minutes) every schedule that is given in steps (warm-up, quantizer start,
 critic start, LR decay) or in progress (the loss-weight curricula) is laid over the budget: at a
 fraction p of the budget the schedules stand where a run of `steps` steps stands at step p * steps.
-The run stops when the next step and the final evaluation and checkpoint would no longer fit, both
-estimated from what the run itself has measured so far.
+The run stops when the work due at this step (a periodic evaluation or checkpoint), the next step
+and the final evaluation and checkpoint would no longer fit, each estimated from the run's own
+earlier ones (an evaluation not yet seen is not reserved for: the first one comes early in any
+budget worth setting). The estimates travel in checkpoints, and a run that ended stays ended.
 """
 from __future__ import annotations
 
@@ -22,6 +24,21 @@ class Clock:
         self.steps, self.budget_s = steps, budget_s
         self._spent, self._since = float(elapsed_s), None
         self._step_s, self._final = None, {}
+        self.finished = False  # a timed run's end was reached
+
+    def state(self) -> dict:
+        """What a checkpoint keeps of the clock."""
+        return {"elapsed_s": self.elapsed_s, "step_s": self._step_s, "final": dict(self._final),
+                "finished": self.finished}
+
+    @classmethod
+    def from_state(cls, steps: int, budget_s: float | None, state: dict | None) -> "Clock":
+        state = state or {}
+        clock = cls(steps, budget_s, float(state.get("elapsed_s", 0.0)))
+        clock._step_s = state.get("step_s")
+        clock._final = {str(k): float(v) for k, v in (state.get("final") or {}).items()}
+        clock.finished = bool(state.get("finished", False))
+        return clock
 
     @staticmethod
     def now() -> float:
@@ -54,8 +71,16 @@ class Clock:
         is expected to take as long as the slowest so far."""
         self._final[kind] = max(self._final.get(kind, 0.0), seconds)
 
-    def done(self, step: int) -> bool:
-        """Whether `step` steps end the run."""
+    def done(self, step: int, due=()) -> bool:
+        """Whether `step` steps end the run. due: the kinds of work (eval, checkpoint) that follow
+        this step anyway; when it ends the run, that work is its final work."""
         if self.budget_s is None:
             return step >= self.steps
-        return self.elapsed_s + (self._step_s or 0.0) + sum(self._final.values()) >= self.budget_s
+        due_s = sum(self._final.get(kind, 0.0) for kind in due)
+        self.finished = (self.finished or self.elapsed_s + due_s + (self._step_s or 0.0) + sum(self._final.values())
+                         >= self.budget_s)
+        return self.finished
+
+    def spent(self) -> bool:
+        """Whether a timed run has nothing left to do."""
+        return self.budget_s is not None and (self.finished or self.progress(0) >= 1)

@@ -175,6 +175,6 @@ def check_schedule(spec):
 def lr_factor(step: float, warmup: int, total: int, min_ratio: float) -> float:
     """Linear warmup to 1, then cosine decay to min_ratio at `total` steps."""
     if warmup and step < warmup:
-        return (step + 1) / warmup
+        return min(1.0, (step + 1) / warmup)  # a timed run's position is fractional
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))

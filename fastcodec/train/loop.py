@@ -259,7 +259,7 @@ class Trainer:
             "critics": self.critics.state_dict(),
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
-            "elapsed_s": self.clock.elapsed_s,
+            "clock": self.clock.state(),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
@@ -344,7 +344,7 @@ class Trainer:
         if torch.cuda.is_available() and len(state["rng_cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         self.step, self.bad_streak = int(state["step"]), int(state["bad_streak"])
-        self.clock = Clock(self.cfg.steps, self.clock.budget_s, float(state.get("elapsed_s", 0.0)))
+        self.clock = Clock.from_state(self.cfg.steps, self.clock.budget_s, state.get("clock"))
         self._say(f"resumed from {path} at step {self.step} ({ckpt.verified(state)})")
 
     # ---- one step ---------------------------------------------------------------------------
@@ -486,7 +486,11 @@ class Trainer:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def run(self):
-        cfg, dist = self.cfg, self.dist
+        cfg, dist, clock = self.cfg, self.dist, self.clock
+        timed = clock.budget_s is not None
+        if timed and dist.from_main(float(clock.spent()))[0]:
+            self._say(f"this run has used its {cfg.time_budget:g} min budget already (step {self.step}): nothing to do")
+            return {}
         resume_step = self.step if self.step else None
         if dist.main:
             (self.out / "config.json").write_text(json.dumps(
@@ -496,8 +500,6 @@ class Trainer:
             tb = tensorboard_writer(self.out / "tensorboard")
             x_eval = eval_batch(self.held_src, cfg.eval_clips,
                                 int(round(cfg.eval_seconds * self.codec_cfg.sample_rate)), cfg.seed).to(dist.device)
-        clock = self.clock
-        timed = clock.budget_s is not None
         batches = StepBatches(len(self.train_src), cfg.batch_size, cfg.seed, start_step=self.step, rank=dist.rank,
                               world=dist.world, steps=None if timed else cfg.steps)
         loader = torch.utils.data.DataLoader(CropDataset(self.train_src, self.segment), batch_sampler=batches,
@@ -511,10 +513,7 @@ class Trainer:
                   f"x{dist.world}, data: {self.train_src.describe()}"
                   + (f", for {cfg.time_budget:g} min" + (f" ({clock.elapsed_s / 60:.3g} spent)" if self.step else "")
                      if timed else "") + f"; writing to {self.out}")
-        last_row, audio_done, last = {}, 0.0, False
-        if timed and dist.from_main(clock.progress(self.step))[0] >= 1:
-            self._say(f"this run has used its {cfg.time_budget:g} min budget already (step {self.step}): nothing to do")
-            return last_row
+        last_row, audio_done, last, stopped = {}, 0.0, False, False
         bar = _progress(None if timed else cfg.steps, self.step, enabled=dist.main, live=self.progress)
         previous = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
         clock.start()
@@ -523,7 +522,8 @@ class Trainer:
         # the run ends (the ranks must agree on both).
         try:
             for x in loader:
-                if not dist.all_true(not self._stop_requested):
+                if not dist.all_true(not self._stop_requested):  # Ctrl-C on any rank stops every rank
+                    stopped = True
                     break
                 x = x.to(dist.device, non_blocking=True)
                 position = dist.from_main(clock.position(self.step))[0] if timed else None
@@ -538,7 +538,14 @@ class Trainer:
                         f"loss or gradient. They changed no weight; {kept}. Try a lower --lr, --amp none, or "
                         f"check the data.")
                 audio_done += x.shape[0] * x.shape[2] * dist.world / self.codec_cfg.sample_rate
-                last = bool(dist.from_main(float(clock.done(self.step)))[0]) if timed else clock.done(self.step)
+                eval_due = dist.main and self.step % cfg.eval_every == 0
+                ckpt_due = self.step % cfg.checkpoint_every == 0
+                if timed:
+                    due = ("eval",) * eval_due + ("checkpoint",) * ckpt_due
+                    last = bool(dist.from_main(float(clock.done(self.step, due)))[0])
+                    clock.finished = last  # rank 0's verdict, which other ranks' checkpoints carry too
+                else:
+                    last = clock.done(self.step)
                 row.update(elapsed_s=clock.elapsed_s, progress=clock.progress(self.step))
                 if self.step % cfg.log_every == 0 or last:
                     now = time.perf_counter()
@@ -552,19 +559,19 @@ class Trainer:
                                     tb.add_scalar(f"train/{k}", v, self.step)
                     last_row = row
                 bar.update(row)
-                if dist.main and (self.step % cfg.eval_every == 0 or last):
+                if dist.main and (eval_due or last):
                     t = clock.now()
                     ev = self.evaluate(x_eval, eval_log, tb)
                     bar.write(_eval_line(ev, self.codec_cfg.n_q))
                     clock.took_final_work("eval", clock.now() - t)
-                if self.step % cfg.checkpoint_every == 0 or last:
+                if ckpt_due or last:
                     t = clock.now()
                     self.save_checkpoint()
                     clock.took_final_work("checkpoint", clock.now() - t)
                 step_tic = clock.now()  # a step's time: its data and its step, not evaluations or checkpoints
                 if last:
                     break
-            if self._stop_requested and not last:
+            if stopped:
                 self.interrupted = True
                 self.save_checkpoint()
                 self._say(f"interrupted: checkpoint saved at step {self.step}; continue with --resume")

@@ -25,10 +25,11 @@ class CSVLog:
         if resume_step is not None and self.path.exists():
             with open(self.path, newline="") as f:
                 reader = csv.DictReader(f)
-                if reader.fieldnames != self.columns:  # another layout: keep it aside, never lose it
-                    self.path.replace(self.path.with_suffix(".old.csv"))
-                else:
+                old = reader.fieldnames or []
+                if "step" in old and set(old) <= set(self.columns):  # an older layout: columns added since stay blank
                     rows = [r for r in reader if int(float(r["step"])) <= resume_step]
+                else:  # another layout: kept aside, never lost
+                    self.path.replace(_unused(self.path.with_suffix(".old.csv")))
         buf = io.StringIO()
         w = csv.DictWriter(buf, self.columns)
         w.writeheader()
@@ -38,6 +39,15 @@ class CSVLog:
     def write(self, row: dict):
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, self.columns).writerow({c: _fmt(row.get(c, "")) for c in self.columns})
+
+
+def _unused(path: Path) -> Path:
+    """path, or path with .1, .2, ... before its suffix: the first name not taken."""
+    k, candidate = 0, path
+    while candidate.exists():
+        k += 1
+        candidate = path.with_name(f"{path.stem}.{k}{path.suffix}")
+    return candidate
 
 
 def _fmt(v):
