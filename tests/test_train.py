@@ -194,12 +194,18 @@ def test_cli_trains_on_a_folder_and_resume_refuses_changed_settings(tmp_path):
     common = ["--data", str(tmp_path), "--out", str(run), "--batch-size", "2", "--segment-seconds", "0.25",
               "--eval-every", "2", "--checkpoint-every", "2", "--disc-start", "1", "--vq-start", "0",
               "--no-progress"]
-    r = _cli([*common, "--steps", "2"])
+    r = _cli([*common, "--steps", "2", "--codec", "channels=4", "dilations=[1,2]"])
     assert r.returncode == 0, r.stderr
     assert "skipped 1 of 4 files: 1 unreadable" in r.stdout
+    assert "training tiny --codec channels=4 dilations=[1, 2] (" in r.stdout
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["codec"]["channels"] == 4 and saved["codec"]["dilations"] == [1, 2]
+    assert ckpt.load(run / "codec.pt")["codec_config"] == saved["codec"]
     assert (run / "checkpoints" / "step0000002.pt").exists() and (run / "data_index.json").exists()
     r = _cli([*common, "--steps", "3", "--resume", "--lr", "0.1"])
     assert r.returncode == 1 and "--lr" in r.stderr
+    r = _cli([*common, "--steps", "3", "--resume", "--codec", "channels=5"])
+    assert r.returncode == 1 and "--codec" in r.stderr
     r = _cli([*common, "--steps", "3", "--resume"])
     assert r.returncode == 0, r.stderr
     assert "resumed from" in r.stdout and (run / "checkpoints" / "step0000003.pt").exists()
@@ -484,7 +490,7 @@ def test_resume_refuses_every_changed_setting_however_it_is_spelled(tmp_path):
     saved = TrainConfig(out=str(run))
     (run / "config.json").write_text(json.dumps({"train": saved.to_dict()}))
     other = {"data": str(tmp_path), "preset": "seed-16k", "weights": '{"aux": 2}', "amp": "bf16", "device": "cpu",
-             "backend": "torch", "dist_timeout": "5", "time_budget": "7.5"}
+             "backend": "torch", "dist_timeout": "5", "time_budget": "7.5", "codec": "channels=4"}
     flags = [a for a in parser()._actions
              if a.option_strings and a.dest not in ("help", "resume", "no_progress", "out")]
     assert len(flags) > 20

@@ -1,5 +1,6 @@
 """Training's building blocks: schedules, losses, data scanning and batching, checkpoints, and the
 files training writes (the metrics they share with evaluation: test_eval.py)."""
+import argparse
 import math
 import warnings
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from fastcodec import checkpoint as ckpt
+from fastcodec.nn import preset
 from fastcodec.train.config import TrainConfig, lr_factor, schedule_value
 from fastcodec.train.data import (
     ArraySource,
@@ -122,6 +124,8 @@ def test_scan_folder_skips_bad_files_and_counts_them(tmp_path):
     root = tmp_path / "data"
     _write(root / "a.wav", 0.3 * rng.standard_normal(8000).astype(np.float32), 16000)
     _write(root / "sub" / "b.flac", 0.3 * rng.standard_normal((4410, 2)).astype(np.float32), 44100)
+    _write(root / "c.AIFF", 0.3 * rng.standard_normal(3000).astype(np.float32), 22050)
+    (root / "folder.wav").mkdir()
     _write(root / "quiet.wav", np.zeros(4000, np.float32), 16000)
     _write(root / "empty.wav", np.zeros(0, np.float32), 16000)
     (root / "broken.wav").write_bytes(b"RIFF not really a wav")
@@ -129,8 +133,8 @@ def test_scan_folder_skips_bad_files_and_counts_them(tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         files, skipped = scan_folder(root, tmp_path / "index.json", log=lambda *_: None)
-    assert [f[0] for f in files] == ["a.wav", "sub/b.flac"]
-    assert files[1][1:] == (4410, 44100)
+    assert [f[0] for f in files] == ["a.wav", "c.AIFF", "sub/b.flac"]
+    assert files[2][1:] == (4410, 44100)
     assert skipped == {"silent": 1, "empty": 1, "unreadable": 1}
     assert sum("skipping" in str(w.message) for w in caught) == 3
     # The cached scan gives the same answer without opening the files.
@@ -266,3 +270,25 @@ def test_png_and_wav_writers(tmp_path):
     back, sr = sf.read(str(tmp_path / "a.wav"), dtype="float32")
     assert sr == 16000 and np.abs(back - audio).max() < 1e-4
     assert math.isclose(float(np.abs(back).max()), 0.5, abs_tol=1e-3)
+
+
+def test_codec_overrides_replace_the_presets_settings():
+    from fastcodec.train.__main__ import _setting
+
+    cfg = TrainConfig(preset="tiny", codec={"channels": 12, "quantizer_dropout": 0.5, "activation": "snake"})
+    model = cfg.codec_config()
+    assert (model.channels, model.quantizer_dropout, model.activation, model.n_q) == (12, 0.5, "snake", 6)
+    assert TrainConfig.from_dict(cfg.to_dict()).codec_config() == model
+    assert TrainConfig().codec_config() == preset("tiny")
+    with pytest.raises(ValueError, match=r"codec: unknown model settings \['width'\]"):
+        TrainConfig(codec={"width": 3})
+    with pytest.raises(ValueError, match="codec: invalid CodecConfig: channels must be a positive int"):
+        TrainConfig(codec={"channels": 0})
+    with pytest.raises(ValueError, match="quantizer_dropout must be in"):
+        TrainConfig(codec={"quantizer_dropout": 2})
+    assert _setting("dilations=[1, 3]") == ("dilations", [1, 3])
+    assert _setting("activation=snake") == ("activation", "snake")
+    assert _setting(" ema_decay =0.9") == ("ema_decay", 0.9)
+    for bad in ("channels", "=3", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected FIELD=VALUE"):
+            _setting(bad)

@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 
 from ..atomic import check_outputs
+from ..audio_files import AUDIO_SUFFIXES, audio_files
 from .errors import AudioError, FormatError
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
 
 class CLIError(Exception):
@@ -142,7 +142,7 @@ def _targets(src: Path, dst: Path):
     """[(audio file, .fcdc path)] for every audio file under src, mirrored under dst."""
     if not src.is_dir():
         raise CLIError(f"{src}: not a folder")
-    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    files = audio_files(src)
     if not files:
         raise CLIError(f"{src}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in it or below it")
     out, seen = [], {}

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..audio_files import AUDIO_SUFFIXES, audio_files
 from ..codec.errors import AudioError
 from ..codec.files import soundfile
 from . import metrics as m
 from .spectral import MultiScaleMel, mel_distance
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 METRICS = ("si_sdr", "mel", "stoi", "pesq")
 FILE_COLUMNS = ["file", "category", "seconds", "n_q", "kbps", "si_sdr", "mel", "stoi", "pesq"]
 TOP_LEVEL = "(top level)"  # the category of files directly in the folder, without a manifest
@@ -48,7 +48,7 @@ def find_items(root, manifest=None) -> list[Item]:
     manifest = Path(manifest) if manifest is not None else root / "manifest.csv"
     if manifest.is_file():
         return _from_manifest(root, manifest)
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    paths = audio_files(root)
     if not paths:
         raise EvalError(f"{root}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in it or below it")
     items = []

@@ -37,9 +37,12 @@ def parser():
     p = argparse.ArgumentParser(prog="python -m fastcodec.train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     d = TrainConfig()
-    p.add_argument("--data", default=None, help="folder of .wav/.flac/.ogg files (searched recursively); "
-                   "default: the built-in procedural demo set")
+    p.add_argument("--data", default=None, help="folder of audio files (.wav .flac .ogg .oga .mp3 .aif .aiff, "
+                   "searched recursively); default: the built-in procedural demo set")
     p.add_argument("--preset", choices=sorted(PRESETS), default=d.preset)
+    p.add_argument("--codec", nargs="+", type=_setting, default=None, metavar="FIELD=VALUE",
+                   help="model settings replacing the preset's (fastcodec.nn.CodecConfig fields; values as JSON, "
+                        "bare words as text), e.g. --codec channels=12 quantizer_dropout=0.5")
     p.add_argument("--steps", type=int, default=d.steps, help="the run's length; with --time-budget, the unit of "
                    "the step-based schedules (--warmup-steps, --vq-start, --disc-start), laid over the budget")
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
@@ -76,6 +79,18 @@ def parser():
     return p
 
 
+def _setting(text: str):
+    """'field=value' -> (field, value), the value read as JSON when it parses (12, 0.5, [1, 3, 9])."""
+    field, eq, raw = text.partition("=")
+    if not eq or not field.strip():
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return field.strip(), value
+
+
 def given_flags(argv) -> set:
     """The settings argv gives explicitly (as argparse parsed them, so `--lr=0.1` counts)."""
     p = parser()
@@ -88,6 +103,10 @@ def config_from_args(args, argv) -> TrainConfig:
     fields = {k: v for k, v in vars(args).items() if k not in ("resume", "no_progress")}
     if fields["weights"] is None:
         fields.pop("weights")
+    if fields["codec"] is None:
+        fields.pop("codec")
+    else:
+        fields["codec"] = dict(fields["codec"])
     if not args.resume:
         return TrainConfig(**fields)
     saved = Path(args.out) / "config.json"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from ..nn import CodecConfig, preset
+
 
 def _default_weights():
     return {
@@ -38,6 +40,7 @@ LOSS_NAMES = ("mel", "wave", "commit", "aux", "adv", "feat")
 @dataclasses.dataclass
 class TrainConfig:
     preset: str = "tiny"
+    codec: dict = dataclasses.field(default_factory=dict)  # CodecConfig fields that replace the preset's
     data: str | None = None           # folder of audio; None: the built-in procedural demo set
     out: str = "runs/fastcodec"
     steps: int = 3000
@@ -120,8 +123,23 @@ class TrainConfig:
                 check_schedule(spec)
             except (TypeError, ValueError) as exc:
                 problems.append(f"weights[{name!r}]: {exc}")
+        if not problems:
+            try:
+                self.codec_config()
+            except (TypeError, ValueError) as exc:
+                problems.append(f"codec: {exc}")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
+
+    def codec_config(self) -> CodecConfig:
+        """The model trained: the preset with the `codec` overrides."""
+        if not isinstance(self.codec, dict):
+            raise TypeError(f"codec overrides map CodecConfig fields to values, got {self.codec!r}")
+        known = {f.name for f in dataclasses.fields(CodecConfig)}
+        unknown = sorted(set(self.codec) - known)
+        if unknown:
+            raise ValueError(f"unknown model settings {unknown}; known: {', '.join(sorted(known))}")
+        return dataclasses.replace(preset(self.preset), **self.codec)
 
     def weight(self, name: str, step: float) -> float:
         """The loss weight at (schedule) step `step`; see budget.Clock.position for a timed run."""

@@ -1,8 +1,8 @@
 """Training data: random fixed-length crops from the demo set or a folder of audio files.
 
-- Folder scanning finds .wav/.flac/.ogg recursively, reads each header with soundfile and checks the
-  samples once (empty, unreadable, non-finite and silent files are skipped, with a warning and a
-  count per reason); the results are cached in the run's folder so a restart does not rescan.
+- Folder scanning finds audio files (fastcodec.audio_files) recursively, reads each header with
+  soundfile and checks the samples once (empty, unreadable, non-finite and silent files are skipped,
+  with a warning and a count per reason); the results are cached in the run's folder so a restart does not rescan.
 - Files are split into training and held-out sets by a hash of their relative path, so the split is
   stable as files are added.
 - Batches are pure functions of (seed, step, rank): resuming continues the exact sequence, and under
@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..audio_files import AUDIO_SUFFIXES, audio_files
 from .demo_data import demo_corpus
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 SILENCE_PEAK = 1e-4  # -80 dBFS: a file whose every sample is below this is silent
 _SCAN_VERSION = 1
 
@@ -70,7 +70,7 @@ def scan_folder(root, cache_path=None, log=print):
         raise DataError(f"--data {root}: no such folder")
     if not root.is_dir():
         raise DataError(f"--data {root}: not a folder")
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    paths = audio_files(root)
     if not paths:
         raise DataError(f"--data {root}: no audio files ({', '.join(AUDIO_SUFFIXES)}) found in it or below it")
     cache = {}

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from ..nn import BackendUnavailable, SoundStream, preset, resolve_backend, set_backend
+from ..nn import BackendUnavailable, SoundStream, resolve_backend, set_backend
 from ..nn import tuning
 from .. import checkpoint as ckpt
 from .budget import Clock
@@ -164,7 +164,7 @@ class Trainer:
     def _build(self, cfg: TrainConfig, resume: bool):
         self.out = Path(cfg.out)
         resume_from = prepare_out_dir(self.out, resume)
-        self.codec_cfg = preset(cfg.preset)
+        self.codec_cfg = cfg.codec_config()
         dev = self.dist.device
         try:  # a backend that cannot run here fails before any work
             resolve_backend(cfg.backend, torch.empty(0, device=dev))
@@ -232,6 +232,11 @@ class Trainer:
             self.crit = ddp(self.critics, device_ids=ids, **no_sync)
         self._stop_requested = False
         self.interrupted = False  # set when a Ctrl-C ended the run early (after its checkpoint)
+
+    def _model_name(self) -> str:
+        """The preset and its --codec overrides, as the command line gives them."""
+        extra = " ".join(f"{k}={json.dumps(v)}" for k, v in self.cfg.codec.items())
+        return f"--preset {self.cfg.preset}" + (f" --codec {extra}" if extra else "")
 
     def close(self, exc: BaseException | None = None):
         """Drop the DDP wrappers (their reducers hold the process group), then destroy the group
@@ -329,7 +334,7 @@ class Trainer:
             raise TrainingError(f"--resume: the ranks found different newest intact checkpoints in "
                                 f"{self.out / 'checkpoints'}; is the folder shared by every rank?")
         if state["codec_config"] != self.codec_cfg.to_dict():
-            raise TrainingError(f"{path} was trained with another model configuration than --preset {self.cfg.preset}")
+            raise TrainingError(f"{path} was trained with another model configuration than {self._model_name()}")
         if self.dist.main:
             for bad in failed:
                 aside = bad.with_name(bad.name + ".corrupt")
@@ -508,7 +513,8 @@ class Trainer:
                                              # its own generator: the loader's worker seeds must not
                                              # draw from the global RNG that checkpoints carry
                                              generator=torch.Generator().manual_seed(cfg.seed))
-        self._say(f"training {cfg.preset} ({sum(p.numel() for p in self.model.parameters()) / 1e6:.2f} M parameters, "
+        name = self._model_name()[len("--preset "):]
+        self._say(f"training {name} ({sum(p.numel() for p in self.model.parameters()) / 1e6:.2f} M parameters, "
                   f"{self.codec_cfg.bitrate() / 1000:.2f} kbps at n_q={self.codec_cfg.n_q}) on {dist.device} "
                   f"x{dist.world}, data: {self.train_src.describe()}"
                   + (f", for {cfg.time_budget:g} min" + (f" ({clock.elapsed_s / 60:.3g} spent)" if self.step else "")
