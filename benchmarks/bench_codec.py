@@ -1,5 +1,6 @@
 """The codec end to end on the CPU: encode and decode speed of the soundstream-24k preset with the
-fast backends ('auto': the C++ kernels) and with the torch backend, at 1 and 2 threads, beside
+fast backends ('auto': the C++ kernels) and with the torch backend, and of soundstream-24k-lite
+(EnCodec's cheaper residual unit) with the fast backends, at 1 and 2 threads, beside
 EnCodec 24 kHz at 6 kbps (the `encodec` package, random weights: only speed is compared); and
 streaming, one 13.3 ms frame at a time on one thread.
 
@@ -53,9 +54,9 @@ def _timed(fn):
 
 
 @functools.lru_cache(None)
-def _soundstream():
+def _soundstream(name="soundstream-24k"):
     torch.manual_seed(0)
-    m = SoundStream(preset("soundstream-24k"))
+    m = SoundStream(preset(name))
     with torch.no_grad():  # codebooks at the latent's scale, as after training; speed does not depend on them
         m.quantizer.codebooks.normal_().mul_(0.5)
         m.quantizer.initialized.fill_(True)
@@ -105,7 +106,7 @@ def _case(impl, op):
         if op == "encode":
             return (lambda: m.encode(x)), _flops(lambda: m.encode(x)) + _lstm_flops(m.encoder, steps)
         return (lambda: m.decode(frames)), _flops(lambda: m.decode(frames)) + _lstm_flops(m.decoder, steps)
-    codec = _soundstream()
+    codec = _soundstream("soundstream-24k-lite" if impl == "lite" else "soundstream-24k")
     model = codec.model
     set_backend(model, "torch")
     codes = model.encode(x)
@@ -130,7 +131,7 @@ def threads(request):
     torch.set_num_threads(prev)
 
 
-@pytest.mark.parametrize("impl", ["torch", "fast", "encodec"])
+@pytest.mark.parametrize("impl", ["torch", "fast", "lite", "encodec"])
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)
 @pytest.mark.parametrize("op", ["encode", "decode"])
 def test_offline(benchmark, op, threads, impl):

@@ -1,6 +1,7 @@
 """The codec's modules: shapes on any length, causality, quantizer dropout and EMA, presets, and the
 whole model computing the same output and gradients on every CPU backend as on the torch backend."""
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -30,6 +31,8 @@ def test_presets_describe_the_documented_codecs():
     assert (seed.sample_rate, seed.hop, seed.n_q, seed.codebook_size, seed.activation) == (16000, 320, 15, 256,
                                                                                              "leaky_relu")
     assert seed.negative_slope == 0.3
+    lite = preset("soundstream-24k-lite")
+    assert lite == dataclasses.replace(ss, residual_kernel=3, residual_bottleneck=2)
     for name in PRESETS:
         cfg = preset(name)
         assert CodecConfig.from_dict(cfg.to_dict()) == cfg
@@ -39,6 +42,17 @@ def test_presets_describe_the_documented_codecs():
         CodecConfig(quantizer_dropout=2.0)
     with pytest.raises(ValueError, match="unknown CodecConfig fields"):
         CodecConfig.from_dict({**ss.to_dict(), "extra": 1})
+
+
+def test_a_residual_bottleneck_narrows_the_inner_conv_and_old_configs_keep_their_form():
+    cfg = dataclasses.replace(SMALL, residual_kernel=3, residual_bottleneck=2)
+    unit = SoundStream(cfg).encoder.blocks[1].units[0]  # at 2C = 8 channels
+    assert tuple(unit.conv.weight.shape) == (4, 8, 3) and tuple(unit.proj.weight.shape) == (8, 4, 1)
+    assert cfg.to_dict()["residual_bottleneck"] == 2 and CodecConfig.from_dict(cfg.to_dict()) == cfg
+    # A model without the field is written as before it existed (its fingerprint names it in .fcdc files).
+    assert "residual_bottleneck" not in SMALL.to_dict() and CodecConfig.from_dict(SMALL.to_dict()) == SMALL
+    with pytest.raises(ValueError, match="residual_bottleneck must be a positive int"):
+        dataclasses.replace(SMALL, residual_bottleneck=0)
 
 
 def test_encoder_widths_follow_the_issue():
@@ -211,15 +225,16 @@ def _chunked(fn, x, generator, most):
     return outs
 
 
-@pytest.mark.parametrize("T", [1, 5, 6, 37, 400])
-def test_streaming_encoder_and_decoder_equal_offline(T, monkeypatch):
+@pytest.mark.parametrize("T, cfg", [(1, SMALL), (5, SMALL), (6, SMALL), (37, SMALL), (400, SMALL),
+                                    (37, dataclasses.replace(SMALL, residual_kernel=3, residual_bottleneck=2))])
+def test_streaming_encoder_and_decoder_equal_offline(T, cfg, monkeypatch):
     """Audio in chunks of any size gives exactly the offline codes (float64: the latent matches to
     the last bit, so no near-tie can flip a code) and, decoded in chunks, the offline audio. On
     the static rules: measured 'auto' may run a stream's shapes and the offline ones on different
     backends, which round differently."""
     monkeypatch.setenv("FASTCODEC_TUNE", "0")
     torch.manual_seed(5)
-    m = SoundStream(SMALL).double().eval()
+    m = SoundStream(cfg).double().eval()
     with torch.no_grad():
         m.quantizer.codebooks.normal_()
     x = torch.randn(2, 1, T, dtype=torch.float64)

@@ -32,7 +32,10 @@ def _stepped(step, x, chunk):
 
 
 @pytest.mark.parametrize("cfg", [PRESETS["tiny"], CodecConfig(sample_rate=8000, channels=4, strides=(2, 3),
-                                                              code_dim=8, activation="snake")], ids=["tiny", "snake"])
+                                                              code_dim=8, activation="snake"),
+                                 CodecConfig(sample_rate=8000, channels=6, strides=(2, 3), code_dim=8,
+                                             residual_kernel=3, residual_bottleneck=2)],
+                         ids=["tiny", "snake", "bottleneck"])
 @pytest.mark.parametrize("frames", [1, 3])
 def test_steps_from_zero_states_give_the_offline_encoder_and_decoder(cfg, frames):
     m = _model(cfg)

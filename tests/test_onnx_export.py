@@ -165,3 +165,21 @@ def test_step_graphs_fed_in_steps_give_the_offline_codes_and_audio(codec_path, t
         with torch.no_grad():
             y_want = codec.model.decode(want)
         torch.testing.assert_close(y, y_want, rtol=1e-4, atol=1e-5 * float(y_want.abs().max() + 1e-3))
+
+
+def test_a_model_with_bottleneck_residual_units_exports(tmp_path):
+    """soundstream-24k-lite's residual unit (kernel 3, inner conv at half the channels) in the graphs."""
+    from conftest import save_codec
+
+    save_codec(tmp_path / "lite.pt", channels=6, residual_kernel=3, residual_bottleneck=2)
+    codec = Codec.load(tmp_path / "lite.pt", backend="torch")
+    out = export(codec, tmp_path / "onnx")
+    g = torch.Generator().manual_seed(5)
+    audio = (torch.rand(2, 1, 9 * codec.cfg.hop + 4, generator=g) - 0.5) * 0.6
+    got = torch.from_numpy(_session(out / "encoder.onnx").run(None, {"audio": audio.numpy()})[0])
+    want = codec.encode(audio, codec.sample_rate).codes[:, 0]
+    assert got.shape == want.shape and _first_stage_ties(codec.model, audio, want, got) <= 1
+    y = torch.from_numpy(_session(out / "decoder.onnx").run(None, {"codes": want.numpy()})[0])
+    with torch.no_grad():
+        ref = codec.model.decode(want)
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max() + 1e-3))

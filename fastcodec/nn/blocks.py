@@ -24,12 +24,14 @@ def _act(cfg: CodecConfig):
 
 
 class ResidualUnit(nn.Module):
-    """y = conv1x1(act(conv_k(x, dilation))) + x, the skip fused into the 1x1 conv. x: [B, C, T]."""
+    """y = conv1x1(act(conv_k(x, dilation))) + x, the skip fused into the 1x1 conv; the inner conv maps
+    C to C / residual_bottleneck channels. x: [B, C, T]."""
 
     def __init__(self, channels, dilation, cfg: CodecConfig):
         super().__init__()
-        self.conv = CausalConv1d(channels, channels, cfg.residual_kernel, dilation=dilation, **_act(cfg))
-        self.proj = CausalConv1d(channels, channels, 1)
+        hidden = max(1, channels // cfg.residual_bottleneck)
+        self.conv = CausalConv1d(channels, hidden, cfg.residual_kernel, dilation=dilation, **_act(cfg))
+        self.proj = CausalConv1d(hidden, channels, 1)
         with torch.no_grad():
             # Each unit starts close to the identity, so a dozen of them do not compound the variance.
             self.proj.weight.mul_(0.1)
