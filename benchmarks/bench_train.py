@@ -16,10 +16,11 @@ from fastcodec.train.config import TrainConfig
 from fastcodec.train.loop import Trainer
 
 # (preset, batch, seconds per crop, phase): 'gen' trains the codec alone (before disc_start), 'full'
-# adds the critics' forward/backward/update.
+# adds the critics' forward/backward/update. tiny B4 gen is tiny's default recipe.
 CASES = ([("soundstream-24k", 16, 1.0, "gen"), ("soundstream-24k", 16, 1.0, "full"), ("tiny", 32, 1.0, "full")]
          if ON_GPU else
-         [("tiny", 8, 1.0, "gen"), ("tiny", 8, 1.0, "full"), ("soundstream-24k", 2, 0.5, "gen")])
+         [("tiny", 4, 1.0, "gen"), ("tiny", 8, 1.0, "gen"), ("tiny", 8, 1.0, "full"),
+          ("soundstream-24k", 2, 0.5, "gen")])
 if COMPACT:  # gpu_suite.sh: one training step of the codec alone
     CASES = CASES[:1]
 

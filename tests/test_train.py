@@ -516,3 +516,24 @@ def test_resume_refuses_every_changed_setting_however_it_is_spelled(tmp_path):
             parser().parse_args(abbreviated + ["--resume"])
     r = _cli(["--batch", "4", "--resume", "--out", str(run)])
     assert r.returncode == 2 and "unrecognized arguments: --batch 4" in r.stderr
+
+
+def test_a_run_made_before_its_presets_defaults_changed_resumes_its_own_model(tmp_path):
+    """config.json holds the whole model; --resume rebuilds that, not the preset as it is now."""
+    from fastcodec.nn import preset
+    from fastcodec.train.__main__ import config_from_args, parser
+
+    run = tmp_path / "run"
+    run.mkdir()
+    old_model = dataclasses.replace(preset("tiny"), quantizer_dropout=1.0, channels=6)
+    saved = TrainConfig(out=str(run))
+    train_section = {k: v for k, v in saved.to_dict().items() if k != "codec"}  # written before --codec
+    (run / "config.json").write_text(json.dumps({"codec": old_model.to_dict(), "train": train_section}))
+    argv = ["--resume", "--out", str(run)]
+    cfg = config_from_args(parser().parse_args(argv), argv)
+    assert cfg.codec_config() == old_model and cfg.codec == {"channels": 6, "quantizer_dropout": 1.0}
+    argv = ["--resume", "--out", str(run), "--codec", "channels=6", "quantizer_dropout=1.0"]
+    assert config_from_args(parser().parse_args(argv), argv).codec_config() == old_model
+    argv = ["--resume", "--out", str(run), "--codec", "channels=8"]
+    with pytest.raises(TrainingError, match="differ from it: --codec"):
+        config_from_args(parser().parse_args(argv), argv)

@@ -292,3 +292,16 @@ def test_codec_overrides_replace_the_presets_settings():
     for bad in ("channels", "=3", ""):
         with pytest.raises(argparse.ArgumentTypeError, match="expected FIELD=VALUE"):
             _setting(bad)
+
+
+def test_presets_bring_their_own_recipe_defaults():
+    tiny = TrainConfig()
+    assert (tiny.lr, tiny.batch_size, tiny.vq_start, tiny.disc_start) == (2e-3, 4, 100, tiny.steps)
+    assert TrainConfig(steps=700).disc_start == 700  # tiny trains without critics at any length
+    assert preset("tiny").quantizer_dropout == 0.5
+    big = TrainConfig(preset="soundstream-24k")
+    assert (big.lr, big.batch_size, big.vq_start, big.disc_start) == (3e-4, 8, 0, 500)
+    assert tiny.weights["wave"] == [[0.0, 5.0], [0.3, 0.5]] and big.weights["wave"] == 5.0
+    assert tiny.weight("wave", 0.3 * tiny.steps) == 0.5 and tiny.weights["mel"] == big.weights["mel"] == 1.0
+    given = TrainConfig(batch_size=2, disc_start=10, lr=1e-4, weights={"wave": 1.0})
+    assert (given.lr, given.batch_size, given.disc_start, given.weights["wave"]) == (1e-4, 2, 10, 1.0)

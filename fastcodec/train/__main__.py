@@ -3,6 +3,7 @@ demo set. `torchrun --nproc_per_node N -m fastcodec.train ...` trains data-paral
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..nn import PRESETS
+from ..nn import PRESETS, CodecConfig
 from ..checkpoint import CheckpointError
 from .config import TrainConfig
 from .data import DataError
@@ -48,13 +49,15 @@ def parser():
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                    help="train for this long (fractions allowed), the schedules laid over the time as measured by "
                         "the run's own clock; it ends with a decayed LR, an evaluation and a checkpoint")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
+    p.add_argument("--batch-size", type=int, default=None, help="per process (default: the preset's, 4 for tiny, "
+                   "8 otherwise)")
     p.add_argument("--segment-seconds", type=float, default=d.segment_seconds, help="training crop length")
     p.add_argument("--lr", type=float, default=None, help="generator peak learning rate (default: the preset's, "
-                   "1e-3 for tiny, 3e-4 otherwise)")
+                   "2e-3 for tiny, 3e-4 otherwise)")
     p.add_argument("--disc-lr", type=float, default=d.disc_lr)
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    p.add_argument("--disc-start", type=int, default=d.disc_start, help="steps before the critics join")
+    p.add_argument("--disc-start", type=int, default=None, help="steps before the critics join; --steps or more: "
+                   "never (default: the preset's, never for tiny, 500 otherwise)")
     p.add_argument("--vq-start", type=int, default=None, help="autoencoder steps before quantizing (default: "
                    "the preset's, 100 for tiny, 0 otherwise)")
     p.add_argument("--weights", type=json.loads, default=None,
@@ -112,7 +115,14 @@ def config_from_args(args, argv) -> TrainConfig:
     saved = Path(args.out) / "config.json"
     if not saved.exists():
         raise TrainingError(f"--resume: {saved} not found; is {args.out} a fastcodec run folder?")
-    base = json.loads(saved.read_text())["train"]
+    run = json.loads(saved.read_text())
+    base = run["train"]
+    if "codec" in run and base.get("preset") in PRESETS:
+        # The saved model as overrides of its preset as this version defines it, so a run made
+        # before a preset's defaults changed resumes with the model it was training.
+        model, ours = CodecConfig.from_dict(run["codec"]), PRESETS[base["preset"]]
+        base["codec"] = json.loads(json.dumps({f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+                                               if getattr(model, f.name) != getattr(ours, f.name)}))
     given = given_flags(argv)
     # Compared as the saved run holds them (a JSON round trip: tuples are lists there).
     changed = sorted(k for k in given & set(fields)

@@ -28,7 +28,17 @@ def _default_weights():
 
 # Low rates for the real presets (the original design found high ones collapse to noise); the tiny
 # model learns faster and is what the zero-argument demo must show progress on within minutes.
-PRESET_LR = {"tiny": 1e-3, "soundstream-24k": 3e-4, "seed-16k": 3e-4}
+PRESET_LR = {"tiny": 2e-3, "soundstream-24k": 3e-4, "seed-16k": 3e-4}
+
+# tiny's recipe is the one that won in short runs on two CPU cores (docs/QUALITY.md): more,
+# smaller steps, and no critics (a critic step costs ~3.5x a step without, and at 30 minutes the
+# time is better spent on reconstruction). The real presets keep the full SoundStream recipe.
+PRESET_BATCH = {"tiny": 4}
+DEFAULT_BATCH = 8
+PRESET_DISC_START = {"tiny": None}  # None: no critics (the run's steps)
+DEFAULT_DISC_START = 500
+# With no critics to pull spectral detail in, the waveform term fades once the model is in phase.
+PRESET_WEIGHTS = {"tiny": {"wave": [[0.0, 5.0], [0.3, 0.5]]}}
 
 # A short autoencoder warm-up lets the tiny model's latents spread out before k-means places the
 # codebooks; quantizing a freshly initialised encoder's near-constant output collapses onto a few codes.
@@ -45,7 +55,7 @@ class TrainConfig:
     out: str = "runs/fastcodec"
     steps: int = 3000
     time_budget: float | None = None  # minutes: the run ends then, the schedules laid over it (budget.py)
-    batch_size: int = 8
+    batch_size: int | None = None     # per process; None: the preset's (see PRESET_BATCH)
     segment_seconds: float = 1.0      # training crop length
     lr: float | None = None           # generator peak learning rate; None: the preset's (see PRESET_LR)
     disc_lr: float = 1e-4
@@ -56,11 +66,12 @@ class TrainConfig:
     grad_clip: float = 1.0
     vq_start: int | None = None       # autoencoder steps before quantizing (codebooks k-means-initialised
                                       # then); None: the preset's (see PRESET_VQ_START)
-    disc_start: int = 500             # steps of reconstruction-only training before the critics join
+    disc_start: int | None = None     # steps of reconstruction-only training before the critics join
+                                      # (from `steps` on: never); None: the preset's (PRESET_DISC_START)
     wave_disc_width: int = 8
     stft_disc_width: int = 8
     stft_disc_windows: tuple = (512, 1024)
-    weights: dict = dataclasses.field(default_factory=_default_weights)
+    weights: dict = dataclasses.field(default_factory=dict)  # over the defaults and the preset's (PRESET_WEIGHTS)
     amp: str = "none"                 # 'none' | 'bf16'
     device: str = "auto"              # 'auto' (CUDA when present) | 'cuda' | 'cpu'
     backend: str = "auto"
@@ -83,9 +94,15 @@ class TrainConfig:
             self.lr = PRESET_LR.get(self.preset, 3e-4)
         if self.vq_start is None:
             self.vq_start = PRESET_VQ_START.get(self.preset, 0)
+        if self.batch_size is None:
+            self.batch_size = PRESET_BATCH.get(self.preset, DEFAULT_BATCH)
+        if self.disc_start is None:
+            start = PRESET_DISC_START.get(self.preset, DEFAULT_DISC_START)
+            self.disc_start = self.steps if start is None else start
         self.betas = tuple(float(b) for b in self.betas)
         self.stft_disc_windows = tuple(int(w) for w in self.stft_disc_windows)
         weights = _default_weights()
+        weights.update(PRESET_WEIGHTS.get(self.preset, {}))
         if not isinstance(self.weights, dict):
             raise ValueError(f"weights must map loss names to weights, e.g. {{\"aux\": [[0, 1], [0.3, 0.1]]}}; "
                              f"got {self.weights!r}")
