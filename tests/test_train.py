@@ -197,7 +197,7 @@ def test_cli_trains_on_a_folder_and_resume_refuses_changed_settings(tmp_path):
     r = _cli([*common, "--steps", "2", "--codec", "channels=4", "dilations=[1,2]"])
     assert r.returncode == 0, r.stderr
     assert "skipped 1 of 4 files: 1 unreadable" in r.stdout
-    assert "training tiny --codec channels=4 dilations=[1, 2] (" in r.stdout
+    assert "training tiny --codec channels=4 dilations=[1,2] (" in r.stdout
     saved = json.loads((run / "config.json").read_text())
     assert saved["codec"]["channels"] == 4 and saved["codec"]["dilations"] == [1, 2]
     assert ckpt.load(run / "codec.pt")["codec_config"] == saved["codec"]

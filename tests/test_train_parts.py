@@ -286,6 +286,8 @@ def test_codec_overrides_replace_the_presets_settings():
         TrainConfig(codec={"channels": 0})
     with pytest.raises(ValueError, match="quantizer_dropout must be in"):
         TrainConfig(codec={"quantizer_dropout": 2})
+    with pytest.raises(ValueError, match="invalid training config: unknown preset 'huge'"):
+        TrainConfig(preset="huge")
     assert _setting("dilations=[1, 3]") == ("dilations", [1, 3])
     assert _setting("activation=snake") == ("activation", "snake")
     assert _setting(" ema_decay =0.9") == ("ema_decay", 0.9)

@@ -22,7 +22,6 @@ from ..audio_files import AUDIO_SUFFIXES, audio_files
 from .errors import AudioError, FormatError
 
 
-
 class CLIError(Exception):
     """A one-line error for the user."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from ..nn import CodecConfig, preset
+from ..nn import PRESETS, CodecConfig, preset
 
 
 def _default_weights():
@@ -140,7 +140,9 @@ class TrainConfig:
                 check_schedule(spec)
             except (TypeError, ValueError) as exc:
                 problems.append(f"weights[{name!r}]: {exc}")
-        if not problems:
+        if self.preset not in PRESETS:
+            problems.append(f"unknown preset {self.preset!r}; expected one of {', '.join(PRESETS)}")
+        elif not problems:
             try:
                 self.codec_config()
             except (TypeError, ValueError) as exc:

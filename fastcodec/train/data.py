@@ -1,8 +1,9 @@
 """Training data: random fixed-length crops from the demo set or a folder of audio files.
 
 - Folder scanning finds audio files (fastcodec.audio_files) recursively, reads each header with
-  soundfile and checks the samples once (empty, unreadable, non-finite and silent files are skipped,
-  with a warning and a count per reason); the results are cached in the run's folder so a restart does not rescan.
+  soundfile and checks the samples once (empty, unreadable, non-finite and silent files are
+  skipped, with a warning and a count per reason); the results are cached in the run's folder so a
+  restart does not rescan.
 - Files are split into training and held-out sets by a hash of their relative path, so the split is
   stable as files are added.
 - Batches are pure functions of (seed, step, rank): resuming continues the exact sequence, and under

@@ -234,8 +234,8 @@ class Trainer:
         self.interrupted = False  # set when a Ctrl-C ended the run early (after its checkpoint)
 
     def _model_name(self) -> str:
-        """The preset and its --codec overrides, as the command line gives them."""
-        extra = " ".join(f"{k}={json.dumps(v)}" for k, v in self.cfg.codec.items())
+        """The preset and its --codec overrides, as the command line gives them (one word each)."""
+        extra = " ".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in self.cfg.codec.items())
         return f"--preset {self.cfg.preset}" + (f" --codec {extra}" if extra else "")
 
     def close(self, exc: BaseException | None = None):
